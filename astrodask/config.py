@@ -1,0 +1,369 @@
+"""Every threshold and control point of astrodask, in one frozen, validated config.
+
+The names of the Condor pipeline are kept: ``CLIPPING_THRESHOLD``,
+``ERROR_THRESHOLD`` and the 24 regions are fields of :class:`FitConfig` and
+:class:`RegionConfig`.  Each field carries its unit, its allowed range and a
+one-line description (``astrodask config --show`` prints them all).
+
+A :class:`PipelineConfig` is built from defaults, then overridden, in order of
+increasing precedence, by dask's configuration (``astrodask:`` in a dask YAML
+file, or ``DASK_ASTRODASK__SECTION__FIELD`` environment variables), by a YAML
+file (``--config``), and by command-line flags (``--set section.field=value``).
+The command line does the reading; this module only merges and validates
+plain dictionaries, so it is pure and testable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from astrodask.errors import ConfigError
+
+# --------------------------------------------------------------------------
+# Named defaults (the Condor values where the reference names them)
+# --------------------------------------------------------------------------
+
+#: Pairs whose match distance exceeds this many arcseconds are clipped before the TPV fit.
+CLIPPING_THRESHOLD = 2.0
+#: Points whose residual exceeds this many modelled sigmas are clipped by ``like_fit``.
+ERROR_THRESHOLD = 5.0
+#: Number of matching regions the image is divided into.
+N_REGIONS = 24
+#: Condor plate scale, arcsec per pixel.
+CONDOR_PLATE_SCALE = 0.85
+
+
+def param(
+    default: Any,
+    doc: str,
+    *,
+    unit: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """Declare one config field with its documentation and allowed range.
+
+    Parameters
+    ----------
+    default
+        Default value; its type is the field's type.
+    doc
+        One-line description.
+    unit
+        Unit of the value ("" when dimensionless).
+    lo, hi
+        Inclusive bounds for numbers (None: unbounded).
+    choices
+        Allowed values for strings or other enumerations.
+    """
+    return field(
+        default=default,
+        metadata={"doc": doc, "unit": unit, "lo": lo, "hi": hi, "choices": choices},
+    )
+
+
+@dataclass(frozen=True)
+class _Section:
+    """Base of the config sections: validates every field after construction."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            name = f"{self.section}.{f.name}"
+            value = _coerce(name, value, f.default)
+            object.__setattr__(self, f.name, value)
+            meta = f.metadata
+            if meta.get("choices") is not None and value not in meta["choices"]:
+                raise ConfigError(
+                    f"config {name} = {value!r} is not one of {list(meta['choices'])}"
+                )
+            lo, hi = meta.get("lo"), meta.get("hi")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise ConfigError(f"config {name} = {value!r} must be finite")
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    raise ConfigError(
+                        f"config {name} = {value!r} is out of range: allowed "
+                        f"{_range_text(lo, hi)} {meta.get('unit', '')}".rstrip()
+                    )
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field checks; sections override this."""
+
+
+def _range_text(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo} to {hi}"
+    if lo is not None:
+        return f">= {lo}"
+    return f"<= {hi}"
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Coerce ``value`` to the type of ``default`` (int, float, bool, str, tuple, None)."""
+    if default is None or isinstance(default, _Section):
+        return value
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "yes", "1", "false", "no", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        raise ConfigError(f"config {name} = {value!r} must be true or false")
+    if kind is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            or (isinstance(value, str) and value.strip().lstrip("+-").isdigit())
+        ):
+            raise ConfigError(f"config {name} = {value!r} must be an integer")
+        return int(value)
+    if kind is float:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config {name} = {value!r} must be a number") from err
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config {name} = {value!r} must be a string")
+        return value
+    if kind is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise ConfigError(f"config {name} = {value!r} must be a list")
+    return value
+
+
+# --------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectPassConfig(_Section):
+    """SEP extraction settings for one detection pass."""
+
+    section: ClassVar[str] = "detect.pass"
+
+    thresh_sigma: float = param(5.0, "detection threshold above the background rms", unit="sigma", lo=0.3, hi=1000.0)
+    minarea: int = param(5, "minimum number of connected pixels above threshold", unit="px", lo=1, hi=10000)
+    deblend_nthresh: int = param(32, "number of deblending thresholds", lo=1, hi=256)
+    deblend_cont: float = param(0.005, "minimum contrast ratio for deblending (1 disables it)", lo=0.0, hi=1.0)
+    filter_fwhm_px: float = param(2.5, "FWHM of the Gaussian matched filter (0 disables filtering)", unit="px", lo=0.0, hi=20.0)
+    clean: bool = param(True, "clean spurious detections near bright objects")
+    max_sources: int = param(300_000, "keep at most this many sources, brightest first", lo=10, hi=10_000_000)
+
+
+def _first_pass() -> DetectPassConfig:
+    return DetectPassConfig()
+
+
+def _depth_pass() -> DetectPassConfig:
+    return DetectPassConfig(thresh_sigma=1.5, minarea=3, deblend_cont=0.001)
+
+
+@dataclass(frozen=True)
+class DetectConfig(_Section):
+    """Source detection (``get_image_ij``): background, extraction and centroids."""
+
+    section: ClassVar[str] = "detect"
+
+    first: DetectPassConfig = field(default_factory=_first_pass, metadata={"doc": "first (matching) pass"})
+    depth: DetectPassConfig = field(default_factory=_depth_pass, metadata={"doc": "relaxed depth-match pass"})
+    back_size_px: int = param(128, "background mesh size", unit="px", lo=8, hi=4096)
+    back_filter_size: int = param(3, "background median filter size", unit="meshes", lo=1, hi=15)
+    winpos_fwhm_px: float = param(0.0, "FWHM for windowed centroids (0: from each source's half-flux radius)", unit="px", lo=0.0, hi=50.0)
+    edge_margin_px: float = param(5.0, "sources this close to the image edge are flagged EDGE", unit="px", lo=0.0, hi=1000.0)
+    saturation_fraction: float = param(0.95, "a peak above this fraction of SATURATE flags the source SATURATED", lo=0.1, hi=1.0)
+    default_saturation_adu: float = param(65535.0, "saturation level when the header has no SATURATE", unit="ADU", lo=1.0, hi=1e12)
+    default_gain: float = param(1.0, "gain when the header has no GAIN", unit="e-/ADU", lo=1e-4, hi=1e4)
+
+
+@dataclass(frozen=True)
+class PointingConfig(_Section):
+    """How the approximate pointing is built when the header has no WCS."""
+
+    section: ClassVar[str] = "pointing"
+
+    plate_scale_arcsec: float = param(CONDOR_PLATE_SCALE, "plate scale", unit="arcsec/px", lo=0.001, hi=3600.0)
+    rotation_deg: float = param(0.0, "position angle of the image +y axis east of north", unit="deg", lo=-360.0, hi=360.0)
+    parity: int = param(1, "+1: north up, east left (sky view); -1: flipped", choices=(1, -1))
+
+
+@dataclass(frozen=True)
+class RegionConfig(_Section):
+    """The region grid of the first match (24 regions, 6 x 4 on a Condor frame)."""
+
+    section: ClassVar[str] = "regions"
+
+    n_regions: int = param(N_REGIONS, "number of regions; the grid follows the image's aspect ratio", lo=1, hi=400)
+    nx: int = param(0, "regions along x (0: chosen from n_regions and the aspect ratio)", lo=0, hi=100)
+    ny: int = param(0, "regions along y (0: chosen from n_regions and the aspect ratio)", lo=0, hi=100)
+    min_stars: int = param(8, "a region needs at least this many sources and references to be matched", lo=3, hi=10000)
+    min_good_regions: int = param(6, "the solve needs at least this many regions that agree", lo=1, hi=400)
+    max_control_points: int = param(50, "brightest sources per region handed to astroalign", lo=5, hi=1000)
+
+    def _check(self) -> None:
+        if (self.nx == 0) != (self.ny == 0):
+            raise ConfigError(
+                f"config regions.nx = {self.nx} and regions.ny = {self.ny}: set both or neither"
+            )
+
+
+@dataclass(frozen=True)
+class GaiaConfig(_Section):
+    """Reference stars (``get_gaia_xy``): the Gaia archive and catalog files."""
+
+    section: ClassVar[str] = "gaia"
+
+    tap_url: str = param("https://gea.esac.esa.int/tap-server/tap", "Gaia archive TAP service")
+    table: str = param("gaiadr3.gaia_source", "archive table queried")
+    margin_deg: float = param(0.2, "margin added around the footprint (covers pointing errors)", unit="deg", lo=0.0, hi=10.0)
+    mag_limit: float = param(20.0, "faintest G magnitude requested", unit="mag", lo=3.0, hi=23.0)
+    timeout_s: float = param(600.0, "time allowed for one archive job", unit="s", lo=1.0, hi=86400.0)
+    retries: int = param(3, "retries of a failed archive query", lo=0, hi=20)
+    retry_backoff_s: float = param(2.0, "first wait before a retry, doubled each time", unit="s", lo=0.0, hi=600.0)
+    default_ref_epoch: float = param(2016.0, "epoch assumed for catalogs without ref_epoch", unit="yr", lo=1900.0, hi=2200.0)
+
+
+@dataclass(frozen=True)
+class FitConfig(_Section):
+    """Matching, TPV fit, depth match and the error model."""
+
+    section: ClassVar[str] = "fit"
+
+    CLIPPING_THRESHOLD: float = param(CLIPPING_THRESHOLD, "pairs farther apart are clipped before the TPV fit", unit="arcsec", lo=0.01, hi=3600.0)
+    ERROR_THRESHOLD: float = param(ERROR_THRESHOLD, "points with a larger normalised residual are clipped by like_fit", unit="sigma", lo=1.0, hi=1000.0)
+    tpv_degree: int = param(3, "degree of the TPV distortion polynomial", lo=1, hi=7)
+    match_radius_arcsec: float = param(3.0, "depth-match search radius", unit="arcsec", lo=0.01, hi=3600.0)
+    rms_clip_sigma: float = param(4.0, "RMS clipping threshold", unit="sigma", lo=1.0, hi=100.0)
+    rms_clip_rounds: int = param(3, "rounds of RMS clipping and refitting", lo=0, hi=50)
+    error_clip_rounds: int = param(5, "rounds of ERROR_THRESHOLD clipping and like_fit refits", lo=0, hi=50)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole configuration: one frozen section per stage."""
+
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    pointing: PointingConfig = field(default_factory=PointingConfig)
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    gaia: GaiaConfig = field(default_factory=GaiaConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None = None) -> PipelineConfig:
+        """Build a config from a nested mapping; absent keys keep their defaults.
+
+        Raises
+        ------
+        ConfigError
+            For an unknown section or field, or a value of the wrong type or out of range.
+        """
+        return _build(cls, data or {}, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a nested dict of plain values (YAML- and JSON-friendly)."""
+        return _to_plain(self)
+
+    def replace(self, overrides: Mapping[str, Any]) -> PipelineConfig:
+        """A copy with ``overrides`` (nested mapping) merged over this config."""
+        return PipelineConfig.from_dict(merge_dicts(self.to_dict(), overrides))
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    normalised = {str(k).replace("-", "_"): v for k, v in data.items()}
+    lowered = {name.lower(): name for name in known}
+    kwargs: dict[str, Any] = {}
+    for key, value in normalised.items():
+        name = known.get(key) and key or lowered.get(key.lower())
+        if name is None:
+            raise ConfigError(
+                f"unknown config key {prefix}{key!s}; known keys: {', '.join(sorted(known))}"
+            )
+        sub = _section_type(known[name])
+        kwargs[name] = _build(sub, value, f"{prefix}{name}.") if sub else value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        section = getattr(cls, "section", "")
+        if not section or not prefix or prefix == f"{section}.":
+            raise
+        # a section used in several places (detect.first, detect.depth): name the place
+        raise ConfigError(str(err).replace(f"config {section}.", f"config {prefix}", 1)) from None
+
+
+def _section_type(f: dataclasses.Field) -> type | None:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base`` (keys normalised: '-' -> '_')."""
+    out = {str(k).replace("-", "_"): v for k, v in base.items()}
+    for key, value in over.items():
+        key = str(key).replace("-", "_")
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """Turn ``"fit.tpv_degree=4"`` into ``{"fit": {"tpv_degree": 4}}``.
+
+    The value is parsed as YAML, so numbers, booleans and lists work.
+    """
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. fit.tpv_degree=4")
+    path, raw = text.split("=", 1)
+    keys = [k.strip() for k in path.split(".") if k.strip()]
+    if not keys:
+        raise ConfigError(f"--set {text!r}: no key before '='")
+    try:
+        value: Any = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: cannot parse value {raw!r}: {err}") from err
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def describe(config: PipelineConfig | None = None) -> list[tuple[str, Any, str, str]]:
+    """Rows (key, value, unit, description) for every field of the config."""
+    config = config or PipelineConfig()
+    rows: list[tuple[str, Any, str, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", value, f.metadata.get("unit", ""), f.metadata.get("doc", "")))
+
+    walk(config, "")
+    return rows

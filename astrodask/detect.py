@@ -1,0 +1,260 @@
+"""Source detection (``get_image_ij``): SEP background, extraction and windowed centroids.
+
+Each source gets a windowed centroid (``sep.winpos``, the SExtractor XWIN/YWIN
+estimator), the covariance of its centroid (var_i, var_j, var_ij, from SEP's
+per-pixel noise model: background rms plus Poisson noise through the gain), its
+flux, and flags for saturated, blended and edge sources. Two passes use the same
+code with different settings: the first pass for region matching, and the
+relaxed depth pass for the depth match.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict
+
+import numpy as np
+import sep
+from astropy.table import Table
+
+from astrodask.config import DetectConfig, DetectPassConfig
+from astrodask.errors import AstrodaskWarning, ImageError
+from astrodask.types import SOURCE_COLUMNS, Exposure, SourceFlag
+
+log = logging.getLogger(__name__)
+
+#: SEP's pixel stack to start with; SEP allocates it on every call, so it is kept
+#: small and grown (x4) only when an extraction overflows it.
+SEP_PIXSTACK = 1_000_000
+#: Largest pixel stack tried before giving up.
+SEP_PIXSTACK_MAX = 256_000_000
+#: SEP's limit on sub-objects while deblending one object.
+SEP_SUB_OBJECT_LIMIT = 4096
+#: Gaussian sigma per FWHM.
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+#: Half-size of the matched-filter kernel, in units of its FWHM.
+KERNEL_HALF_WIDTH_FWHM = 1.5
+#: Sources used to estimate the image FWHM for the windowed centroids.
+FWHM_SAMPLE = 500
+
+
+def gaussian_kernel(fwhm_px: float) -> np.ndarray | None:
+    """A normalised Gaussian matched-filter kernel of the given FWHM (None when 0)."""
+    if fwhm_px <= 0:
+        return None
+    half = max(1, int(np.ceil(KERNEL_HALF_WIDTH_FWHM * fwhm_px)))
+    y, x = np.mgrid[-half: half + 1, -half: half + 1]
+    sigma = fwhm_px * FWHM_TO_SIGMA
+    kernel = np.exp(-0.5 * (x * x + y * y) / sigma**2)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def get_image_ij(
+    data: np.ndarray,
+    *,
+    config: DetectConfig | None = None,
+    depth: bool = False,
+    gain: float | None = None,
+    saturation_adu: float | None = None,
+    mask: np.ndarray | None = None,
+) -> Table:
+    """Detect the sources of an image and measure their windowed centroids.
+
+    Parameters
+    ----------
+    data
+        Image, shape (ny, nx); converted to native-endian float32 if needed
+        (the input is not modified).
+    config
+        Detection settings; ``config.first`` or ``config.depth`` gives the pass.
+    depth
+        Use the relaxed depth-match pass instead of the first pass.
+    gain
+        e-/ADU for the Poisson part of the centroid errors; ``config.default_gain`` if None.
+    saturation_adu
+        Saturation level; ``config.default_saturation_adu`` if None.
+    mask
+        Pixels to ignore (True = bad), shape of ``data``; NaN pixels are always masked.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per source, brightest first, columns of
+        :data:`astrodask.types.SOURCE_COLUMNS` (0-based pixels; ``i`` along
+        numpy's last axis). ``meta`` records the background level and rms, the
+        pass settings, the FWHM used for the windowed centroids and counts.
+        An image with no source gives an empty table and an
+        :class:`~astrodask.errors.AstrodaskWarning`.
+    """
+    config = config or DetectConfig()
+    pass_config: DetectPassConfig = config.depth if depth else config.first
+    gain = config.default_gain if gain is None else float(gain)
+    saturation = config.default_saturation_adu if saturation_adu is None else float(saturation_adu)
+    if data.ndim != 2:
+        raise ImageError(f"get_image_ij needs a 2-D image, got shape {data.shape}")
+    image = np.array(data, dtype=np.float32, order="C", copy=True)  # native, writable copy
+    bad = ~np.isfinite(image)
+    if mask is not None:
+        bad |= np.asarray(mask, dtype=bool)
+    if bad.all():
+        raise ImageError("get_image_ij: every pixel is masked or not finite")
+    has_bad = bool(bad.any())
+    if has_bad:
+        image[bad] = 0.0
+    sep_mask = bad if has_bad else None
+
+    bkg = sep.Background(image, mask=sep_mask, bw=config.back_size_px, bh=config.back_size_px,
+                         fw=config.back_filter_size, fh=config.back_filter_size)
+    back_level, back_rms = float(bkg.globalback), float(bkg.globalrms)
+    bkg.subfrom(image)
+    if has_bad:
+        image[bad] = 0.0
+
+    objects = _extract(image, pass_config, back_rms=back_rms, gain=gain, mask=sep_mask)
+    meta = {
+        "pass": "depth" if depth else "first",
+        "background_adu": back_level,
+        "background_rms_adu": back_rms,
+        "gain": gain,
+        "saturation_adu": saturation,
+        "detect_config": {**{k: v for k, v in asdict(config).items() if k not in {"first", "depth"}},
+                          "pass": asdict(pass_config)},
+    }
+    if len(objects) == 0:
+        warnings.warn("get_image_ij: no sources above "
+                      f"{pass_config.thresh_sigma} sigma (background rms {back_rms:.3g} ADU)",
+                      AstrodaskWarning, stacklevel=2)
+        return _empty_table(meta)
+
+    order = np.argsort(-objects["flux"], kind="stable")[: pass_config.max_sources]
+    objects = objects[order]
+    x, y = objects["x"].astype(np.float64), objects["y"].astype(np.float64)
+
+    fwhm = config.winpos_fwhm_px or estimate_fwhm(image, objects, mask=sep_mask)
+    sig = np.full(len(objects), fwhm * FWHM_TO_SIGMA)
+    xwin, ywin, winflag = sep.winpos(image, x, y, sig, mask=sep_mask)
+    ok = (winflag == 0) & np.isfinite(xwin) & np.isfinite(ywin) \
+        & (np.hypot(xwin - x, ywin - y) < fwhm)
+    i = np.where(ok, xwin, x)
+    j = np.where(ok, ywin, y)
+
+    ny, nx = image.shape
+    flags = np.zeros(len(objects), dtype=np.int32)
+    flags[~ok] |= SourceFlag.WINPOS_FAILED
+    flags[(objects["flag"] & sep.OBJ_MERGED) != 0] |= SourceFlag.BLENDED
+    flags[(objects["flag"] & sep.OBJ_TRUNC) != 0] |= SourceFlag.SEP_TRUNCATED
+    margin = config.edge_margin_px
+    flags[(i < margin) | (j < margin) | (i > nx - 1 - margin) | (j > ny - 1 - margin)] |= SourceFlag.EDGE
+    raw_peak = objects["peak"] + back_level
+    flags[raw_peak >= config.saturation_fraction * saturation] |= SourceFlag.SATURATED
+
+    # SEP's isophotal centroid variances are the per-source noise model; the windowed
+    # centroid's errors scale with them (the solve fits that scale in like_fit).
+    var_i = np.asarray(objects["errx2"], dtype=np.float64)
+    var_j = np.asarray(objects["erry2"], dtype=np.float64)
+    var_ij = np.asarray(objects["errxy"], dtype=np.float64)
+    flux = np.asarray(objects["flux"], dtype=np.float64)
+    flux_err = np.sqrt(np.maximum(flux, 0.0) / gain + objects["npix"] * back_rms**2)
+
+    table = Table(
+        {
+            "i": i, "j": j, "var_i": var_i, "var_j": var_j, "var_ij": var_ij,
+            "flux_adu": flux, "flux_err_adu": flux_err,
+            "peak_adu": np.asarray(objects["peak"], dtype=np.float64),
+            "a_px": np.asarray(objects["a"], dtype=np.float64),
+            "b_px": np.asarray(objects["b"], dtype=np.float64),
+            "theta_rad": np.asarray(objects["theta"], dtype=np.float64),
+            "npix": np.asarray(objects["npix"], dtype=np.int32),
+            "flag": flags,
+        },
+        meta=meta,
+    )
+    for name, unit in SOURCE_COLUMNS.items():
+        if unit:
+            table[name].unit = unit
+    table.meta.update({
+        "winpos_fwhm_px": float(fwhm),
+        "n_sources": len(table),
+        "n_saturated": int(np.count_nonzero(flags & SourceFlag.SATURATED)),
+        "n_blended": int(np.count_nonzero(flags & SourceFlag.BLENDED)),
+        "n_edge": int(np.count_nonzero(flags & SourceFlag.EDGE)),
+        "n_winpos_failed": int(np.count_nonzero(~ok)),
+    })
+    log.debug("get_image_ij: %d sources (%s pass), background %.1f +- %.2f ADU, FWHM %.2f px",
+              len(table), meta["pass"], back_level, back_rms, fwhm)
+    return table
+
+
+def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: float, gain: float,
+             mask: np.ndarray | None) -> np.ndarray:
+    """sep.extract with the pass settings, growing SEP's pixel stack when it overflows."""
+    pixstack = SEP_PIXSTACK
+    sep.set_sub_object_limit(SEP_SUB_OBJECT_LIMIT)
+    while True:
+        sep.set_extract_pixstack(pixstack)
+        try:
+            return sep.extract(
+                image,
+                pass_config.thresh_sigma,
+                err=back_rms,
+                gain=gain,
+                mask=mask,
+                minarea=pass_config.minarea,
+                filter_kernel=gaussian_kernel(pass_config.filter_fwhm_px),
+                deblend_nthresh=pass_config.deblend_nthresh,
+                deblend_cont=pass_config.deblend_cont,
+                clean=pass_config.clean,
+            )
+        except Exception as err:  # SEP raises a bare Exception for a full pixel buffer
+            if "pixel buffer full" not in str(err) or pixstack >= SEP_PIXSTACK_MAX:
+                if "pixel buffer full" in str(err):
+                    raise ImageError(f"get_image_ij: SEP's pixel buffer overflowed at {pixstack} pixels; "
+                                     "raise the detection threshold or minarea") from err
+                raise
+            pixstack *= 4
+            log.debug("get_image_ij: SEP pixel stack grown to %d", pixstack)
+
+
+def detect_exposure(exposure: Exposure, *, config: DetectConfig | None = None, depth: bool = False) -> Table:
+    """:func:`get_image_ij` on an exposure, with the gain and saturation level of its header.
+
+    The table's ``meta`` also records the file and its HDU.
+    """
+    table = get_image_ij(exposure.data, config=config, depth=depth, gain=exposure.gain,
+                         saturation_adu=exposure.saturate_adu)
+    table.meta["file"] = str(exposure.path)
+    table.meta["hdu"] = exposure.hdu_index
+    table.meta["shape"] = list(exposure.shape)
+    return table
+
+
+def estimate_fwhm(image: np.ndarray, objects: np.ndarray, *, mask: np.ndarray | None = None) -> float:
+    """Robust image FWHM (px): twice the median half-flux radius of bright clean sources.
+
+    Uses up to :data:`FWHM_SAMPLE` of the brightest unflagged sources past the
+    first few percent (often saturated). For a Gaussian PSF the half-flux
+    radius is FWHM / 2, so the windowed-centroid sigma FWHM / 2.355 is
+    SExtractor's ``2 * FLUX_RADIUS / 2.35``.
+    """
+    clean = objects[(objects["flag"] == 0) & (objects["npix"] >= 5)]
+    if len(clean) < 5:
+        clean = objects
+    start = len(clean) // 20
+    sample = clean[start: start + FWHM_SAMPLE]
+    radius, flag = sep.flux_radius(image, sample["x"].astype(np.float64), sample["y"].astype(np.float64),
+                                   np.maximum(6.0 * sample["a"], 3.0).astype(np.float64), 0.5,
+                                   subpix=5, mask=mask)
+    good = (flag == 0) & np.isfinite(radius) & (radius > 0)
+    if not np.any(good):
+        sigma = np.sqrt(0.5 * (sample["a"] ** 2 + sample["b"] ** 2))
+        return float(np.clip(np.median(sigma) / FWHM_TO_SIGMA, 1.0, 50.0))
+    return float(np.clip(2.0 * np.median(radius[good]), 1.0, 50.0))
+
+
+def _empty_table(meta: dict) -> Table:
+    dtypes = {"npix": np.int32, "flag": np.int32}
+    table = Table({name: np.zeros(0, dtype=dtypes.get(name, np.float64)) for name in SOURCE_COLUMNS}, meta=meta)
+    table.meta["n_sources"] = 0
+    return table
+

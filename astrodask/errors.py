@@ -1,0 +1,45 @@
+"""Exceptions and warnings of astrodask.
+
+Every error astrodask raises on purpose derives from :class:`AstrodaskError`, and
+also from the builtin exception that describes it best, so callers may catch either.
+The command line turns an ``AstrodaskError`` into a one-line message and a
+non-zero exit status; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AstrodaskError(Exception):
+    """Root of every error astrodask raises on purpose."""
+
+
+class ConfigError(AstrodaskError, ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+class InputFileError(AstrodaskError, OSError):
+    """An input file is missing, unreadable, or not what it should be."""
+
+
+class ImageError(AstrodaskError, ValueError):
+    """An exposure's image data cannot be used (absent HDU, wrong dimensions...)."""
+
+
+class PointingError(AstrodaskError, ValueError):
+    """The approximate pointing of an exposure cannot be determined."""
+
+
+class CatalogError(AstrodaskError, ValueError):
+    """A reference catalog is malformed (missing columns, bad values...)."""
+
+
+class ArchiveError(AstrodaskError, RuntimeError):
+    """A query to the Gaia archive failed after its retries."""
+
+
+class NoSourcesError(AstrodaskError, ValueError):
+    """Source detection found nothing usable."""
+
+
+class AstrodaskWarning(UserWarning):
+    """A data-quality notice: the work goes on, but the user should know."""

@@ -1,0 +1,310 @@
+"""Reading exposures: FITS or tile-compressed ``.fits.fz``, their pointing and epoch.
+
+:func:`read_exposure` finds the 2-D image in any HDU, applies BZERO/BSCALE and
+returns native-endian float32 pixels (FITS data is big-endian, and SEP refuses
+it) with the header facts the pipeline uses.  :func:`get_pointing` resolves the
+approximate pointing, in order: command-line overrides, an approximate WCS in the
+header, RA/DEC keywords with the configured plate scale and rotation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import Angle
+from astropy.io import fits
+from astropy.time import Time
+from astropy.wcs import WCS, FITSFixedWarning
+
+from astrodask.config import PointingConfig
+from astrodask.errors import ImageError, InputFileError, PointingError
+from astrodask.types import Exposure, Pointing
+from astrodask.wcsutil import cd_to_scale_rotation_parity, tan_wcs
+
+log = logging.getLogger(__name__)
+
+#: Keyword pairs searched for the pointing, in order.
+POINTING_KEYWORDS: tuple[tuple[str, str], ...] = (
+    ("RA", "DEC"),
+    ("OBJCTRA", "OBJCTDEC"),
+    ("RA_OBJ", "DEC_OBJ"),
+    ("TELRA", "TELDEC"),
+    ("CRVAL1", "CRVAL2"),
+)
+#: Keywords that inherit from the primary header when the image is in an extension.
+_IMAGE_ONLY = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND",
+               "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "EXTNAME",
+               "COMMENT", "HISTORY", ""}
+
+
+def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
+    """Read an exposure's image and the header facts the pipeline needs.
+
+    Parameters
+    ----------
+    path
+        A FITS file, plain or tile-compressed (``.fits.fz``).
+    hdu
+        Index of the image HDU; by default the first HDU holding a 2-D image.
+
+    Returns
+    -------
+    Exposure
+        Native-endian float32 pixels (BZERO/BSCALE applied), merged header,
+        epoch, gain, saturation level and exposure time.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing or is not a FITS file.
+    ImageError
+        No 2-D image in the file, the requested HDU is absent or not 2-D.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputFileError(f"{path}: not a regular file")
+    try:
+        hdul = fits.open(path, memmap=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
+    with hdul:
+        index = _find_image_hdu(path, hdul, hdu)
+        image_hdu = hdul[index]
+        try:
+            raw = image_hdu.data
+        except (OSError, ValueError, TypeError) as err:
+            raise ImageError(f"{path}: HDU {index} image data cannot be decoded ({err})") from err
+        data = np.ascontiguousarray(raw, dtype=np.float32)  # native byte order
+        header = image_hdu.header.copy()
+        if index > 0:
+            for card in hdul[0].header.cards:
+                if card.keyword not in _IMAGE_ONLY and card.keyword not in header:
+                    header.append(card)
+    header.remove("NAXIS3", ignore_missing=True)
+    return Exposure(
+        path=path,
+        hdu_index=index,
+        data=data,
+        header=header,
+        epoch_yr=header_epoch(header, path=path),
+        gain=_positive_float(header, "GAIN"),
+        saturate_adu=_positive_float(header, "SATURATE"),
+        exptime_s=_positive_float(header, "EXPTIME"),
+    )
+
+
+def _find_image_hdu(path: Path, hdul: fits.HDUList, hdu: int | None) -> int:
+    def ndim(h: fits.hdu.base.ExtensionHDU) -> int:
+        return int(h.header.get("ZNAXIS", h.header.get("NAXIS", 0))) if _is_image(h) else 0
+
+    if hdu is not None:
+        if not 0 <= hdu < len(hdul):
+            raise ImageError(f"{path}: HDU {hdu} does not exist (the file has {len(hdul)} HDUs)")
+        if not _is_image(hdul[hdu]):
+            raise ImageError(f"{path}: HDU {hdu} is a {type(hdul[hdu]).__name__}, not an image")
+        if ndim(hdul[hdu]) != 2:
+            raise ImageError(f"{path}: HDU {hdu} holds {ndim(hdul[hdu])}-D data; a 2-D image is needed")
+        return hdu
+    dims = [ndim(h) for h in hdul]
+    for index, n in enumerate(dims):
+        if n == 2:
+            return index
+    found = [f"HDU {i}: {n}-D" for i, n in enumerate(dims) if n > 0]
+    if found:
+        raise ImageError(f"{path}: no 2-D image ({', '.join(found)}); a single 2-D image is needed")
+    raise ImageError(f"{path}: no image HDU in the file (it has {len(hdul)} HDUs, none with image data)")
+
+
+def _is_image(h: object) -> bool:
+    return isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+
+
+def _positive_float(header: fits.Header, key: str) -> float | None:
+    value = header.get(key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def header_epoch(header: fits.Header, *, path: str | Path = "") -> float | None:
+    """Julian epoch of the observation from DATE-OBS (with TIME-OBS/UT) or MJD-OBS.
+
+    Returns None when the header has neither; a malformed value is logged and ignored.
+    """
+    date = header.get("DATE-OBS")
+    if isinstance(date, str) and date.strip():
+        text = date.strip()
+        clock = header.get("TIME-OBS") or header.get("UT")
+        if "T" not in text and isinstance(clock, str) and clock.strip():
+            text = f"{text}T{clock.strip()}"
+        try:
+            return float(Time(text, format="isot" if "T" in text else "iso", scale="utc").jyear)
+        except ValueError:
+            try:
+                return float(Time(text, scale="utc").jyear)
+            except ValueError:
+                log.warning("%s: DATE-OBS %r is not a date; trying MJD-OBS", path, date)
+    mjd = header.get("MJD-OBS")
+    if mjd is not None:
+        try:
+            return float(Time(float(mjd), format="mjd", scale="utc").jyear)
+        except (TypeError, ValueError):
+            log.warning("%s: MJD-OBS %r is not a number", path, mjd)
+    return None
+
+
+def get_pointing(
+    header: fits.Header,
+    *,
+    path: str | Path = "",
+    config: PointingConfig | None = None,
+    ra_deg: float | None = None,
+    dec_deg: float | None = None,
+    scale_arcsec: float | None = None,
+    rotation_deg: float | None = None,
+    parity: int | None = None,
+) -> Pointing:
+    """The approximate pointing of an exposure.
+
+    In order of precedence: ``ra_deg``/``dec_deg`` given by the caller (command-line
+    overrides); an approximate celestial WCS in the header; RA/DEC keywords
+    (degrees, or sexagesimal hours/degrees; also OBJCTRA/OBJCTDEC, RA_OBJ/DEC_OBJ,
+    TELRA/TELDEC) with the configured plate scale, rotation and parity. Scale,
+    rotation and parity given by the caller override those of the header WCS.
+
+    Raises
+    ------
+    PointingError
+        Nothing in the header gives a pointing, or a value cannot be parsed.
+    """
+    config = config or PointingConfig()
+    if (ra_deg is None) != (dec_deg is None):
+        raise PointingError(f"{path}: give both --ra and --dec, or neither")
+    if ra_deg is not None and dec_deg is not None:
+        _check_dec(float(dec_deg), path, "--dec")
+        return Pointing(
+            ra_deg=float(ra_deg) % 360.0,
+            dec_deg=float(dec_deg),
+            scale_arcsec=scale_arcsec or config.plate_scale_arcsec,
+            rotation_deg=config.rotation_deg if rotation_deg is None else rotation_deg,
+            parity=parity or config.parity,
+            source="cli",
+        )
+    wcs_header = _celestial_header(header, path)
+    if wcs_header is not None:
+        wcs = WCS(wcs_header)
+        scale0, rotation0, parity0 = cd_to_scale_rotation_parity(wcs.pixel_scale_matrix)
+        if scale_arcsec is not None or rotation_deg is not None or parity is not None:
+            wcs_header = None  # the caller's scale/rotation/parity replace the header's CD
+        nx, ny = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+        if nx > 0 and ny > 0:
+            ra_c, dec_c = wcs.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]
+        else:
+            ra_c, dec_c = wcs.wcs.crval
+        return Pointing(
+            ra_deg=float(ra_c) % 360.0,
+            dec_deg=float(dec_c),
+            scale_arcsec=scale_arcsec or scale0,
+            rotation_deg=rotation0 if rotation_deg is None else rotation_deg,
+            parity=parity or parity0,
+            source="header-wcs",
+            wcs_header=wcs_header,
+        )
+    for ra_key, dec_key in POINTING_KEYWORDS[:-1]:
+        if ra_key in header and dec_key in header:
+            ra = parse_ra(header[ra_key], path=path, key=ra_key)
+            dec = parse_dec(header[dec_key], path=path, key=dec_key)
+            return Pointing(
+                ra_deg=ra,
+                dec_deg=dec,
+                scale_arcsec=scale_arcsec or config.plate_scale_arcsec,
+                rotation_deg=config.rotation_deg if rotation_deg is None else rotation_deg,
+                parity=parity or config.parity,
+                source=f"header-keywords ({ra_key}/{dec_key})",
+            )
+    raise PointingError(
+        f"{path}: cannot find the pointing: no celestial WCS and none of the keyword pairs "
+        f"{', '.join(f'{a}/{b}' for a, b in POINTING_KEYWORDS[:-1])} in the header; "
+        "give it with --ra and --dec (degrees)"
+    )
+
+
+def _celestial_header(header: fits.Header, path: str | Path) -> fits.Header | None:
+    """The header's celestial WCS keywords if it has a usable one, else None."""
+    ctype1 = str(header.get("CTYPE1", ""))
+    if not ctype1.upper().startswith("RA") or "CRVAL1" not in header:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+        except (ValueError, KeyError, MemoryError) as err:
+            log.warning("%s: the header's WCS cannot be read (%s); using RA/DEC keywords", path, err)
+            return None
+    if not wcs.has_celestial or not np.all(np.isfinite(wcs.pixel_scale_matrix)) \
+            or abs(np.linalg.det(wcs.pixel_scale_matrix)) == 0:
+        return None
+    return wcs.to_header(relax=True)
+
+
+def _check_dec(dec: float, path: str | Path, key: str) -> float:
+    if not -90.0 <= dec <= 90.0:
+        raise PointingError(f"{path}: {key} = {dec} is not a declination (-90 to 90 degrees)")
+    return dec
+
+
+def parse_ra(value: object, *, path: str | Path = "", key: str = "RA") -> float:
+    """Right ascension in degrees from a number (degrees) or a sexagesimal string (hours)."""
+    try:
+        if isinstance(value, (int, float)) or _is_number(value):
+            return float(value) % 360.0
+        return float(Angle(str(value).strip(), unit=u.hourangle).degree) % 360.0
+    except (ValueError, TypeError) as err:
+        raise PointingError(f"{path}: {key} = {value!r} is not a right ascension "
+                            "(degrees, or hours as 'hh:mm:ss.s')") from err
+
+
+def parse_dec(value: object, *, path: str | Path = "", key: str = "DEC") -> float:
+    """Declination in degrees from a number or a sexagesimal string (degrees)."""
+    try:
+        if isinstance(value, (int, float)) or _is_number(value):
+            dec = float(value)
+        else:
+            dec = float(Angle(str(value).strip(), unit=u.deg).degree)
+    except (ValueError, TypeError) as err:
+        raise PointingError(f"{path}: {key} = {value!r} is not a declination "
+                            "(degrees, or '+dd:mm:ss.s')") from err
+    return _check_dec(dec, path, key)
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def approximate_wcs(pointing: Pointing, shape: tuple[int, int]) -> WCS:
+    """The approximate WCS of an exposure from its pointing.
+
+    The header's own WCS when the pointing came from it (distortion terms
+    included), else a TAN projection centred on the image.
+    """
+    if pointing.wcs_header is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(pointing.wcs_header, naxis=2)
+        wcs.pixel_shape = (shape[1], shape[0])
+        return wcs
+    return tan_wcs(pointing.ra_deg, pointing.dec_deg, shape=shape, scale_arcsec=pointing.scale_arcsec,
+                   rotation_deg=pointing.rotation_deg, parity=pointing.parity)

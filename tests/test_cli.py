@@ -1,0 +1,148 @@
+"""The astrodask command: subcommands, config overrides, clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from click.testing import CliRunner
+
+from astrodask.cli import EXIT_PARTIAL, main
+from test_detect import render
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture()
+def exposure_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(8)
+    gx, gy = np.meshgrid(np.arange(20, 300, 30.0), np.arange(20, 200, 30.0))
+    image = render((220, 320), gx.ravel() + 0.3, gy.ravel() - 0.2, np.full(gx.size, 5e4), rng=rng)
+    header = fits.Header({"RA": "10:00:00", "DEC": "+02:00:00", "DATE-OBS": "2025-03-01T01:02:03",
+                          "EXPTIME": 60.0, "GAIN": 1.2, "SATURATE": 60000.0})
+    path = tmp_path / "frame.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(header=header),
+                  fits.CompImageHDU(np.round(image).astype(np.uint16), compression_type="RICE_1")]).writeto(path)
+    return path
+
+
+def test_every_subcommand_has_help(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    commands = [line.split()[0] for line in result.output.split("Commands:")[1].strip().splitlines()]
+    assert {"config", "detect", "info"} <= set(commands)
+    for command in commands:
+        sub = runner.invoke(main, [command, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert "Usage: astrodask " + command in sub.output
+
+
+def test_console_scripts_astrodask_and_dask_astrodask() -> None:
+    own = subprocess.run([str(BIN / "astrodask"), "--version"], capture_output=True, text=True, check=True)
+    assert own.stdout.startswith("astrodask, version")
+    dask = subprocess.run([str(BIN / "dask"), "astrodask", "detect", "--help"], capture_output=True, text=True)
+    assert dask.returncode == 0, dask.stderr
+    assert "Usage: dask astrodask detect" in dask.stdout
+
+
+def test_detect_writes_table_with_config_and_summary(runner: CliRunner, exposure_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "sources.ecsv"
+    result = runner.invoke(main, ["detect", str(exposure_file), "--out", str(out), "--set", "detect.first.minarea=4"])
+    assert result.exit_code == 0, result.output
+    assert f"{exposure_file}: 60 sources (first pass)" in result.output
+    table = Table.read(out)
+    assert len(table) == 60
+    assert table.meta["config"]["detect"]["first"]["minarea"] == 4
+    assert table.meta["file"] == str(exposure_file)
+    assert str(table["i"].unit) == "pix"
+    parquet = runner.invoke(main, ["detect", str(exposure_file), "--format", "parquet", "--out", str(tmp_path)])
+    assert parquet.exit_code == 0, parquet.output
+    assert len(Table.read(tmp_path / "frame.sources.parquet")) == 60
+
+
+def test_config_precedence_env_file_set(runner: CliRunner, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DASK_ASTRODASK__FIT__TPV_DEGREE", "5")
+    monkeypatch.setenv("DASK_ASTRODASK__FIT__RMS_CLIP_ROUNDS", "7")
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("astrodask:\n  fit:\n    rms_clip_rounds: 2\n    CLIPPING_THRESHOLD: 1.0\n")
+    result = runner.invoke(main, ["config", "--yaml", "--config", str(yaml_file), "--set", "fit.CLIPPING_THRESHOLD=0.5"])
+    assert result.exit_code == 0, result.output
+    assert "tpv_degree: 5" in result.output  # environment
+    assert "rms_clip_rounds: 2" in result.output  # file beats environment
+    assert "CLIPPING_THRESHOLD: 0.5" in result.output  # --set beats file
+
+
+def test_expected_errors_are_one_line_without_traceback(exposure_file: Path, tmp_path: Path) -> None:
+    notfits = tmp_path / "junk.fits"
+    notfits.write_text("junk")
+    nopointing = tmp_path / "nopointing.fits"
+    fits.PrimaryHDU(np.zeros((10, 10), np.float32)).writeto(nopointing)
+    cases = [
+        (["detect", str(tmp_path / "absent.fits")], "absent.fits: no such file"),
+        (["detect", str(notfits)], "junk.fits: not a readable FITS file"),
+        (["info", str(nopointing)], "nopointing.fits: cannot find the pointing"),
+        (["config", "--set", "fit.tpv_degree=99"], "fit.tpv_degree = 99 is out of range"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([str(BIN / "astrodask"), *args], capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_file_fails_alone(runner: CliRunner, exposure_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.fits"
+    bad.write_text("nope")
+    result = runner.invoke(main, ["detect", str(bad), str(exposure_file), "--out", str(tmp_path / "o")])
+    assert result.exit_code == EXIT_PARTIAL
+    assert "1 of 2 files failed" in result.output
+    assert (tmp_path / "o" / "frame.sources.ecsv").exists()
+
+
+def test_info_reads_pointing_and_epoch(runner: CliRunner, exposure_file: Path) -> None:
+    result = runner.invoke(main, ["info", str(exposure_file)])
+    assert result.exit_code == 0, result.output
+    assert "RA 150.000000  Dec +2.000000" in result.output and "HDU 1, 320 x 220 px" in result.output
+    assert "epoch     2025.16" in result.output
+    flipped = runner.invoke(main, ["info", str(exposure_file), "--ra", "12.5", "--dec", "-3", "--flip"])
+    assert "RA 12.500000  Dec -3.000000" in flipped.output and "parity -1" in flipped.output
+
+
+def test_demo_runs_end_to_end_offline(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = runner.invoke(main, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("demo.fits.fz", "demo_gaia.ecsv", "demo.truth.wcs.fits", "demo.truth.ecsv",
+                 "demo.sources.ecsv", "demo.gaia.ecsv"):
+        assert (out / name).is_file(), name
+    sources = Table.read(out / "demo.sources.ecsv")
+    assert len(sources) > 80
+    assert sources.meta["config"]["fit"]["CLIPPING_THRESHOLD"] > 0
+    stars = Table.read(out / "demo.gaia.ecsv")
+    assert stars.meta["epoch"] == pytest.approx(2024.3)
+    assert "against the truth:" in result.output and str(out.resolve()) in result.output
+
+
+def test_gaia_command_with_catalog(runner: CliRunner, tmp_path: Path) -> None:
+    from astrodask.simulate import make_demo
+
+    field = make_demo(tmp_path)
+    out = tmp_path / "refs.ecsv"
+    result = runner.invoke(main, ["gaia", str(field.image_path), "--catalog", str(field.catalog_path),
+                                  "--out", str(out), "--set", "gaia.mag_limit=18"])
+    assert result.exit_code == 0, result.output
+    stars = Table.read(out)
+    assert len(stars) > 100 and stars["phot_g_mean_mag"].max() <= 18.0
+    assert {"x", "y", "in_image", "ref_flag"} <= set(stars.colnames)
+    missing = runner.invoke(main, ["gaia", str(field.image_path), "--catalog", str(tmp_path / "none.ecsv")])
+    assert missing.exit_code != 0 and "none.ecsv" in missing.output
