@@ -87,8 +87,16 @@ def test_expected_errors_are_one_line_without_traceback(exposure_file: Path, tmp
     notfits.write_text("junk")
     nopointing = tmp_path / "nopointing.fits"
     fits.PrimaryHDU(np.zeros((10, 10), np.float32)).writeto(nopointing)
+    cube = tmp_path / "cube.fits"
+    fits.PrimaryHDU(np.zeros((2, 10, 10), np.float32)).writeto(cube)
+    badcat = tmp_path / "stars.csv"
+    badcat.write_text("ra,dec\n1.0,2.0\n")
     cases = [
         (["detect", str(tmp_path / "absent.fits")], "absent.fits: no such file"),
+        (["detect", str(cube)], "cube.fits: no 2-D image (HDU 0: 3-D)"),
+        (["detect", str(exposure_file), "--hdu", "4"], "frame.fits.fz: HDU 4 does not exist"),
+        (["catalog", "import", str(badcat)], "stars.csv"),
+        (["gaia", str(exposure_file), "--catalog", str(badcat)], "stars.csv"),
         (["detect", str(notfits)], "junk.fits: not a readable FITS file"),
         (["info", str(nopointing)], "nopointing.fits: cannot find the pointing"),
         (["config", "--set", "fit.tpv_degree=99"], "fit.tpv_degree = 99 is out of range"),
