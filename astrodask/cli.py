@@ -384,20 +384,16 @@ def simulate_cmd(out_dir: str, name: str, ra_deg: float, dec_deg: float, width: 
 @config_options
 @logging_options
 def demo_cmd(out_dir: str, config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
-    """Run astrodask on the embedded demo, with no network.
+    """Solve the embedded demo exposure, with no network.
 
     Simulates the demo exposure (a Condor-like 2394 x 1597 px quarter frame with a
-    known TAN + TPV truth and a header 3 arcmin off), its Gaia catalog, detects
-    the sources (get_image_ij), selects the reference stars (get_gaia_xy) and
-    scores the detections against the truth.
+    known TAN + TPV truth and a header 3 arcmin off) and its Gaia catalog, solves
+    it, writes the solution, the summary, the matched list and a residual plot,
+    and scores the solved WCS against the truth.
     """
-    from scipy.spatial import cKDTree
-
-    from astrodask.detect import detect_exposure
-    from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
-    from astrodask.gaia import get_gaia_xy, read_catalog
-    from astrodask.simulate import make_demo
-    from astrodask.types import SourceFlag
+    from astrodask.gaia import read_catalog
+    from astrodask.simulate import make_demo, read_truth_wcs
+    from astrodask.wcsutil import wcs_error_mas
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -405,39 +401,124 @@ def demo_cmd(out_dir: str, config_file: str | None, assignments: tuple[str, ...]
     stage = time.perf_counter()
     field = make_demo(out)
     click.echo(f"demo exposure simulated in {time.perf_counter() - stage:.1f} s: {field.image_path}")
+    result = _solve_and_write([str(field.image_path)], catalog=read_catalog(field.catalog_path), config=config,
+                              out=out, pointing={}, write_header=False, debug=True)[0]
+    if result.ok:
+        err = wcs_error_mas(result.wcs, read_truth_wcs(field.image_path), result.shape)
+        click.echo(f"against the truth WCS (grid every 100 px over the image): rms {np.sqrt(np.mean(err**2)):.2f} mas, "
+                   f"95th percentile {np.percentile(err, 95):.2f} mas, max {err.max():.2f} mas")
+    click.echo(f"files: {out.resolve()}")
+    if not result.ok:
+        raise SystemExit(1)
 
-    stage = time.perf_counter()
-    exposure = read_exposure(field.image_path)
-    sources = detect_exposure(exposure, config=config.detect)
-    sources.meta["config"] = config.to_dict()
-    sources.meta["astrodask_version"] = __version__
-    sources_path = write_table(sources, out / f"{exposure.name}.sources.ecsv")
-    click.echo(f"get_image_ij: {len(sources)} sources in {time.perf_counter() - stage:.2f} s "
-               f"(FWHM {sources.meta['winpos_fwhm_px']:.2f} px) -> {sources_path}")
 
-    stage = time.perf_counter()
-    pointing = get_pointing(exposure.header, path=exposure.path, config=config.pointing)
-    stars = get_gaia_xy(approximate_wcs(pointing, exposure.shape), exposure.shape, epoch_yr=exposure.epoch_yr,
-                        catalog=read_catalog(field.catalog_path), config=config.gaia)
-    stars.meta["config"] = config.to_dict()
-    stars_path = write_table(stars, out / f"{exposure.name}.gaia.ecsv")
-    click.echo(f"get_gaia_xy: {len(stars)} Gaia stars over the footprint + {config.gaia.margin_deg} deg "
-               f"({stars.meta['n_in_image']} in the image by the approximate header, {pointing.source}) "
-               f"in {time.perf_counter() - stage:.2f} s -> {stars_path}")
+def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, out: Path,
+                     pointing: dict[str, Any], write_header: bool, debug: bool) -> list:
+    """Solve files one after the other; write each solution, the summary and (debug) matched lists and plots."""
+    from astrodask.output import plot_solution, write_header_copy, write_matched, write_solution, write_summary
+    from astrodask.solve import solve_file
 
-    truth = field.truth
-    clean = (np.asarray(sources["flag"]) & (SourceFlag.SATURATED | SourceFlag.BLENDED | SourceFlag.EDGE)) == 0
-    dist, k = cKDTree(np.column_stack([truth["i"], truth["j"]])).query(
-        np.column_stack([sources["i"], sources["j"]]), distance_upper_bound=1.0)
-    hit = np.isfinite(dist)
-    good = hit & clean & np.asarray(truth["isolated"])[np.minimum(k, len(truth) - 1)]
-    di = np.asarray(sources["i"])[good] - np.asarray(truth["i"])[k[good]]
-    dj = np.asarray(sources["j"])[good] - np.asarray(truth["j"])[k[good]]
-    click.echo(f"against the truth: {int(hit.sum())} of {len(sources)} detections are stars within 1 px; "
-               f"{int(good.sum())} clean isolated ones have mean offset ({di.mean():+.4f}, {dj.mean():+.4f}) px "
-               f"and rms ({di.std():.4f}, {dj.std():.4f}) px")
-    click.echo("next: the Condor solve (regions, mean affine, TPV, depth match, like_fit) arrives with the "
-               f"solve issue; the files are in {out.resolve()}")
+    results = []
+    for index, path in enumerate(files, start=1):
+        started = time.perf_counter()
+        result = solve_file(path, catalog=catalog, config=config, pointing=pointing)
+        results.append(result)
+        written = []
+        if result.solution is not None and result.ok:
+            written.append(write_solution(result, out))
+            if write_header:
+                written.append(write_header_copy(result, out))
+        if debug and result.solution is not None:
+            written += [p for p in (write_matched(result, out), plot_solution(result, out)) if p]
+        write_summary([result], out)
+        prefix = f"[{index}/{len(files)}] " if len(files) > 1 else ""
+        if result.ok:
+            q, m = result.quality, result.error_model
+            click.echo(f"{prefix}{path}: solved in {time.perf_counter() - started:.1f} s: {result.n_matches} matches "
+                       f"({result.counts.get('regions_ok', 0)}/{len(result.regions)} regions), rms "
+                       f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas, "
+                       f"chi2/dof {q.chi2_dof:.3f} (dof {q.dof}), error model: scale {m.scale:.3f}, "
+                       f"floor {m.floor_mas:.1f} mas")
+        else:
+            click.echo(f"{prefix}{path}: FAILED at {result.stage}: {result.reason}", err=True)
+        for p in written:
+            click.echo(f"  {p}")
+    return results
+
+
+@main.command("solve")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--catalog", type=click.Path(), default=None,
+              help="Reference catalog file (Gaia export or VizieR I/355); default: query the Gaia archive.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="astrodask-out", show_default=True,
+              help="Output folder: <name>.wcs.fits per exposure and summary.ecsv.")
+@click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
+@click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots.")
+@pointing_options
+@config_options
+@logging_options
+def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
+              ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
+              config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
+    """Solve exposures: TAN + TPV WCS against Gaia DR3, with an error model and a chi-square.
+
+    Writes OUT/<name>.wcs.fits (a FITS header with RA---TPV/DEC--TPV, CRPIX,
+    CRVAL, CD, PV1_*, PV2_* and quality keywords) for each solved exposure and
+    OUT/summary.ecsv with one row per exposure (status, reason, counts, rms,
+    chi-square/dof, seconds per stage). A failed exposure is reported and the
+    others go on; the exit status is 3 when some failed.
+    """
+    from astrodask.gaia import read_catalog
+
+    _configure_logging(verbose, quiet)
+    config = load_config(config_file, assignments)
+    reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
+    pointing = {k: v for k, v in {"ra_deg": ra, "dec_deg": dec, "scale_arcsec": scale, "rotation_deg": rotation,
+                                  "parity": parity}.items() if v is not None}
+    out = Path(out_dir)
+    results = _solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
+                               write_header=write_header, debug=debug)
+    failed = [r for r in results if not r.ok]
+    click.echo(f"{len(results) - len(failed)} of {len(results)} solved; summary: {out / 'summary.ecsv'}")
+    if failed:
+        raise SystemExit(EXIT_PARTIAL if len(failed) < len(results) else 1)
+
+
+@main.command("task")
+@click.argument("message")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the message's 'out', else beside the exposure).")
+@config_options
+@logging_options
+def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignments: tuple[str, ...],
+             verbose: int, quiet: bool) -> None:
+    """Run a task message of the original service, e.g. '{"task": "astrometer", "filename": "X.fits.fz"}'.
+
+    Optional keys: "catalog" (reference catalog file), "out" (output folder).
+    """
+    import json
+
+    from astrodask.gaia import read_catalog
+
+    _configure_logging(verbose, quiet)
+    try:
+        task = json.loads(message)
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f"the task message is not JSON ({err.msg} at column {err.colno}): {message!r}") from None
+    if not isinstance(task, dict) or task.get("task") != "astrometer":
+        raise click.ClickException(f"unknown task {task.get('task') if isinstance(task, dict) else task!r}: "
+                                   "only 'astrometer' is supported")
+    filename = task.get("filename")
+    if not isinstance(filename, str) or not filename:
+        raise click.ClickException("the astrometer task needs a 'filename'")
+    config = load_config(config_file, assignments)
+    catalog = task.get("catalog")
+    reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
+    out = Path(out_dir or task.get("out") or Path(filename).parent)
+    results = _solve_and_write([filename], catalog=reference, config=config, out=out, pointing={},
+                               write_header=False, debug=False)
+    if not results[0].ok:
+        raise SystemExit(1)
 
 
 def _for_each(files: Sequence[str], one: Callable[[str], None]) -> None:
@@ -456,7 +537,7 @@ def _for_each(files: Sequence[str], one: Callable[[str], None]) -> None:
     if failures:
         click.echo(f"{len(failures)} of {len(files)} files failed:", err=True)
         for path, reason in failures:
-            click.echo(f"  {path}: {reason}", err=True)
+            click.echo(f"  {reason}" if reason.startswith(str(path)) else f"  {path}: {reason}", err=True)
         raise SystemExit(EXIT_PARTIAL)
 
 

@@ -154,7 +154,7 @@ class DetectPassConfig(_Section):
 
     section: ClassVar[str] = "detect.pass"
 
-    thresh_sigma: float = param(5.0, "detection threshold above the background rms", unit="sigma", lo=0.3, hi=1000.0)
+    thresh_sigma: float = param(3.0, "detection threshold above the background rms", unit="sigma", lo=0.3, hi=1000.0)
     minarea: int = param(5, "minimum number of connected pixels above threshold", unit="px", lo=1, hi=10000)
     deblend_nthresh: int = param(32, "number of deblending thresholds", lo=1, hi=256)
     deblend_cont: float = param(0.005, "minimum contrast ratio for deblending (1 disables it)", lo=0.0, hi=1.0)
@@ -164,7 +164,7 @@ class DetectPassConfig(_Section):
 
 
 def _first_pass() -> DetectPassConfig:
-    return DetectPassConfig()
+    return DetectPassConfig(thresh_sigma=3.0)
 
 
 def _depth_pass() -> DetectPassConfig:
@@ -211,6 +211,16 @@ class RegionConfig(_Section):
     min_stars: int = param(8, "a region needs at least this many sources and references to be matched", lo=3, hi=10000)
     min_good_regions: int = param(6, "the solve needs at least this many regions that agree", lo=1, hi=400)
     max_control_points: int = param(50, "brightest sources per region handed to astroalign", lo=5, hi=1000)
+    reference_excess: float = param(1.3, "references used for matching: this many times the sources, brightest first "
+                                    "(so that both lists reach a similar depth)", lo=1.0, hi=100.0)
+    coarse_control_points: int = param(60, "brightest sources of the whole frame for the coarse alignment", lo=5, hi=1000)
+    coarse_bin_factor: float = param(8.0, "coordinates are divided by this for the coarse alignment, so that "
+                                     "astroalign's 2 px tolerance absorbs the distortion", lo=1.0, hi=100.0)
+    target_margin_px: float = param(60.0, "references predicted this far outside a region still take part in its match", unit="px", lo=0.0, hi=5000.0)
+    pair_radius_px: float = param(4.0, "after a region's affine, sources pair with references this close", unit="px", lo=0.1, hi=100.0)
+    tolerance_px: float = param(25.0, "a region whose affine moves its centre farther than this from the field's disagrees", unit="px", lo=0.1, hi=10000.0)
+    max_rotation_deg: float = param(1.0, "a region whose affine rotates more than this against the field's disagrees", unit="deg", lo=0.001, hi=180.0)
+    max_scale_diff: float = param(0.03, "a region whose affine scale differs by more than this fraction disagrees", lo=0.0001, hi=1.0)
 
     def _check(self) -> None:
         if (self.nx == 0) != (self.ny == 0):
@@ -248,6 +258,12 @@ class FitConfig(_Section):
     rms_clip_sigma: float = param(4.0, "RMS clipping threshold", unit="sigma", lo=1.0, hi=100.0)
     rms_clip_rounds: int = param(3, "rounds of RMS clipping and refitting", lo=0, hi=50)
     error_clip_rounds: int = param(5, "rounds of ERROR_THRESHOLD clipping and like_fit refits", lo=0, hi=50)
+    depth_window: int = param(0, "depth_match slices the remaining references to this many, brightest first (0: all)", lo=0, hi=100_000_000)
+    edge_margin_px: float = param(2.0, "references predicted this far outside the image still take part in the depth match", unit="px", lo=0.0, hi=1000.0)
+    min_matches: int = param(30, "quality gate: a solve needs at least this many matched stars in the final fit", lo=4, hi=1_000_000)
+    max_rms_arcsec: float = param(1.0, "quality gate: largest residual rms per axis of the final fit", unit="arcsec", lo=0.001, hi=3600.0)
+    max_chi2_dof: float = param(5.0, "quality gate: largest chi-square per degree of freedom over the whole matched list", lo=1.0, hi=1e9)
+    max_floor_mas: float = param(500.0, "quality gate: largest systematic floor of the error model", unit="mas", lo=0.0, hi=1e9)
 
 
 @dataclass(frozen=True)

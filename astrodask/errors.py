@@ -37,6 +37,22 @@ class ArchiveError(AstrodaskError, RuntimeError):
     """A query to the Gaia archive failed after its retries."""
 
 
+class MatchError(AstrodaskError, RuntimeError):
+    """Image sources and reference stars cannot be matched (too few, or no consistent transform)."""
+
+
+class FitError(AstrodaskError, ValueError):
+    """A fit cannot be made from the data given (too few points, degenerate geometry)."""
+
+
+class HeaderError(AstrodaskError, ValueError):
+    """A FITS header's WCS cannot be read (unsupported or inconsistent keywords)."""
+
+
+class SolveError(AstrodaskError, RuntimeError):
+    """A solve failed one of its quality gates; the message gives the stage and the reason."""
+
+
 class NoSourcesError(AstrodaskError, ValueError):
     """Source detection found nothing usable."""
 

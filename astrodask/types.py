@@ -13,9 +13,10 @@ Conventions
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntFlag
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io.fits import Header
@@ -153,3 +154,84 @@ def exposure_name(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+#: Status of an exposure whose solve passed every quality gate.
+SOLVED = "solved"
+#: Status of an exposure whose solve failed (the reason says where and why).
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ExposureResult:
+    """The outcome of one exposure's solve: solved with its WCS and figures, or failed with a reason.
+
+    Attributes
+    ----------
+    file
+        The exposure file.
+    name
+        Its name (file name without the FITS suffixes).
+    status
+        :data:`SOLVED` or :data:`FAILED`.
+    reason
+        Why it failed ("" when solved), naming the stage.
+    stage
+        The last stage reached.
+    solution
+        The TAN + TPV solution (:class:`astrodask.tpv.TPVSolution`), None when failed early.
+    error_model
+        The ``like_fit`` error model (:class:`astrodask.errmodel.ErrorModel`), or None.
+    quality
+        Chi-square over the entire matched list (:class:`astrodask.errmodel.FitQuality`), or None.
+    counts
+        Sources, references, regions, matches and clipped points by stage.
+    rms_arcsec
+        Residual rms of the final fit along xi (east) and eta (north), arcsec.
+    timings
+        Seconds per stage.
+    regions
+        Per region: (index, status, reason, pairs).
+    shape
+        Image shape (ny, nx).
+    config
+        The effective config (plain dict).
+    matched
+        The entire matched list (astropy Table: pixel, sky, residuals in mas,
+        normalised residual, kept in the final fit), or None.
+    """
+
+    file: str
+    name: str
+    status: str
+    reason: str = ""
+    stage: str = ""
+    solution: Any = None
+    error_model: Any = None
+    quality: Any = None
+    counts: dict[str, int] = field(default_factory=dict)
+    rms_arcsec: tuple[float, float] = (float("nan"), float("nan"))
+    timings: dict[str, float] = field(default_factory=dict)
+    regions: tuple[tuple[int, str, str, int], ...] = ()
+    shape: tuple[int, int] = (0, 0)
+    config: dict[str, Any] = field(default_factory=dict)
+    matched: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True when solved."""
+        return self.status == SOLVED
+
+    @property
+    def n_matches(self) -> int:
+        """Matched stars kept in the final fit."""
+        return int(self.counts.get("matches", 0))
+
+    @property
+    def wcs(self) -> Any:
+        """The solution as an astropy WCS (None when there is no solution)."""
+        if self.solution is None:
+            return None
+        from astrodask.tpv import to_astropy_wcs
+
+        return to_astropy_wcs(self.solution)

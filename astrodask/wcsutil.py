@@ -71,3 +71,20 @@ def tan_wcs(ra_deg: float, dec_deg: float, *, shape: tuple[int, int], scale_arcs
     wcs.wcs.cd = cd_matrix(scale_arcsec, rotation_deg, parity)
     wcs.pixel_shape = (nx, ny)
     return wcs
+
+
+def wcs_error_mas(wcs: WCS, truth: WCS, shape: tuple[int, int], *, step_px: float = 100.0) -> np.ndarray:
+    """Angular distance (mas) between two WCSs' sky positions on a pixel grid over the whole image.
+
+    The grid runs every ``step_px`` pixels and includes the image's edges and
+    corners (0-based pixel centres).
+    """
+    ny, nx = shape
+    i = np.unique(np.append(np.arange(0.0, nx - 1, step_px), nx - 1.0))
+    j = np.unique(np.append(np.arange(0.0, ny - 1, step_px), ny - 1.0))
+    ii, jj = np.meshgrid(i, j)
+    ra1, dec1 = wcs.pixel_to_world_values(ii.ravel(), jj.ravel())
+    ra2, dec2 = truth.pixel_to_world_values(ii.ravel(), jj.ravel())
+    from astrodask.gaia import angular_separation_deg
+
+    return angular_separation_deg(ra1, dec1, ra2, dec2) * 3.6e6

@@ -127,18 +127,25 @@ def test_info_reads_pointing_and_epoch(runner: CliRunner, exposure_file: Path) -
 
 
 def test_demo_runs_end_to_end_offline(runner: CliRunner, tmp_path: Path) -> None:
+    from astropy.wcs import WCS
+
+    from astrodask.simulate import read_truth_wcs
+    from astrodask.wcsutil import wcs_error_mas
+
     out = tmp_path / "demo"
     result = runner.invoke(main, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("demo.fits.fz", "demo_gaia.ecsv", "demo.truth.wcs.fits", "demo.truth.ecsv",
-                 "demo.sources.ecsv", "demo.gaia.ecsv"):
+                 "demo.wcs.fits", "summary.ecsv", "demo.matched.ecsv", "demo.residuals.png"):
         assert (out / name).is_file(), name
-    sources = Table.read(out / "demo.sources.ecsv")
-    assert len(sources) > 80
-    assert sources.meta["config"]["fit"]["CLIPPING_THRESHOLD"] > 0
-    stars = Table.read(out / "demo.gaia.ecsv")
-    assert stars.meta["epoch"] == pytest.approx(2024.3)
-    assert "against the truth:" in result.output and str(out.resolve()) in result.output
+    header = fits.getheader(out / "demo.wcs.fits")
+    assert header["CTYPE1"] == "RA---TPV" and header["ASTSTAT"] == "SOLVED"
+    error = wcs_error_mas(WCS(header), read_truth_wcs(out / "demo.fits.fz"), (1597, 2394))
+    assert np.sqrt(np.mean(error**2)) < 30.0  # a quarter frame with a few hundred stars
+    summary = Table.read(out / "summary.ecsv")
+    assert list(summary["status"]) == ["solved"] and summary["matches"][0] > 200
+    assert "solved in" in result.output and "against the truth WCS" in result.output
+    assert str(out.resolve()) in result.output
 
 
 def test_gaia_command_with_catalog(runner: CliRunner, tmp_path: Path) -> None:

@@ -1,0 +1,250 @@
+"""Writing results where astronomy tools read them: WCS FITS files, the summary table, plots.
+
+Every file is written atomically (a temporary file in the same folder, then a
+rename), so a reader never sees half a file and a killed writer leaves nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from astrodask import __version__
+from astrodask.errors import InputFileError
+from astrodask.tpv import tpv_header
+from astrodask.types import ExposureResult
+
+log = logging.getLogger(__name__)
+
+#: Suffix of a solution file: ``<name>.wcs.fits``.
+SOLUTION_SUFFIX = ".wcs.fits"
+#: The summary table of an output folder.
+SUMMARY_NAME = "summary.ecsv"
+#: WCS keywords removed from an exposure's header before the solution is written in.
+_WCS_KEY_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "PV1_", "PV2_",
+                     "A_", "B_", "AP_", "BP_", "CROTA")
+_WCS_KEYS = {"WCSAXES", "RADESYS", "EQUINOX", "LONPOLE", "LATPOLE", "MJDREF", "A_ORDER", "B_ORDER", "AP_ORDER",
+             "BP_ORDER", "A_DMAX", "B_DMAX", "WCSNAME", "IMAGEW", "IMAGEH"}
+
+
+def solution_path(out_dir: str | Path, name: str) -> Path:
+    """Where the solution of exposure ``name`` goes."""
+    return Path(out_dir) / f"{name}{SOLUTION_SUFFIX}"
+
+
+def solution_header(result: ExposureResult) -> fits.Header:
+    """The solved WCS (RA---TPV/DEC--TPV) with the solve's quality keywords."""
+    if result.solution is None:
+        raise ValueError(f"{result.file}: no solution to write ({result.reason})")
+    ny, nx = result.shape
+    header = tpv_header(result.solution, shape=(ny, nx))
+    q, m = result.quality, result.error_model
+    cards: list[tuple[str, Any, str]] = [
+        ("ASTSTAT", result.status.upper(), "astrodask solve status"),
+        ("ASTVERS", __version__, "astrodask version"),
+        ("ASTDATE", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of the solve"),
+        ("ASTFILE", Path(result.file).name, "exposure solved"),
+        ("TPVDEG", int(result.solution.degree), "degree of the TPV polynomial"),
+        ("NSOURCE", int(result.counts.get("depth_sources", 0)), "sources of the depth pass"),
+        ("NREFS", int(result.counts.get("references", 0)), "Gaia reference stars over the footprint"),
+        ("NREGOK", int(result.counts.get("regions_ok", 0)), "regions that matched and agree"),
+        ("NMATCHED", int(result.counts.get("depth_matches", 0)), "depth-matched pairs"),
+        ("NMATCH", int(result.counts.get("matches", 0)), "pairs kept in the final fit"),
+        ("RMSXI", round(result.rms_arcsec[0], 5), "[arcsec] residual rms along xi (east)"),
+        ("RMSETA", round(result.rms_arcsec[1], 5), "[arcsec] residual rms along eta (north)"),
+    ]
+    if q is not None:
+        cards += [("CHI2", round(float(q.chi2), 3), "chi-square over the entire matched list"),
+                  ("DOF", int(q.dof), "degrees of freedom of CHI2"),
+                  ("CHI2DOF", round(float(q.chi2_dof), 5), "chi-square per degree of freedom")]
+    if m is not None:
+        cards += [("ERRSCALE", round(float(m.scale), 5), "like_fit: scale on the SEP centroid errors"),
+                  ("ERRFLOOR", round(float(m.floor_mas), 3), "[mas] like_fit: systematic floor per axis")]
+    for key, value, comment in cards:
+        header[key] = (value, comment)
+    if result.reason:
+        header["ASTREASN"] = (result.reason[:68], "why the solve failed")
+    return header
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
+    """Write ``DIR/<name>.wcs.fits``: a primary header holding the solved WCS and quality keywords."""
+    header = solution_header(result)
+    return _atomic_write(solution_path(out_dir, result.name),
+                         lambda tmp: fits.PrimaryHDU(header=header).writeto(tmp, overwrite=True))
+
+
+def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
+    """A copy of the exposure (compressed if it was) with the solved WCS in its image header."""
+    source = Path(result.file)
+    header = solution_header(result)
+    target = Path(out_dir) / source.name
+    if target.resolve() == source.resolve():
+        raise InputFileError(f"{source}: --write-header would overwrite the input; choose another --out")
+
+    def write(tmp: Path) -> None:
+        with fits.open(source) as hdul:
+            index = next(k for k, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) == 2
+                         or isinstance(h, fits.CompImageHDU))
+            image = hdul[index]
+            for key in list(image.header.keys()):
+                if key in _WCS_KEYS or key.startswith(_WCS_KEY_PREFIXES):
+                    del image.header[key]
+            image.header.update(header)
+            hdul.writeto(tmp, overwrite=True)
+
+    return _atomic_write(target, write)
+
+
+SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
+                   "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
+                   "err_scale", "err_floor_mas")
+STAGES = ("read", "detect", "references", "regions", "tpv", "detect_depth", "depth_match", "like_fit", "chi_square")
+
+
+def summary_row(result: ExposureResult) -> dict[str, Any]:
+    """One row of the summary table: counts, figures and seconds per stage."""
+    q, m = result.quality, result.error_model
+    row: dict[str, Any] = {
+        "file": result.file, "name": result.name, "status": result.status, "reason": result.reason,
+        "stage": result.stage,
+        "sources": int(result.counts.get("depth_sources", result.counts.get("sources", 0))),
+        "references": int(result.counts.get("references", 0)),
+        "regions_ok": int(result.counts.get("regions_ok", 0)),
+        "depth_matches": int(result.counts.get("depth_matches", 0)),
+        "matches": int(result.counts.get("matches", 0)),
+        "rms_xi_arcsec": float(result.rms_arcsec[0]), "rms_eta_arcsec": float(result.rms_arcsec[1]),
+        "chi2": float(q.chi2) if q is not None else np.nan, "dof": int(q.dof) if q is not None else 0,
+        "chi2_dof": float(q.chi2_dof) if q is not None else np.nan,
+        "err_scale": float(m.scale) if m is not None else np.nan,
+        "err_floor_mas": float(m.floor_mas) if m is not None else np.nan,
+    }
+    for stage in STAGES:
+        row[f"t_{stage}_s"] = float(result.timings.get(stage, 0.0))
+    return row
+
+
+def write_summary(results: Iterable[ExposureResult], out_dir: str | Path) -> Path:
+    """Write (or update) ``DIR/summary.ecsv``: one row per exposure, newest result per file."""
+    path = Path(out_dir) / SUMMARY_NAME
+    rows = {r["file"]: r for r in _read_rows(path)}
+    for result in results:
+        rows[result.file] = summary_row(result)
+    names = list(SUMMARY_COLUMNS) + [f"t_{s}_s" for s in STAGES]
+    table = Table(rows=[[row.get(n) for n in names] for row in rows.values()], names=names) if rows else \
+        Table(names=names, dtype=[str] * 5 + [int] * 5 + [float] * 3 + [int] + [float] * 3 + [float] * len(STAGES))
+    table.meta["astrodask_version"] = __version__
+    return _atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    table = Table.read(path, format="ascii.ecsv")
+    return [{name: row[name] for name in table.colnames} for row in table]
+
+
+def write_matched(result: ExposureResult, out_dir: str | Path) -> Path | None:
+    """The entire matched list as ``DIR/<name>.matched.ecsv`` (debugging product)."""
+    if result.matched is None:
+        return None
+    path = Path(out_dir) / f"{result.name}.matched.ecsv"
+    return _atomic_write(path, lambda tmp: result.matched.write(tmp, format="ascii.ecsv", overwrite=True))
+
+
+def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
+    """``DIR/<name>.residuals.png``: residuals over the field, their distribution, and the distortion map."""
+    if result.matched is None or result.solution is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from astrodask.tpv import distortion_px
+
+    t = result.matched
+    kept = np.asarray(t["kept"], dtype=bool)
+    ny, nx = result.shape
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), constrained_layout=True)
+    ax = axes[0]
+    gi, gj, gx, gy = _binned_vectors(np.asarray(t["i"])[kept], np.asarray(t["j"])[kept],
+                                     np.asarray(t["dxi_mas"])[kept], np.asarray(t["deta_mas"])[kept], (ny, nx))
+    key = _nice(float(np.percentile(np.hypot(gx, gy), 90))) if len(gx) else 10.0
+    q = ax.quiver(gi, gj, gx, gy, angles="xy", scale_units="xy", scale=key / (0.5 * nx / 12), color="C0")
+    ax.quiverkey(q, 0.85, 1.03, key, f"{key:g} mas", labelpos="E")
+    ax.set(xlim=(0, nx), ylim=(0, ny), aspect="equal", xlabel="i (px)", ylabel="j (px)",
+           title=f"mean residual per cell ({kept.sum()} stars)")
+    ax = axes[1]
+    chi = np.asarray(t["chi"])
+    ax.hist(chi[np.isfinite(chi)], bins=np.linspace(0, 8, 81), density=True, color="C0", alpha=0.7,
+            label="normalised residuals")
+    r = np.linspace(0, 8, 200)
+    ax.plot(r, r * np.exp(-0.5 * r**2), "k-", label="expected (Rayleigh)")
+    q_ = result.quality
+    ax.set(xlabel="|r| / sigma", ylabel="density",
+           title=f"chi2/dof = {q_.chi2_dof:.3f}, scale {result.error_model.scale:.2f}, "
+                 f"floor {result.error_model.floor_mas:.1f} mas" if q_ is not None else "")
+    ax.legend()
+    ax = axes[2]
+    ii, jj = np.meshgrid(np.linspace(0, nx - 1, 13), np.linspace(0, ny - 1, 9))
+    dx, dy = distortion_px(result.solution, ii.ravel(), jj.ravel())
+    amp = float(np.max(np.hypot(dx, dy))) or 1.0
+    ax.quiver(ii.ravel(), jj.ravel(), dx, dy, angles="xy", scale_units="xy", scale=amp / (0.08 * max(nx, ny)),
+              color="C3")
+    ax.set(xlim=(-0.05 * nx, 1.05 * nx), ylim=(-0.05 * ny, 1.05 * ny), aspect="equal", xlabel="i (px)",
+           ylabel="j (px)", title=f"TPV distortion (max {amp:.2f} px)")
+    fig.suptitle(f"{result.name}: {result.status}, {result.n_matches} matches, rms "
+                 f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas")
+    path = Path(out_dir) / f"{result.name}.residuals.png"
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _nice(value: float) -> float:
+    """A round number (1, 2 or 5 times a power of ten) near ``value``."""
+    if not np.isfinite(value) or value <= 0:
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(value))
+    return float(min((1.0, 2.0, 5.0, 10.0), key=lambda m: abs(np.log(m * power / value))) * power)
+
+
+def _binned_vectors(i, j, vx, vy, shape, cells: int = 12):
+    ny, nx = shape
+    bins_i = np.linspace(0, nx, cells + 1)
+    bins_j = np.linspace(0, ny, max(2, round(cells * ny / nx)) + 1)
+    ci = np.clip(np.digitize(i, bins_i) - 1, 0, len(bins_i) - 2)
+    cj = np.clip(np.digitize(j, bins_j) - 1, 0, len(bins_j) - 2)
+    out = []
+    for a in range(len(bins_i) - 1):
+        for b in range(len(bins_j) - 1):
+            sel = (ci == a) & (cj == b)
+            if sel.sum() >= 3:
+                out.append((0.5 * (bins_i[a] + bins_i[a + 1]), 0.5 * (bins_j[b] + bins_j[b + 1]),
+                            np.mean(vx[sel]), np.mean(vy[sel])))
+    if not out:
+        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
+    return tuple(np.array(col) for col in zip(*out))

@@ -1,0 +1,456 @@
+"""One exposure, serially, stage by stage: the Condor solve (ALGORITHM steps 1 to 6).
+
+Each stage is a pure function of arrays and tables, so the Dask graph
+(``astrodask.graph``) can call the same functions as tasks:
+
+1. :func:`stage_sources` and :func:`stage_references`: ``get_image_ij`` and ``get_gaia_xy``.
+2. :func:`stage_regions`: a coarse alignment, astroalign in each of the 24 regions,
+   and the reducer :func:`astrodask.match.mean_affine`.
+3. :func:`stage_initial_tpv`: pairs clipped at ``CLIPPING_THRESHOLD``, the TPV fit.
+4. :func:`stage_depth`: the relaxed detection pass, ``depth_match``, rounds of RMS clipping and refits.
+5. :func:`stage_error_model`: ``like_fit`` with ``ERROR_THRESHOLD`` clipping and refits.
+6. :func:`stage_chi_square`: chi-square over the entire matched list, and the quality gates.
+
+:func:`solve_exposure` runs them in order; :func:`solve_file` reads the file and
+turns any failure into a reported status (the one place that catches everything,
+so that a backlog goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from astrodask import __version__
+from astrodask.config import FitConfig, PipelineConfig
+from astrodask.depth import depth_match
+from astrodask.detect import detect_exposure
+from astrodask.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
+from astrodask.errors import AstrodaskError, MatchError, SolveError
+from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
+from astrodask.gaia import get_gaia_xy
+from astrodask.match import (Affine, RegionMatch, coarse_align, match_region, matching_depth, mean_affine,
+                             region_grid)
+from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, pixel_to_world,
+                           world_to_pixel)
+from astrodask.types import FAILED, SOLVED, Exposure, ExposureResult, SourceFlag, exposure_name
+
+log = logging.getLogger(__name__)
+
+#: Source flags that keep a source out of the fits (its centroid is not trustworthy).
+UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED)
+#: Systematic floor (mas) assumed for the weights before like_fit has measured one.
+INITIAL_FLOOR_MAS = 20.0
+#: TPV terms per axis for each degree (the non-radial terms up to that degree).
+TERMS_PER_AXIS = {1: 3, 2: 6, 3: 10, 4: 15, 5: 21, 6: 28, 7: 36}
+#: Pairs needed per fitted parameter (per axis) before the full degree is fitted.
+PAIRS_PER_TERM = 3
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Matched pairs: indices into a source table and into the reference table."""
+
+    src: np.ndarray
+    ref: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.src))
+
+    def subset(self, keep: np.ndarray) -> Pairs:
+        """The pairs where ``keep`` is True."""
+        return Pairs(self.src[keep], self.ref[keep])
+
+
+# ---------------------------------------------------------------- step 1
+
+
+def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = False) -> Table:
+    """``get_image_ij`` on the exposure (first pass, or the relaxed depth pass)."""
+    return detect_exposure(exposure, config=config.detect, depth=depth)
+
+
+def stage_references(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig,
+                     pointing: dict[str, Any] | None = None) -> tuple[Any, Table]:
+    """The approximate WCS and ``get_gaia_xy``'s reference stars at the exposure's epoch."""
+    found = get_pointing(exposure.header, path=exposure.path, config=config.pointing, **(pointing or {}))
+    wcs0 = approximate_wcs(found, exposure.shape)
+    refs = get_gaia_xy(wcs0, exposure.shape, epoch_yr=exposure.epoch_yr, catalog=catalog, config=config.gaia)
+    refs.meta["pointing_source"] = found.source
+    return wcs0, refs
+
+
+# ---------------------------------------------------------------- step 2
+
+
+def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
+                  config: PipelineConfig) -> tuple[Affine, tuple[RegionMatch, ...], int]:
+    """Coarse alignment, astroalign per region and the mean affine.
+
+    Returns
+    -------
+    (Affine, tuple of RegionMatch, int)
+        The mean affine (image pixels -> approximate-WCS pixels), every region's
+        outcome, and how many of the brightest references took part.
+
+    Raises
+    ------
+    MatchError
+        No coarse alignment, or too few regions agree.
+    """
+    rc = config.regions
+    usable = (np.asarray(sources["flag"]) & UNFIT_FLAGS) == 0
+    src_table = sources[usable]
+    n_ref = matching_depth(len(src_table), np.asarray(refs["in_image"]), excess=rc.reference_excess)
+    src = np.column_stack([src_table["i"], src_table["j"]])
+    tgt = np.column_stack([refs["x"][:n_ref], refs["y"][:n_ref]])
+    inside = np.asarray(refs["in_image"][:n_ref], dtype=bool)
+    if len(src) < 3 or inside.sum() < 3:
+        raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
+    guess = coarse_align(src, tgt[inside], config=rc)
+    regions = region_grid(shape, n_regions=rc.n_regions, nx=rc.nx, ny=rc.ny)
+    matches = [match_region(region, src, tgt, guess=guess, config=rc) for region in regions]
+    affine, matches = mean_affine(matches, src, tgt, config=rc)
+    # indices back into the full source table
+    index = np.nonzero(usable)[0]
+    matches = tuple(RegionMatch(m.region, m.status, m.reason, m.affine, index[m.src_index], m.tgt_index,
+                                m.rms_px, m.n_sources, m.n_targets) for m in matches)
+    return affine, matches, n_ref
+
+
+def initial_solution(wcs0: Any, affine: Affine) -> TPVSolution:
+    """The approximate WCS corrected by the mean affine, as a linear (identity-PV) TPV solution.
+
+    With (x, y) = A p + b the approximate-WCS pixels of image pixel p and
+    (xi, eta) = CD0 ((x, y) - c0), the corrected WCS has CD = CD0 A and the
+    tangent point at p0 = A^-1 (c0 - b). A distortion in the approximate header is ignored.
+    """
+    cd0 = np.asarray(wcs0.pixel_scale_matrix, dtype=np.float64)
+    c0 = np.asarray(wcs0.wcs.crpix, dtype=np.float64) - 1.0  # FITS CRPIX is 1-based
+    p0 = np.linalg.solve(affine.matrix, c0 - affine.offset)
+    return TPVSolution.linear(crpix=(float(p0[0]), float(p0[1])),
+                              crval=(float(wcs0.wcs.crval[0]), float(wcs0.wcs.crval[1])), cd=cd0 @ affine.matrix)
+
+
+# ---------------------------------------------------------------- step 3
+
+
+def region_pairs(matches: tuple[RegionMatch, ...], sources: Table, refs: Table, *, scale_arcsec: float,
+                 config: FitConfig) -> Pairs:
+    """The agreeing regions' pairs, clipped at ``CLIPPING_THRESHOLD`` around their own region's affine."""
+    src_all, ref_all = [], []
+    for m in matches:
+        if not m.ok or m.affine is None:
+            continue
+        p = np.column_stack([sources["i"][m.src_index], sources["j"][m.src_index]])
+        t = np.column_stack([refs["x"][m.tgt_index], refs["y"][m.tgt_index]])
+        dist_arcsec = np.linalg.norm(m.affine.apply(p) - t, axis=1) * scale_arcsec
+        keep = dist_arcsec <= config.CLIPPING_THRESHOLD
+        src_all.append(m.src_index[keep])
+        ref_all.append(m.tgt_index[keep])
+    if not src_all:
+        return Pairs(np.zeros(0, int), np.zeros(0, int))
+    src, ref = np.concatenate(src_all), np.concatenate(ref_all)
+    _, first = np.unique(ref, return_index=True)  # a reference in two regions' margins: once
+    first = np.sort(first)
+    return Pairs(src[first], ref[first])
+
+
+def _degree_for(n_pairs: int, degree: int) -> int:
+    """The highest degree up to ``degree`` that ``n_pairs`` pairs constrain well."""
+    while degree > 1 and n_pairs < PAIRS_PER_TERM * TERMS_PER_AXIS[degree]:
+        degree -= 1
+    return degree
+
+
+def _weights(sources: Table, idx: np.ndarray, solution: TPVSolution, model: ErrorModel | None) -> np.ndarray:
+    """Least-squares weights 1 / sigma^2 (1/mas^2) from the SEP covariances and the error model."""
+    cov = _sky_cov(sources, idx, solution)
+    if model is None:
+        total = cov + (INITIAL_FLOOR_MAS**2) * np.eye(2)
+    else:
+        total = model.covariance(cov)
+    return 1.0 / (0.5 * (total[:, 0, 0] + total[:, 1, 1]))
+
+
+def _sky_cov(sources: Table, idx: np.ndarray, solution: TPVSolution) -> np.ndarray:
+    i, j = np.asarray(sources["i"])[idx], np.asarray(sources["j"])[idx]
+    return sky_covariance(np.asarray(sources["var_i"])[idx], np.asarray(sources["var_j"])[idx],
+                          np.asarray(sources["var_ij"])[idx], local_jacobian(solution, i, j))
+
+
+def fit_pairs(sources: Table, refs: Table, pairs: Pairs, *, guess: TPVSolution, shape: tuple[int, int],
+              degree: int, model: ErrorModel | None = None) -> TPVSolution:
+    """Weighted TPV fit of matched pairs, tangent point at the image centre."""
+    ny, nx = shape
+    centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    ra0, dec0 = pixel_to_world(guess, np.array([centre[0]]), np.array([centre[1]]))
+    fit_degree = _degree_for(len(pairs), degree)
+    if fit_degree < degree:
+        log.debug("fit_pairs: %d pairs fit degree %d instead of %d", len(pairs), fit_degree, degree)
+    return fit_tpv(np.asarray(sources["i"])[pairs.src], np.asarray(sources["j"])[pairs.src],
+                   np.asarray(refs["ra"])[pairs.ref], np.asarray(refs["dec"])[pairs.ref],
+                   degree=fit_degree, weights=_weights(sources, pairs.src, guess, model),
+                   crpix=centre, crval0=(float(ra0[0]), float(dec0[0])), cd0=guess.cd)
+
+
+def stage_initial_tpv(sources: Table, refs: Table, matches: tuple[RegionMatch, ...], *, wcs0: Any, affine: Affine,
+                      shape: tuple[int, int], config: PipelineConfig) -> tuple[TPVSolution, Pairs]:
+    """Pairs of the agreeing regions clipped at ``CLIPPING_THRESHOLD``, then the TPV fit."""
+    guess = initial_solution(wcs0, affine)
+    pairs = region_pairs(matches, sources, refs, scale_arcsec=guess.scale_arcsec, config=config.fit)
+    if len(pairs) < TERMS_PER_AXIS[1] + 1:
+        raise MatchError(f"only {len(pairs)} region pairs within CLIPPING_THRESHOLD = "
+                         f"{config.fit.CLIPPING_THRESHOLD} arcsec")
+    solution = fit_pairs(sources, refs, pairs, guess=guess, shape=shape, degree=config.fit.tpv_degree)
+    return solution, pairs
+
+
+# ---------------------------------------------------------------- step 4
+
+
+def depth_pairs(sources: Table, refs: Table, solution: TPVSolution, *, shape: tuple[int, int],
+                config: FitConfig) -> tuple[Pairs, str]:
+    """``depth_match`` of the depth-pass sources to the references predicted by ``solution``."""
+    usable = np.nonzero((np.asarray(sources["flag"]) & UNFIT_FLAGS) == 0)[0]
+    x, y = world_to_pixel(solution, np.asarray(refs["ra"]), np.asarray(refs["dec"]))
+    ny, nx = shape
+    m = config.edge_margin_px
+    inside = np.nonzero(np.isfinite(x) & np.isfinite(y) & (x > -0.5 - m) & (x < nx - 0.5 + m)
+                        & (y > -0.5 - m) & (y < ny - 0.5 + m))[0]
+    ref_flux = np.nan_to_num(np.asarray(refs["phot_g_mean_flux"], dtype=np.float64)[inside], nan=0.0)
+    result = depth_match(np.column_stack([sources["i"][usable], sources["j"][usable]]),
+                         np.asarray(sources["flux_adu"])[usable],
+                         np.column_stack([x[inside], y[inside]]), ref_flux,
+                         radius_px=config.match_radius_arcsec / solution.scale_arcsec, window=config.depth_window)
+    return Pairs(usable[result.src_index], inside[result.tgt_index]), result.method
+
+
+def residuals_mas(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution) -> np.ndarray:
+    """(N, 2) residuals (source - Gaia) in the tangent plane, mas (xi east, eta north)."""
+    return 1000.0 * fit_residuals_arcsec(solution, np.asarray(sources["i"])[pairs.src],
+                                         np.asarray(sources["j"])[pairs.src],
+                                         np.asarray(refs["ra"])[pairs.ref], np.asarray(refs["dec"])[pairs.ref])
+
+
+def stage_depth(sources: Table, refs: Table, solution: TPVSolution, *, shape: tuple[int, int],
+                config: PipelineConfig) -> tuple[TPVSolution, Pairs, Pairs, str]:
+    """The depth match, then rounds of RMS clipping, each followed by a TPV refit.
+
+    Returns the refitted solution, all depth-matched pairs, the pairs kept, and
+    the match method ("depth" or "failsafe").
+    """
+    fc = config.fit
+    matched, method = depth_pairs(sources, refs, solution, shape=shape, config=fc)
+    if len(matched) < fc.min_matches:
+        raise SolveError(f"depth match: {len(matched)} matches, at least {fc.min_matches} needed")
+    solution = fit_pairs(sources, refs, matched, guess=solution, shape=shape, degree=fc.tpv_degree)
+    keep = np.ones(len(matched), dtype=bool)
+    for _ in range(fc.rms_clip_rounds):
+        dist = np.linalg.norm(residuals_mas(sources, refs, matched, solution), axis=1)
+        rms = float(np.sqrt(np.mean(dist[keep] ** 2)))
+        new_keep = dist <= fc.rms_clip_sigma * rms
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+        solution = fit_pairs(sources, refs, matched.subset(keep), guess=solution, shape=shape, degree=fc.tpv_degree)
+    return solution, matched, matched.subset(keep), method
+
+
+# ---------------------------------------------------------------- step 5
+
+
+def stage_error_model(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution, *,
+                      shape: tuple[int, int], config: PipelineConfig) -> tuple[TPVSolution, ErrorModel, np.ndarray]:
+    """``like_fit`` with ``ERROR_THRESHOLD`` clipping; each round refits the TPV with the model's weights.
+
+    Returns the solution, the error model and the keep mask over ``pairs``.
+    """
+    fc = config.fit
+    state = {"solution": solution}
+
+    def refit(keep: np.ndarray, model: ErrorModel | None) -> np.ndarray:
+        state["solution"] = fit_pairs(sources, refs, pairs.subset(keep), guess=state["solution"], shape=shape,
+                                      degree=fc.tpv_degree, model=model)
+        return residuals_mas(sources, refs, pairs, state["solution"])
+
+    cov = _sky_cov(sources, pairs.src, solution)
+    result = error_clip(residuals_mas(sources, refs, pairs, solution), cov, threshold=fc.ERROR_THRESHOLD,
+                        rounds=fc.error_clip_rounds, refit=refit)
+    # a last refit weighted by the final model, and the model of its residuals
+    keep = result.keep
+    res = refit(keep, result.model)
+    model = like_fit(res[keep], cov[keep], initial=result.model)
+    return state["solution"], model, keep
+
+
+# ---------------------------------------------------------------- step 6
+
+
+def n_fit_parameters(degree: int) -> int:
+    """Free parameters of a TPV solution of this degree: both axes' polynomial terms."""
+    return 2 * TERMS_PER_AXIS[degree]
+
+
+def stage_chi_square(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution, model: ErrorModel):
+    """Chi-square with the final error model over the entire matched list."""
+    res = residuals_mas(sources, refs, pairs, solution)
+    cov = _sky_cov(sources, pairs.src, solution)
+    return chi_square(res, cov, model, n_params=n_fit_parameters(solution.degree))
+
+
+def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, solution: TPVSolution,
+                 model: ErrorModel) -> Table:
+    """The entire matched list with residuals (mas), normalised residuals and the final keep flag."""
+    from astrodask.errmodel import normalized_residuals
+
+    res = residuals_mas(sources, refs, pairs, solution)
+    chi = normalized_residuals(res, _sky_cov(sources, pairs.src, solution), model)
+    table = Table({
+        "i": np.asarray(sources["i"])[pairs.src], "j": np.asarray(sources["j"])[pairs.src],
+        "flux_adu": np.asarray(sources["flux_adu"])[pairs.src],
+        "source_id": np.asarray(refs["source_id"])[pairs.ref],
+        "ra": np.asarray(refs["ra"])[pairs.ref], "dec": np.asarray(refs["dec"])[pairs.ref],
+        "phot_g_mean_mag": np.asarray(refs["phot_g_mean_mag"])[pairs.ref],
+        "dxi_mas": res[:, 0], "deta_mas": res[:, 1], "chi": chi, "kept": np.asarray(keep, dtype=bool),
+    })
+    for name, unit in {"i": "pix", "j": "pix", "ra": "deg", "dec": "deg", "dxi_mas": "mas", "deta_mas": "mas",
+                       "phot_g_mean_mag": "mag", "flux_adu": "adu"}.items():
+        table[name].unit = unit
+    return table
+
+
+def quality_gates(*, n_kept: int, rms_arcsec: tuple[float, float], quality: Any, model: ErrorModel,
+                  config: FitConfig) -> str:
+    """The reason a solve fails its quality gates, or "" when it passes."""
+    if n_kept < config.min_matches:
+        return f"{n_kept} matches kept, at least {config.min_matches} needed"
+    if max(rms_arcsec) > config.max_rms_arcsec:
+        return f"residual rms ({rms_arcsec[0]:.3f}, {rms_arcsec[1]:.3f}) arcsec above {config.max_rms_arcsec}"
+    if not np.isfinite(quality.chi2_dof) or quality.chi2_dof > config.max_chi2_dof:
+        return f"chi-square/dof {quality.chi2_dof:.3g} above {config.max_chi2_dof}"
+    if model.floor_mas > config.max_floor_mas:
+        return f"error-model floor {model.floor_mas:.0f} mas above {config.max_floor_mas}"
+    return ""
+
+
+# ---------------------------------------------------------------- the whole solve
+
+
+class _Clock:
+    """Seconds per stage, and the stage currently running."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.stage = "read"
+        self._start = time.perf_counter()
+
+    def lap(self, next_stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[self.stage] = self.timings.get(self.stage, 0.0) + now - self._start
+        self.stage, self._start = next_stage, now
+
+
+def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig | None = None,
+                   pointing: dict[str, Any] | None = None, clock: _Clock | None = None) -> ExposureResult:
+    """Solve one exposure, stage by stage (ALGORITHM steps 1 to 6).
+
+    Parameters
+    ----------
+    exposure
+        The exposure (see :func:`astrodask.exposure.read_exposure`).
+    catalog
+        Reference stars (:func:`astrodask.gaia.read_catalog`); None queries the Gaia archive.
+    config
+        The pipeline config.
+    pointing
+        Pointing overrides for :func:`astrodask.exposure.get_pointing`
+        (``ra_deg``, ``dec_deg``, ``scale_arcsec``, ``rotation_deg``, ``parity``).
+
+    Returns
+    -------
+    ExposureResult
+        Solved, or failed at a quality gate with the reason.
+
+    Raises
+    ------
+    AstrodaskError
+        When a stage cannot run (no pointing, no match...); :func:`solve_file` reports it.
+    """
+    config = config or PipelineConfig()
+    clock = clock or _Clock()
+    counts: dict[str, int] = {}
+    clock.lap("detect")
+    sources = stage_sources(exposure, config=config)
+    counts["sources"] = len(sources)
+    clock.lap("references")
+    wcs0, refs = stage_references(exposure, catalog=catalog, config=config, pointing=pointing)
+    counts["references"] = len(refs)
+    counts["references_in_image"] = int(refs.meta.get("n_in_image", 0))
+    clock.lap("regions")
+    affine, matches, n_ref = stage_regions(sources, refs, exposure.shape, config=config)
+    counts["regions_ok"] = sum(m.ok for m in matches)
+    clock.lap("tpv")
+    solution, pairs0 = stage_initial_tpv(sources, refs, matches, wcs0=wcs0, affine=affine, shape=exposure.shape,
+                                         config=config)
+    counts["region_pairs"] = len(pairs0)
+    clock.lap("detect_depth")
+    deep = stage_sources(exposure, config=config, depth=True)
+    counts["depth_sources"] = len(deep)
+    clock.lap("depth_match")
+    solution, matched, kept, method = stage_depth(deep, refs, solution, shape=exposure.shape, config=config)
+    counts["depth_matches"] = len(matched)
+    counts["rms_clipped"] = len(matched) - len(kept)
+    clock.lap("like_fit")
+    solution, model, keep = stage_error_model(deep, refs, kept, solution, shape=exposure.shape, config=config)
+    counts["error_clipped"] = int(len(keep) - keep.sum())
+    counts["matches"] = int(keep.sum())
+    clock.lap("chi_square")
+    quality = stage_chi_square(deep, refs, kept, solution, model)
+    final = residuals_mas(deep, refs, kept.subset(keep), solution) / 1000.0
+    rms = (float(np.sqrt(np.mean(final[:, 0] ** 2))), float(np.sqrt(np.mean(final[:, 1] ** 2))))
+    reason = quality_gates(n_kept=counts["matches"], rms_arcsec=rms, quality=quality, model=model, config=config.fit)
+    matched_table = matched_list(deep, refs, kept, keep, solution, model)
+    clock.lap("done")
+    return ExposureResult(
+        file=str(exposure.path), name=exposure.name, status=FAILED if reason else SOLVED,
+        reason=f"quality gate: {reason}" if reason else "", stage="chi_square", solution=solution,
+        error_model=model, quality=quality, counts=counts, rms_arcsec=rms, timings=clock.timings,
+        regions=tuple((m.region.index, m.status, m.reason, len(m.src_index)) for m in matches),
+        shape=exposure.shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
+        matched=matched_table,
+    )
+
+
+def solve_file(path: str | Path, *, catalog: Table | None = None, config: PipelineConfig | None = None,
+               pointing: dict[str, Any] | None = None, hdu: int | None = None) -> ExposureResult:
+    """Read and solve one exposure file; any failure becomes a failed result with its reason.
+
+    This is the one place that catches every exception, so that one bad
+    exposure is reported and a backlog goes on; unexpected errors are logged
+    with their traceback.
+    """
+    config = config or PipelineConfig()
+    clock = _Clock()
+    name = Path(path).name
+    try:
+        exposure = read_exposure(path, hdu=hdu)
+        return solve_exposure(exposure, catalog=catalog, config=config, pointing=pointing, clock=clock)
+    except AstrodaskError as err:
+        reason = str(err)
+    except Exception as err:  # noqa: BLE001 - the one place: a failed exposure must not stop a backlog
+        log.error("%s: unexpected error in stage %s:\n%s", path, clock.stage, traceback.format_exc())
+        reason = f"internal error ({type(err).__name__}: {err})"
+    stage = clock.stage
+    clock.lap("done")
+    log.warning("%s: failed at %s: %s", name, stage, reason)
+    return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason,
+                          stage=stage, timings=clock.timings, config=config.to_dict())
+
