@@ -149,11 +149,14 @@ def get_image_ij(
     raw_peak = objects["peak"] + back_level
     flags[raw_peak >= config.saturation_fraction * saturation] |= SourceFlag.SATURATED
 
-    # SEP's isophotal centroid variances are the per-source noise model; the windowed
-    # centroid's errors scale with them (the solve fits that scale in like_fit).
-    var_i = np.asarray(objects["errx2"], dtype=np.float64)
-    var_j = np.asarray(objects["erry2"], dtype=np.float64)
-    var_ij = np.asarray(objects["errxy"], dtype=np.float64)
+    # covariance of the windowed centroids from the pixel noise (sky rms and Poisson);
+    # where the window cannot be evaluated, SEP's isophotal centroid covariance
+    var_i, var_j, var_ij = winpos_covariance(image, i, j, sig, back_rms=back_rms, gain=gain, mask=sep_mask)
+    iso = ~ok | ~np.isfinite(var_i) | ~np.isfinite(var_j) | (var_i <= 0) | (var_j <= 0) \
+        | (var_i * var_j <= var_ij**2)
+    var_i = np.where(iso, objects["errx2"], var_i)
+    var_j = np.where(iso, objects["erry2"], var_j)
+    var_ij = np.where(iso, objects["errxy"], var_ij)
     flux = np.asarray(objects["flux"], dtype=np.float64)
     flux_err = np.sqrt(np.maximum(flux, 0.0) / gain + objects["npix"] * back_rms**2)
 
@@ -184,6 +187,71 @@ def get_image_ij(
     log.debug("get_image_ij: %d sources (%s pass), background %.1f +- %.2f ADU, FWHM %.2f px",
               len(table), meta["pass"], back_level, back_rms, fwhm)
     return table
+
+
+#: Half-size of the stamp over which the windowed-centroid covariance is summed, in window sigmas.
+WINPOS_STAMP_SIGMAS = 4.0
+
+
+def winpos_covariance(image: np.ndarray, x: np.ndarray, y: np.ndarray, sig: np.ndarray, *, back_rms: float,
+                      gain: float, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Covariance (px^2) of windowed centroids, as SExtractor's ERRX2WIN, ERRY2WIN, ERRXYWIN.
+
+    With the Gaussian window w = exp(-r^2 / (2 sig^2)) centred on the windowed
+    centroid and pixel variances v = back_rms^2 + max(I, 0) / gain (I the
+    background-subtracted pixel value), the covariance is
+    4 sum(w^2 v dx dx') / (sum w I)^2 (the factor 4 accounts for the iterated
+    window). Sums run over a square stamp of half-size ``WINPOS_STAMP_SIGMAS * sig``.
+
+    Parameters
+    ----------
+    image
+        Background-subtracted image (ADU).
+    x, y
+        Windowed centroids, 0-based pixels.
+    sig
+        Window sigma per source, pixels.
+    back_rms
+        Background rms, ADU.
+    gain
+        e-/ADU.
+    mask
+        Masked pixels (True = bad) are left out of the sums.
+
+    Returns
+    -------
+    var_x, var_y, cov_xy
+        NaN where the window flux is not positive.
+    """
+    ny, nx = image.shape
+    half = int(np.ceil(WINPOS_STAMP_SIGMAS * float(np.max(sig)))) if len(sig) else 1
+    offsets = np.arange(-half, half + 1)
+    n = len(x)
+    out = np.full((3, n), np.nan)
+    chunk = max(1, 4_000_000 // (len(offsets) ** 2))  # bounded memory
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        xc, yc, s = x[sl], y[sl], sig[sl]
+        cols = np.rint(xc).astype(np.int64)[:, None] + offsets[None, :]
+        rows = np.rint(yc).astype(np.int64)[:, None] + offsets[None, :]
+        inside = (cols[:, None, :] >= 0) & (cols[:, None, :] < nx) & (rows[:, :, None] >= 0) & (rows[:, :, None] < ny)
+        cc = np.clip(cols, 0, nx - 1)
+        rr = np.clip(rows, 0, ny - 1)
+        values = image[rr[:, :, None], cc[:, None, :]].astype(np.float64)
+        if mask is not None:
+            inside &= ~mask[rr[:, :, None], cc[:, None, :]]
+        dx = cols[:, None, :] - xc[:, None, None]
+        dy = rows[:, :, None] - yc[:, None, None]
+        w = np.exp(-(dx * dx + dy * dy) / (2.0 * s[:, None, None] ** 2)) * inside
+        var = back_rms**2 + np.maximum(values, 0.0) / gain
+        norm = np.sum(w * values, axis=(1, 2))
+        w2v = w * w * var
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = np.where(norm > 0, 4.0 / norm**2, np.nan)
+            out[0, sl] = scale * np.sum(w2v * dx * dx, axis=(1, 2))
+            out[1, sl] = scale * np.sum(w2v * dy * dy, axis=(1, 2))
+            out[2, sl] = scale * np.sum(w2v * dx * dy, axis=(1, 2))
+    return out[0], out[1], out[2]
 
 
 def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: float, gain: float,

@@ -38,6 +38,10 @@ AFFINE_REFITS = 3
 MIN_AFFINE_PAIRS = 4
 #: Sigma-clipping of a region's pairs around its affine, in units of their rms.
 PAIR_CLIP_SIGMA = 4.0
+#: A sparse field gets fewer, larger regions until each region expects this many times ``min_stars`` sources.
+SPARSE_FIELD_FACTOR = 2.0
+#: The coarsest grid a sparse field falls back to.
+MIN_SPARSE_REGIONS = 4
 
 
 # ---------------------------------------------------------------- affine transforms
@@ -138,6 +142,30 @@ def grid_shape(shape: tuple[int, int], *, n_regions: int, nx: int = 0, ny: int =
     aspect = width / height
     pairs = [(a, n_regions // a) for a in range(1, n_regions + 1) if n_regions % a == 0]
     return min(pairs, key=lambda p: (abs(math.log(p[0] / p[1]) - math.log(aspect)), -p[0]))
+
+
+def adapted_grid(n_sources: int, config: RegionConfig) -> tuple[int, int]:
+    """Regions and required good regions for a field with ``n_sources`` usable sources.
+
+    The configured grid (24 regions by default) is kept unless the field is too
+    sparse for it: then the number of regions is halved (24, 12, 6, 4...) until
+    each region expects ``SPARSE_FIELD_FACTOR * min_stars`` sources, and the
+    required good regions shrink in proportion (at least 2). An explicit
+    ``nx``/``ny`` grid is always kept.
+
+    Returns
+    -------
+    (n_regions, min_good_regions)
+    """
+    n, need = config.n_regions, config.min_good_regions
+    if config.nx and config.ny:
+        return config.nx * config.ny, need
+    target = n
+    while target > MIN_SPARSE_REGIONS and n_sources < target * config.min_stars * SPARSE_FIELD_FACTOR:
+        target = max(MIN_SPARSE_REGIONS, target // 2)
+    if target == n:
+        return n, need
+    return target, max(2, math.ceil(need * target / n))
 
 
 def region_grid(shape: tuple[int, int], *, n_regions: int = 24, nx: int = 0, ny: int = 0) -> tuple[Region, ...]:
@@ -334,7 +362,7 @@ def _disagreement(match: RegionMatch, reference: Affine) -> tuple[float, float, 
 
 
 def mean_affine(matches: tuple[RegionMatch, ...] | list[RegionMatch], src_ij: np.ndarray, tgt_xy: np.ndarray,
-                *, config: RegionConfig) -> tuple[Affine, tuple[RegionMatch, ...]]:
+                *, config: RegionConfig, min_good: int | None = None) -> tuple[Affine, tuple[RegionMatch, ...]]:
     """The field's mean affine from the regions that agree (the per-exposure reducer).
 
     A robust first estimate is the element-wise median of the good regions'
@@ -351,12 +379,12 @@ def mean_affine(matches: tuple[RegionMatch, ...] | list[RegionMatch], src_ij: np
     Raises
     ------
     MatchError
-        Fewer than ``min_good_regions`` regions agree.
+        Fewer than ``min_good`` (default ``config.min_good_regions``) regions agree.
     """
+    need = config.min_good_regions if min_good is None else min_good
     good = [m for m in matches if m.ok]
-    if len(good) < config.min_good_regions:
-        raise MatchError(_regions_text(matches, f"only {len(good)} regions matched, "
-                                                f"{config.min_good_regions} needed"))
+    if len(good) < need:
+        raise MatchError(_regions_text(matches, f"only {len(good)} regions matched, {need} needed"))
     median = Affine(np.median([m.affine.matrix for m in good], axis=0),  # type: ignore[union-attr]
                     np.median([m.affine.offset for m in good], axis=0))  # type: ignore[union-attr]
     updated = []
@@ -369,9 +397,8 @@ def mean_affine(matches: tuple[RegionMatch, ...] | list[RegionMatch], src_ij: np
                                 m.rms_px, m.n_sources, m.n_targets)
         updated.append(m)
     agreeing = [m for m in updated if m.ok]
-    if len(agreeing) < config.min_good_regions:
-        raise MatchError(_regions_text(updated, f"only {len(agreeing)} regions agree, "
-                                                f"{config.min_good_regions} needed"))
+    if len(agreeing) < need:
+        raise MatchError(_regions_text(updated, f"only {len(agreeing)} regions agree, {need} needed"))
     si = np.concatenate([m.src_index for m in agreeing])
     ti = np.concatenate([m.tgt_index for m in agreeing])
     return fit_affine(src_ij[si], tgt_xy[ti]), tuple(updated)

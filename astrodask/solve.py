@@ -36,7 +36,7 @@ from astrodask.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky
 from astrodask.errors import AstrodaskError, MatchError, SolveError
 from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
 from astrodask.gaia import get_gaia_xy
-from astrodask.match import (Affine, RegionMatch, coarse_align, match_region, matching_depth, mean_affine,
+from astrodask.match import (Affine, RegionMatch, adapted_grid, coarse_align, match_region, matching_depth, mean_affine,
                              region_grid)
 from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, pixel_to_world,
                            world_to_pixel)
@@ -45,7 +45,7 @@ from astrodask.types import FAILED, SOLVED, Exposure, ExposureResult, SourceFlag
 log = logging.getLogger(__name__)
 
 #: Source flags that keep a source out of the fits (its centroid is not trustworthy).
-UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED)
+UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED | SourceFlag.BLENDED)
 #: Systematic floor (mas) assumed for the weights before like_fit has measured one.
 INITIAL_FLOOR_MAS = 20.0
 #: TPV terms per axis for each degree (the non-radial terms up to that degree).
@@ -115,9 +115,13 @@ def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
     if len(src) < 3 or inside.sum() < 3:
         raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
     guess = coarse_align(src, tgt[inside], config=rc)
-    regions = region_grid(shape, n_regions=rc.n_regions, nx=rc.nx, ny=rc.ny)
+    n_regions, min_good = adapted_grid(len(src), rc)
+    if n_regions != rc.n_regions:
+        log.info("sparse field (%d usable sources): %d regions instead of %d, %d must agree",
+                 len(src), n_regions, rc.n_regions, min_good)
+    regions = region_grid(shape, n_regions=n_regions, nx=rc.nx, ny=rc.ny)
     matches = [match_region(region, src, tgt, guess=guess, config=rc) for region in regions]
-    affine, matches = mean_affine(matches, src, tgt, config=rc)
+    affine, matches = mean_affine(matches, src, tgt, config=rc, min_good=min_good)
     # indices back into the full source table
     index = np.nonzero(usable)[0]
     matches = tuple(RegionMatch(m.region, m.status, m.reason, m.affine, index[m.src_index], m.tgt_index,
@@ -328,16 +332,18 @@ def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, so
 
 
 def quality_gates(*, n_kept: int, rms_arcsec: tuple[float, float], quality: Any, model: ErrorModel,
-                  config: FitConfig) -> str:
-    """The reason a solve fails its quality gates, or "" when it passes."""
+                  scale_arcsec: float, config: FitConfig) -> str:
+    """The reason a solve fails its quality gates, or "" when it passes (limits in pixels of this camera)."""
     if n_kept < config.min_matches:
         return f"{n_kept} matches kept, at least {config.min_matches} needed"
-    if max(rms_arcsec) > config.max_rms_arcsec:
-        return f"residual rms ({rms_arcsec[0]:.3f}, {rms_arcsec[1]:.3f}) arcsec above {config.max_rms_arcsec}"
+    rms_px = max(rms_arcsec) / scale_arcsec
+    if rms_px > config.max_rms_px:
+        return f"residual rms ({rms_arcsec[0]:.3f}, {rms_arcsec[1]:.3f}) arcsec = {rms_px:.3f} px above {config.max_rms_px} px"
     if not np.isfinite(quality.chi2_dof) or quality.chi2_dof > config.max_chi2_dof:
         return f"chi-square/dof {quality.chi2_dof:.3g} above {config.max_chi2_dof}"
-    if model.floor_mas > config.max_floor_mas:
-        return f"error-model floor {model.floor_mas:.0f} mas above {config.max_floor_mas}"
+    floor_px = model.floor_mas / 1000.0 / scale_arcsec
+    if floor_px > config.max_floor_px:
+        return f"error-model floor {model.floor_mas:.0f} mas = {floor_px:.3f} px above {config.max_floor_px} px"
     return ""
 
 
@@ -416,7 +422,8 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     quality = stage_chi_square(deep, refs, kept, solution, model)
     final = residuals_mas(deep, refs, kept.subset(keep), solution) / 1000.0
     rms = (float(np.sqrt(np.mean(final[:, 0] ** 2))), float(np.sqrt(np.mean(final[:, 1] ** 2))))
-    reason = quality_gates(n_kept=counts["matches"], rms_arcsec=rms, quality=quality, model=model, config=config.fit)
+    reason = quality_gates(n_kept=counts["matches"], rms_arcsec=rms, quality=quality, model=model,
+                           scale_arcsec=solution.scale_arcsec, config=config.fit)
     matched_table = matched_list(deep, refs, kept, keep, solution, model)
     clock.lap("done")
     return ExposureResult(

@@ -423,8 +423,9 @@ def main() -> None:
               f"{approx.rms_mas / 1e3:.0f}/{approx.p95_mas / 1e3:.0f}/{approx.max_mas / 1e3:.0f} arcsec", flush=True)
         ours = None if args.no_ours else run_ours(files, args.work / f"{name}.ours", truth, shape, args.step_px)
         if ours is not None:
-            print(f"  ours: {ours.status} {ours.reason}; " + (f"error {ours.score.text()} mas; " if ours.score else "")
-                  + f"{_fmt(ours.time_s, 1)} s", flush=True)
+            print(f"  ours: {ours.status}{' (' + ours.reason + ')' if ours.reason else ''}; "
+                  f"{_fmt(ours.n_matches)} matched, chi2/dof {_fmt(ours.chi2_dof, 2)}; " + (f"error {ours.score.text()} mas; " if ours.score else "")
+                  + f"{_fmt(ours.time_s, 1)} s; peak MB {_fmt(ours.maxrss_mb)}", flush=True)
         peer = None if args.no_peer else run_peer(files, args.work / f"{name}.scamp", truth, shape, args.step_px)
         if peer is not None:
             t, r = peer.extra["times"], peer.extra["rss"]

@@ -19,8 +19,8 @@ the astrodask solver reads (``X_gaia.ecsv``), and
 
 It returns a :class:`PeerResult`: status (``"solved"`` or ``"failed"`` with SCAMP's or
 SExtractor's message), the WCS, SCAMP's own count of matched reference stars and its
-chi-square, wall times of each step and the tools' peak memory (``os.wait4`` of each
-child process, so each tool's own figure).
+chi-square, wall times of each step and the tools' peak memory (each tool's own
+``VmHWM``, see :func:`run_tool`).
 
 Pixel convention: SExtractor and SCAMP work in 1-based FITS pixels; the WCS built here from
 FITS keywords is evaluated by astropy with 0-based pixels (``pixel_to_world_values``), like
@@ -82,6 +82,8 @@ DAYS_PER_JULIAN_YEAR = 365.25
 J2000_MJD = 51544.5
 #: SCAMP warnings that say nothing about the solution (left out of the reported reason).
 BENIGN_WARNINGS = ("ATLAS library", "using internal defaults")
+#: Interval of the peak-memory polling of a running tool, seconds.
+POLL_S = 0.01
 #: Time limit of each tool, seconds.
 TOOL_TIMEOUT_S = 900.0
 
@@ -117,28 +119,52 @@ class PeerResult:
 # --------------------------------------------------------------------------
 
 
+def _vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident memory of a running process (``VmHWM``), MB; None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 def run_tool(args: list[str], *, cwd: Path, timeout_s: float = TOOL_TIMEOUT_S) -> ToolRun:
-    """Run an external program; wall time, its own peak RSS (``os.wait4``), its stderr."""
+    """Run an external program: its wall time, its own peak memory and its messages.
+
+    Peak memory is the child's ``VmHWM`` (``/proc``), read every POLL_S until it exits:
+    ``ru_maxrss`` from ``wait4`` is no good here, since Linux carries a process's
+    high-water mark across ``execve``, so every child would report at least the
+    benchmark's own peak. Falls back to ``ru_maxrss`` where ``/proc`` is absent.
+    """
     out_path, err_path = cwd / f"{Path(args[0]).name}.stdout", cwd / f"{Path(args[0]).name}.stderr"
     started = time.perf_counter()
+    peak_mb: float | None = None
+    killed = False
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
-        deadline = started + timeout_s
         while True:
+            hwm = _vm_hwm_mb(proc.pid)
+            if hwm is not None:
+                peak_mb = max(peak_mb or 0.0, hwm)
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            if time.perf_counter() - started > timeout_s:
                 proc.kill()
+                killed = True
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.02)
+            time.sleep(POLL_S)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
     log = err_path.read_text(errors="replace") + out_path.read_text(errors="replace")
-    if wall > timeout_s:
+    if killed:
         log += f"\n(killed after {timeout_s:.0f} s)"
-    return ToolRun(wall_s=wall, maxrss_mb=usage.ru_maxrss / 1024.0, returncode=proc.returncode, log=log)
+    maxrss = peak_mb if peak_mb is not None else usage.ru_maxrss / 1024.0
+    return ToolRun(wall_s=wall, maxrss_mb=maxrss, returncode=proc.returncode, log=log)
 
 
 def _last_error(log: str) -> str:

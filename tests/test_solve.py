@@ -1,0 +1,169 @@
+"""The Condor solve end to end on simulated exposures with an exact truth, and its honest failures."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+from click.testing import CliRunner
+
+from astrodask.cli import EXIT_PARTIAL, main
+from astrodask.config import PipelineConfig
+from astrodask.gaia import read_catalog
+from astrodask.simulate import read_truth_wcs, simulate_field
+from astrodask.solve import solve_file
+from astrodask.tpv import pixel_to_world
+from astrodask.wcsutil import wcs_error_mas
+
+SHAPE = (1600, 2400)  # a quarter of a Condor frame on each side: fast, but the same physics
+
+HARD_CASES = {
+    "rotated-90": dict(rotation_deg=90.0),
+    "rotated-237-flipped": dict(rotation_deg=237.0, parity=-1),
+    "across-ra-0": dict(ra_deg=0.05),
+    "near-the-pole": dict(dec_deg=89.4),
+    "south-pole": dict(dec_deg=-89.3, rotation_deg=45.0),
+    "pointing-10-arcmin": dict(pointing_error_arcmin=10.0),
+    "rotation-2-deg-scale-2-percent": dict(rotation_error_deg=2.0, scale_error_frac=0.02),
+    "strong-distortion": dict(distortion_px=6.0),  # 15 px at a full frame's corners scales to ~6 px here
+    "keywords-only-header": dict(header_style="keywords"),
+    "sparse": dict(density_per_deg2=1200.0),  # ~ 250 stars in the frame
+}
+
+
+def simulate(tmp: Path, name: str, **overrides):
+    options = dict(ra_deg=150.1, dec_deg=25.0, shape=SHAPE, distortion_px=2.0, density_per_deg2=3500.0,
+                   rng=np.random.default_rng(zlib.crc32(name.encode())))
+    options.update(overrides)
+    return simulate_field(tmp, name, **options)
+
+
+def truth_error(result, field) -> np.ndarray:
+    return wcs_error_mas(result.wcs, read_truth_wcs(field.image_path), result.shape)
+
+
+@pytest.mark.parametrize("case", sorted(HARD_CASES))
+def test_hard_cases_solve_to_the_truth(case: str, tmp_path: Path) -> None:
+    field = simulate(tmp_path, case, **HARD_CASES[case])
+    result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path))
+    assert result.ok, result.reason
+    error = truth_error(result, field)
+    limit = 60.0 if case == "sparse" else 25.0
+    assert np.sqrt(np.mean(error**2)) < limit and error.max() < 5 * limit
+    assert 0.85 < result.quality.chi2_dof < 1.25
+    assert result.n_matches >= (100 if case == "sparse" else 300)
+    assert result.error_model.scale == pytest.approx(1.0, abs=0.3)  # windowed-centroid errors are right
+
+
+def test_crowded_field(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "crowded", shape=(1000, 1500), density_per_deg2=50_000.0)
+    result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path))
+    assert result.ok, result.reason
+    error = truth_error(result, field)
+    assert np.sqrt(np.mean(error**2)) < 10.0
+    assert result.n_matches > 1500
+
+
+def test_more_sources_than_references_uses_the_failsafe(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "shallow-reference")
+    catalog = read_catalog(field.catalog_path)
+    shallow = catalog[catalog["phot_g_mean_mag"] < 17.5]
+    result = solve_file(field.image_path, catalog=shallow)
+    assert result.ok, result.reason
+    assert result.config["depth_match_method"] == "failsafe"
+    matched = result.matched
+    assert len(np.unique(matched["source_id"])) == len(matched)  # one source per reference
+    assert np.sqrt(np.mean(truth_error(result, field) ** 2)) < 60.0
+
+
+def test_wrong_sky_fails_with_a_reason_not_a_wrong_solution(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "wrong-sky")
+    elsewhere = simulate(tmp_path / "other", "other", ra_deg=160.0, dec_deg=-10.0)
+    catalog = read_catalog(elsewhere.catalog_path)
+    # move the other field's stars onto this pointing: a plausible-looking but wrong sky
+    catalog["ra"] = (np.asarray(catalog["ra"]) - 160.0 + 150.1) % 360.0
+    catalog["dec"] = np.asarray(catalog["dec"]) + 35.0
+    result = solve_file(field.image_path, catalog=catalog)
+    assert not result.ok
+    assert result.reason and result.stage in {"regions", "tpv", "depth_match", "like_fit", "chi_square"}
+
+
+def test_noise_only_exposure_fails_cleanly(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "noise")
+    with fits.open(field.image_path) as hdul:
+        rng = np.random.default_rng(0)
+        hdul[1].data = rng.poisson(600, size=hdul[1].data.shape).astype(np.uint16)
+        hdul.writeto(tmp_path / "noise-only.fits.fz")
+    result = solve_file(tmp_path / "noise-only.fits.fz", catalog=read_catalog(field.catalog_path))
+    assert not result.ok and result.reason
+
+
+def test_quality_gate_failure_is_reported(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "gate")
+    config = PipelineConfig.from_dict({"fit": {"max_rms_px": 0.01}})
+    result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path), config=config)
+    assert result.status == "failed" and result.reason.startswith("quality gate: residual rms")
+
+
+def test_cli_solve_outputs_task_and_bad_files(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "cli")
+    bad = tmp_path / "broken.fits"
+    bad.write_text("not fits")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(main, ["solve", str(field.image_path), str(bad), "--catalog", str(field.catalog_path),
+                                  "--out", str(out), "--write-header"])
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    header = fits.getheader(out / "cli.wcs.fits")
+    assert header["CTYPE1"] == "RA---TPV" and header["CTYPE2"] == "DEC--TPV"
+    assert header["NMATCH"] > 300 and 0.8 < header["CHI2DOF"] < 1.3 and header["ERRSCALE"] > 0
+    assert header["ASTVERS"] and header["ASTSTAT"] == "SOLVED" and "PV1_7" in header
+    wcs = WCS(header)
+    truth = read_truth_wcs(field.image_path)
+    error = wcs_error_mas(wcs, truth, SHAPE)
+    assert np.sqrt(np.mean(error**2)) < 25.0
+    copy = fits.open(out / "cli.fits.fz")
+    assert copy[1].header["CTYPE1"] == "RA---TPV"
+    np.testing.assert_allclose(WCS(copy[1].header).pixel_to_world_values(100.0, 200.0),
+                               wcs.pixel_to_world_values(100.0, 200.0))
+    copy.close()
+    summary = Table.read(out / "summary.ecsv")
+    rows = {Path(f).name: (s, r) for f, s, r in zip(summary["file"], summary["status"], summary["reason"])}
+    assert rows["cli.fits.fz"][0] == "solved"
+    assert rows["broken.fits"][0] == "failed" and "not a readable FITS file" in rows["broken.fits"][1]
+    assert summary["t_detect_s"][0] > 0
+    # the original service's task message runs the same solve
+    task_out = tmp_path / "task"
+    message = f'{{"task": "astrometer", "filename": "{field.image_path}", "catalog": "{field.catalog_path}"}}'
+    task = runner.invoke(main, ["task", message, "--out", str(task_out)])
+    assert task.exit_code == 0, task.output
+    assert (task_out / "cli.wcs.fits").is_file()
+    unknown = runner.invoke(main, ["task", '{"task": "photometer", "filename": "x"}'])
+    assert unknown.exit_code != 0 and "only 'astrometer'" in unknown.output
+
+
+def test_solution_pixel_convention_round_trip(tmp_path: Path) -> None:
+    field = simulate(tmp_path, "convention")
+    result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path))
+    assert result.ok
+    ra, dec = pixel_to_world(result.solution, np.array([0.0, 2399.0]), np.array([0.0, 1599.0]))
+    ra_w, dec_w = result.wcs.pixel_to_world_values([0.0, 2399.0], [0.0, 1599.0])
+    np.testing.assert_allclose(ra, ra_w, atol=1e-10)
+    np.testing.assert_allclose(dec, dec_w, atol=1e-10)
+
+
+def test_panoptes_real_wide_field(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "panoptes_cygnus"
+    config = PipelineConfig.from_dict({"regions": {"n_regions": 4, "min_good_regions": 2, "min_stars": 5},
+                                       "fit": {"tpv_degree": 2, "min_matches": 20}})
+    result = solve_file(folder / "solved.fits.fz", catalog=read_catalog(folder / "gaia_dr3_G10_cygnus.ecsv"),
+                        config=config)
+    assert result.ok, result.reason
+    scale = result.solution.scale_arcsec
+    assert scale == pytest.approx(10.32, rel=0.01)
+    assert max(result.rms_arcsec) / scale <= 0.3
