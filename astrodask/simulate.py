@@ -67,6 +67,7 @@ from scipy.spatial import cKDTree
 from astrodask.config import CONDOR_PLATE_SCALE, GaiaConfig
 from astrodask.errors import CatalogError, ConfigError, InputFileError
 from astrodask.gaia import angular_separation_deg, propagate_to_epoch
+from astrodask.tpv import tangent_plane
 from astrodask.types import exposure_name
 from astrodask.wcsutil import cd_matrix, cd_to_scale_rotation_parity
 
@@ -521,7 +522,7 @@ def synthetic_gaia_catalog(ra_deg: float, dec_deg: float, *, rng: np.random.Gene
     pa = rng.uniform(0.0, 2.0 * np.pi, n)
     ra, dec = _offset_positions(ra_deg, dec_deg, rho, pa)
     if radius_deg is None:
-        xi, eta = _gnomonic(ra, dec, ra_deg, dec_deg)
+        xi, eta = tangent_plane(ra, dec, (ra_deg, dec_deg))
         keep = (np.abs(xi) <= width_deg / 2.0) & (np.abs(eta) <= height_deg / 2.0)
         ra, dec = ra[keep], dec[keep]
     n = ra.size
@@ -607,17 +608,6 @@ def _offset_positions(ra_deg: float, dec_deg: float, rho_rad: np.ndarray,
     ra = np.degrees(np.arctan2(p[..., 1], p[..., 0])) % 360.0
     dec = np.degrees(np.arcsin(np.clip(p[..., 2], -1.0, 1.0)))
     return ra, dec
-
-
-def _gnomonic(ra_deg: np.ndarray, dec_deg: np.ndarray, ra0_deg: float,
-              dec0_deg: float) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic (TAN) standard coordinates (xi east, eta north), degrees; NaN behind the plane."""
-    centre, east, north = _unit_vectors(ra0_deg, dec0_deg)
-    a, d = np.radians(ra_deg), np.radians(dec_deg)
-    p = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)], axis=-1)
-    w = p @ centre
-    w = np.where(w > 0, w, np.nan)
-    return np.degrees((p @ east) / w), np.degrees((p @ north) / w)
 
 
 # ==========================================================================
@@ -1442,7 +1432,7 @@ def simulate_field(out_dir: str | Path, name: str, *, ra_deg: float, dec_deg: fl
         corners_i = np.array([-0.5, nx - 0.5, -0.5, nx - 0.5])
         corners_j = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
         c_ra, c_dec = wcs.pixel_to_world_values(corners_i, corners_j)
-        xi, eta = _gnomonic(c_ra, c_dec, ra_c, dec_c)
+        xi, eta = tangent_plane(c_ra, c_dec, (ra_c, dec_c))
         width = 2.0 * (float(np.abs(xi).max()) + catalog_margin_deg)
         height = 2.0 * (float(np.abs(eta).max()) + catalog_margin_deg)
         slope = DEFAULT_COUNT_SLOPE_DEX_PER_MAG
