@@ -40,7 +40,7 @@ from astrodask.match import (Affine, RegionMatch, adapted_grid, coarse_align, ma
                              region_grid)
 from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, pixel_to_world,
                            world_to_pixel)
-from astrodask.types import FAILED, SOLVED, Exposure, ExposureResult, SourceFlag, exposure_name
+from astrodask.types import FAILED, SOLVED, Exposure, ExposureInfo, ExposureResult, SourceFlag, exposure_name
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = F
     return detect_exposure(exposure, config=config.detect, depth=depth)
 
 
-def stage_references(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig,
+def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
                      pointing: dict[str, Any] | None = None) -> tuple[Any, Table]:
     """The approximate WCS and ``get_gaia_xy``'s reference stars at the exposure's epoch."""
     found = get_pointing(exposure.header, path=exposure.path, config=config.pointing, **(pointing or {}))
@@ -90,27 +90,47 @@ def stage_references(exposure: Exposure, *, catalog: Table | None, config: Pipel
 # ---------------------------------------------------------------- step 2
 
 
-def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
-                  config: PipelineConfig) -> tuple[Affine, tuple[RegionMatch, ...], int]:
-    """Coarse alignment, astroalign per region and the mean affine.
+@dataclass(frozen=True)
+class RegionInputs:
+    """What every region-matching task needs: the points, the coarse transform, the grid.
 
-    Returns
-    -------
-    (Affine, tuple of RegionMatch, int)
-        The mean affine (image pixels -> approximate-WCS pixels), every region's
-        outcome, and how many of the brightest references took part.
+    Attributes
+    ----------
+    src
+        Usable image sources (N, 2), 0-based pixels, brightest first.
+    src_index
+        Their rows in the source table.
+    tgt
+        The brightest references (M, 2) in approximate-WCS pixels.
+    guess
+        The coarse transform, image pixels -> approximate-WCS pixels.
+    regions
+        The region grid.
+    min_good
+        Regions that must agree.
+    """
+
+    src: np.ndarray
+    src_index: np.ndarray
+    tgt: np.ndarray
+    guess: Affine
+    regions: tuple
+    min_good: int
+
+
+def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, config: PipelineConfig) -> RegionInputs:
+    """Usable sources, references to the same depth, the coarse alignment and the region grid.
 
     Raises
     ------
     MatchError
-        No coarse alignment, or too few regions agree.
+        Too few stars, or no coarse alignment.
     """
     rc = config.regions
-    usable = (np.asarray(sources["flag"]) & UNFIT_FLAGS) == 0
-    src_table = sources[usable]
-    n_ref = matching_depth(len(src_table), np.asarray(refs["in_image"]), excess=rc.reference_excess)
-    src = np.column_stack([src_table["i"], src_table["j"]])
-    tgt = np.column_stack([refs["x"][:n_ref], refs["y"][:n_ref]])
+    usable = np.nonzero((np.asarray(sources["flag"]) & UNFIT_FLAGS) == 0)[0]
+    n_ref = matching_depth(len(usable), np.asarray(refs["in_image"]), excess=rc.reference_excess)
+    src = np.column_stack([np.asarray(sources["i"])[usable], np.asarray(sources["j"])[usable]])
+    tgt = np.column_stack([np.asarray(refs["x"])[:n_ref], np.asarray(refs["y"])[:n_ref]])
     inside = np.asarray(refs["in_image"][:n_ref], dtype=bool)
     if len(src) < 3 or inside.sum() < 3:
         raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
@@ -120,13 +140,35 @@ def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
         log.info("sparse field (%d usable sources): %d regions instead of %d, %d must agree",
                  len(src), n_regions, rc.n_regions, min_good)
     regions = region_grid(shape, n_regions=n_regions, nx=rc.nx, ny=rc.ny)
-    matches = [match_region(region, src, tgt, guess=guess, config=rc) for region in regions]
-    affine, matches = mean_affine(matches, src, tgt, config=rc, min_good=min_good)
-    # indices back into the full source table
-    index = np.nonzero(usable)[0]
-    matches = tuple(RegionMatch(m.region, m.status, m.reason, m.affine, index[m.src_index], m.tgt_index,
-                                m.rms_px, m.n_sources, m.n_targets) for m in matches)
-    return affine, matches, n_ref
+    return RegionInputs(src, usable, tgt, guess, regions, min_good)
+
+
+def stage_region(inputs: RegionInputs, index: int, *, config: PipelineConfig) -> RegionMatch:
+    """astroalign in one region (one task of the graph); source indices refer to the source table."""
+    m = match_region(inputs.regions[index], inputs.src, inputs.tgt, guess=inputs.guess, config=config.regions)
+    return RegionMatch(m.region, m.status, m.reason, m.affine, inputs.src_index[m.src_index], m.tgt_index,
+                       m.rms_px, m.n_sources, m.n_targets)
+
+
+def reduce_regions(matches: tuple[RegionMatch, ...] | list[RegionMatch], sources: Table, inputs: RegionInputs, *,
+                   config: PipelineConfig) -> tuple[Affine, tuple[RegionMatch, ...]]:
+    """The reducer: the mean affine of the regions that agree.
+
+    Raises
+    ------
+    MatchError
+        Too few regions agree.
+    """
+    src_all = np.column_stack([np.asarray(sources["i"]), np.asarray(sources["j"])])
+    return mean_affine(list(matches), src_all, inputs.tgt, config=config.regions, min_good=inputs.min_good)
+
+
+def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
+                  config: PipelineConfig) -> tuple[Affine, tuple[RegionMatch, ...]]:
+    """Coarse alignment, astroalign per region and the mean affine, serially."""
+    inputs = prepare_regions(sources, refs, shape, config=config)
+    matches = [stage_region(inputs, k, config=config) for k in range(len(inputs.regions))]
+    return reduce_regions(matches, sources, inputs, config=config)
 
 
 def initial_solution(wcs0: Any, affine: Affine) -> TPVSolution:
@@ -392,30 +434,36 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     """
     config = config or PipelineConfig()
     clock = clock or _Clock()
-    counts: dict[str, int] = {}
     clock.lap("detect")
     sources = stage_sources(exposure, config=config)
-    counts["sources"] = len(sources)
-    clock.lap("references")
-    wcs0, refs = stage_references(exposure, catalog=catalog, config=config, pointing=pointing)
-    counts["references"] = len(refs)
-    counts["references_in_image"] = int(refs.meta.get("n_in_image", 0))
-    clock.lap("regions")
-    affine, matches, n_ref = stage_regions(sources, refs, exposure.shape, config=config)
-    counts["regions_ok"] = sum(m.ok for m in matches)
-    clock.lap("tpv")
-    solution, pairs0 = stage_initial_tpv(sources, refs, matches, wcs0=wcs0, affine=affine, shape=exposure.shape,
-                                         config=config)
-    counts["region_pairs"] = len(pairs0)
     clock.lap("detect_depth")
     deep = stage_sources(exposure, config=config, depth=True)
-    counts["depth_sources"] = len(deep)
+    info = exposure.info
+    clock.lap("references")
+    wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing)
+    clock.lap("regions")
+    affine, matches = stage_regions(sources, refs, info.shape, config=config)
+    return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
+
+
+def finish_solve(info: ExposureInfo, sources: Table, deep: Table, wcs0: Any, refs: Table, affine: Affine,
+                 matches: tuple[RegionMatch, ...], *, config: PipelineConfig, clock: _Clock | None = None
+                 ) -> ExposureResult:
+    """Steps 3 to 6 after the reducer: TPV, depth match, ``like_fit``, chi-square and the quality gates."""
+    clock = clock or _Clock()
+    shape = info.shape
+    counts = {"sources": len(sources), "depth_sources": len(deep), "references": len(refs),
+              "references_in_image": int(refs.meta.get("n_in_image", 0)), "regions_ok": sum(m.ok for m in matches)}
+    clock.lap("tpv")
+    solution, pairs0 = stage_initial_tpv(sources, refs, matches, wcs0=wcs0, affine=affine, shape=shape,
+                                         config=config)
+    counts["region_pairs"] = len(pairs0)
     clock.lap("depth_match")
-    solution, matched, kept, method = stage_depth(deep, refs, solution, shape=exposure.shape, config=config)
+    solution, matched, kept, method = stage_depth(deep, refs, solution, shape=shape, config=config)
     counts["depth_matches"] = len(matched)
     counts["rms_clipped"] = len(matched) - len(kept)
     clock.lap("like_fit")
-    solution, model, keep = stage_error_model(deep, refs, kept, solution, shape=exposure.shape, config=config)
+    solution, model, keep = stage_error_model(deep, refs, kept, solution, shape=shape, config=config)
     counts["error_clipped"] = int(len(keep) - keep.sum())
     counts["matches"] = int(keep.sum())
     clock.lap("chi_square")
@@ -427,11 +475,11 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     matched_table = matched_list(deep, refs, kept, keep, solution, model)
     clock.lap("done")
     return ExposureResult(
-        file=str(exposure.path), name=exposure.name, status=FAILED if reason else SOLVED,
+        file=str(info.path), name=info.name, status=FAILED if reason else SOLVED,
         reason=f"quality gate: {reason}" if reason else "", stage="chi_square", solution=solution,
         error_model=model, quality=quality, counts=counts, rms_arcsec=rms, timings=clock.timings,
         regions=tuple((m.region.index, m.status, m.reason, len(m.src_index)) for m in matches),
-        shape=exposure.shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
+        shape=shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
         matched=matched_table,
     )
 

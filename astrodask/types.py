@@ -146,6 +146,31 @@ class Exposure:
         """File name without ``.fits``, ``.fits.fz``, ``.fit`` or ``.fz``."""
         return exposure_name(self.path)
 
+    @property
+    def info(self) -> ExposureInfo:
+        """Everything but the pixels: small enough to travel between Dask workers."""
+        return ExposureInfo(self.path, self.hdu_index, self.header, self.shape, self.epoch_yr, self.gain,
+                            self.saturate_adu, self.exptime_s)
+
+
+@dataclass(frozen=True)
+class ExposureInfo:
+    """An exposure without its pixels (see :class:`Exposure` for the attributes)."""
+
+    path: Path
+    hdu_index: int
+    header: Header
+    shape: tuple[int, int]
+    epoch_yr: float | None
+    gain: float | None
+    saturate_adu: float | None
+    exptime_s: float | None
+
+    @property
+    def name(self) -> str:
+        """File name without the FITS suffixes."""
+        return exposure_name(self.path)
+
 
 def exposure_name(path: str | Path) -> str:
     """The name of an exposure: its file name without the FITS suffixes."""
