@@ -20,7 +20,7 @@ import numpy as np
 
 from astrodask import __version__
 from astrodask.config import PipelineConfig, describe, merge_dicts, parse_assignment
-from astrodask.errors import AstrodaskError, ConfigError, InputFileError
+from astrodask.errors import AstrodaskError, ConfigError
 
 log = logging.getLogger("astrodask")
 
@@ -415,7 +415,8 @@ def demo_cmd(out_dir: str, config_file: str | None, assignments: tuple[str, ...]
 def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, out: Path,
                      pointing: dict[str, Any], write_header: bool, debug: bool) -> list:
     """Solve files one after the other; write each solution, the summary and (debug) matched lists and plots."""
-    from astrodask.output import plot_solution, write_header_copy, write_matched, write_solution, write_summary
+    from astrodask.backlog import assemble_summary, write_status
+    from astrodask.output import plot_solution, summary_row, write_header_copy, write_matched, write_solution
     from astrodask.solve import solve_file
 
     results = []
@@ -430,7 +431,8 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
                 written.append(write_header_copy(result, out))
         if debug and result.solution is not None:
             written += [p for p in (write_matched(result, out), plot_solution(result, out)) if p]
-        write_summary([result], out)
+        write_status(summary_row(result), out)
+        assemble_summary(out)
         prefix = f"[{index}/{len(files)}] " if len(files) > 1 else ""
         if result.ok:
             q, m = result.quality, result.error_model
@@ -446,6 +448,51 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
     return results
 
 
+def cluster_options(func: Callable) -> Callable:
+    """--scheduler ADDRESS, --scheduler-file FILE, --workers N."""
+    func = click.option("--workers", type=int, default=None,
+                        help="Worker processes of the embedded LocalCluster (default: one per core).")(func)
+    func = click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+                        help="Connect to the scheduler described in this file.")(func)
+    func = click.option("--scheduler", default=None, metavar="ADDRESS",
+                        help="Connect to a running scheduler (default: DASK_SCHEDULER_ADDRESS, else an embedded "
+                             "LocalCluster).")(func)
+    return func
+
+
+def _print_row(done: int, total: int, row: dict[str, Any]) -> None:
+    prefix = f"[{done}/{total}] "
+    if row["status"] == "solved":
+        click.echo(f"{prefix}{row['file']}: solved: {row['matches']} matches, rms ({row['rms_xi_arcsec'] * 1000:.1f}, "
+                   f"{row['rms_eta_arcsec'] * 1000:.1f}) mas, chi2/dof {row['chi2_dof']:.3f}")
+    else:
+        click.echo(f"{prefix}{row['file']}: FAILED at {row['stage']}: {row['reason']}", err=True)
+
+
+def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, config: PipelineConfig,
+                    pointing: dict[str, Any], debug: bool, write_header: bool, scheduler: str | None,
+                    scheduler_file: str | None, workers: int | None, detach: bool, retries: int) -> list[dict]:
+    from astrodask.backlog import assemble_summary
+    from astrodask.runner import connect, submit_backlog
+
+    out.mkdir(parents=True, exist_ok=True)
+    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+        if detach and connection.embedded:
+            raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
+                                       "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
+        where = "embedded LocalCluster" if connection.embedded else "scheduler"
+        click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
+        rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog, pointing=pointing,
+                              debug=debug, write_header=write_header, retries=retries, detach=detach,
+                              on_row=_print_row)
+    if detach:
+        click.echo(f"submitted {len(paths)} exposures; the work goes on after this command. "
+                   f"Follow it with: astrodask status --out {out}")
+        return []
+    assemble_summary(out)
+    return rows
+
+
 @main.command("solve")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--catalog", type=click.Path(), default=None,
@@ -454,34 +501,118 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
               help="Output folder: <name>.wcs.fits per exposure and summary.ecsv.")
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
 @click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots.")
+@click.option("--serial", is_flag=True, help="Solve in this process, one exposure after the other, without Dask.")
+@cluster_options
 @pointing_options
 @config_options
 @logging_options
 def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
+              serial: bool, scheduler: str | None, scheduler_file: str | None, workers: int | None,
               ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
               config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Solve exposures: TAN + TPV WCS against Gaia DR3, with an error model and a chi-square.
 
-    Writes OUT/<name>.wcs.fits (a FITS header with RA---TPV/DEC--TPV, CRPIX,
-    CRVAL, CD, PV1_*, PV2_* and quality keywords) for each solved exposure and
-    OUT/summary.ecsv with one row per exposure (status, reason, counts, rms,
-    chi-square/dof, seconds per stage). A failed exposure is reported and the
-    others go on; the exit status is 3 when some failed.
+    Runs on Dask: with no --scheduler (or DASK_SCHEDULER_ADDRESS / --scheduler-file), an
+    embedded LocalCluster starts and its dashboard link is printed. Writes
+    OUT/<name>.wcs.fits (a FITS header with RA---TPV/DEC--TPV, CRPIX, CRVAL, CD,
+    PV1_*, PV2_* and quality keywords) for each solved exposure and OUT/summary.ecsv
+    with one row per exposure (status, reason, counts, rms, chi-square/dof, seconds
+    per stage). A failed exposure is reported and the others go on; the exit status
+    is 3 when some failed.
     """
     from astrodask.gaia import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
-    reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
     pointing = {k: v for k, v in {"ra_deg": ra, "dec_deg": dec, "scale_arcsec": scale, "rotation_deg": rotation,
                                   "parity": parity}.items() if v is not None}
     out = Path(out_dir)
-    results = _solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
-                               write_header=write_header, debug=debug)
-    failed = [r for r in results if not r.ok]
-    click.echo(f"{len(results) - len(failed)} of {len(results)} solved; summary: {out / 'summary.ecsv'}")
+    if serial:
+        reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
+        results = _solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
+                                   write_header=write_header, debug=debug)
+        statuses = [r.status for r in results]
+    else:
+        from astrodask.backlog import expand_inputs
+
+        paths = expand_inputs(files)
+        rows = _run_on_cluster(paths, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
+                               write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
+                               workers=workers, detach=False, retries=0)
+        statuses = [row["status"] for row in rows]
+    failed = sum(s != "solved" for s in statuses)
+    click.echo(f"{len(statuses) - failed} of {len(statuses)} solved; summary: {out / 'summary.ecsv'}")
     if failed:
-        raise SystemExit(EXIT_PARTIAL if len(failed) < len(results) else 1)
+        raise SystemExit(EXIT_PARTIAL if failed < len(statuses) else 1)
+
+
+@main.command("submit")
+@click.argument("items", nargs=-1, required=True)
+@click.option("--catalog", type=click.Path(), default=None,
+              help="Reference catalog file, readable by every worker; default: the Gaia archive.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output folder shared by the workers.")
+@click.option("--detach", is_flag=True, help="Return once submitted; the work goes on on the cluster.")
+@click.option("--redo", is_flag=True, help="Solve again exposures whose solution already exists.")
+@click.option("--recursive", is_flag=True, help="Search directories and ** globs recursively.")
+@click.option("--retries", type=int, default=2, show_default=True, help="Retries of a task after an unexpected error.")
+@click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
+@click.option("--debug", is_flag=True, help="Keep the matched lists and residual plots.")
+@cluster_options
+@pointing_options
+@config_options
+@logging_options
+def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool, recursive: bool,
+               retries: int, write_header: bool, debug: bool, scheduler: str | None, scheduler_file: str | None,
+               workers: int | None, ra: float | None, dec: float | None, scale: float | None,
+               rotation: float | None, parity: int | None, config_file: str | None, assignments: tuple[str, ...],
+               verbose: int, quiet: bool) -> None:
+    """Submit a survey backlog to a Dask scheduler (replaces the old dask-submit).
+
+    ITEMS are exposure files, glob patterns ('night1/*.fits.fz'), directories, or
+    @LIST files holding one path or glob per line. Exposures whose solution exists
+    in --out are skipped (--redo solves them again). Waits with progress and a
+    final summary, or --detach. Follow a backlog with 'astrodask status --out DIR'.
+    """
+    from astrodask.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
+                                   write_manifest)
+
+    _configure_logging(verbose, quiet)
+    config = load_config(config_file, assignments)
+    pointing = {k: v for k, v in {"ra_deg": ra, "dec_deg": dec, "scale_arcsec": scale, "rotation_deg": rotation,
+                                  "parity": parity}.items() if v is not None}
+    out = Path(out_dir)
+    paths = expand_inputs(items, recursive=recursive)
+    plan = plan_backlog(paths, out, redo=redo)
+    write_manifest(paths, out)
+    click.echo(f"{len(paths)} exposures: {len(plan.done)} already solved (skipped), {len(plan.todo)} to solve")
+    rows = []
+    if plan.todo:
+        rows = _run_on_cluster(plan.todo, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
+                               write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
+                               workers=workers, detach=detach, retries=retries)
+    if detach:
+        return
+    click.echo(f"output folder {out}: " + format_status(backlog_status(out, inputs=read_manifest(out))))
+    failed = sum(row["status"] != "solved" for row in rows)
+    if failed:
+        raise SystemExit(EXIT_PARTIAL if failed < len(rows) else 1)
+
+
+@main.command("status")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="The backlog's output folder.")
+@logging_options
+def status_cmd(out_dir: str, verbose: int, quiet: bool) -> None:
+    """Summarise a backlog from its output folder: done, failed (with reasons), pending."""
+    from astrodask.backlog import assemble_summary, backlog_status, format_status, read_manifest
+
+    _configure_logging(verbose, quiet)
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise click.ClickException(f"{out}: no such output folder")
+    status = backlog_status(out, inputs=read_manifest(out))
+    click.echo(format_status(status))
+    assemble_summary(out)
 
 
 @main.command("task")

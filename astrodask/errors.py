@@ -53,6 +53,10 @@ class SolveError(AstrodaskError, RuntimeError):
     """A solve failed one of its quality gates; the message gives the stage and the reason."""
 
 
+class LaunchError(AstrodaskError, RuntimeError):
+    """A Dask scheduler or worker process of a launched cluster did not start."""
+
+
 class NoSourcesError(AstrodaskError, ValueError):
     """Source detection found nothing usable."""
 

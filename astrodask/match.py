@@ -246,23 +246,38 @@ def refine_affine(src: np.ndarray, tgt: np.ndarray, initial: Affine, *, radius_p
     return affine, si, ti, float(np.sqrt(np.mean(resid**2)))
 
 
+#: Multiples of ``coarse_control_points`` tried in turn when astroalign finds no transform.
+COARSE_ATTEMPTS = (1.0, 0.5, 2.0)
+#: Pairs the coarse alignment needs to be trusted.
+MIN_COARSE_PAIRS = 6
+
+
 def coarse_align(src_ij: np.ndarray, tgt_xy: np.ndarray, *, config: RegionConfig) -> Affine:
     """The whole frame's transform from image pixels to reference pixels, roughly.
 
     astroalign on the ``coarse_control_points`` brightest sources and references
     (both brightest first), with coordinates divided by ``coarse_bin_factor``;
-    refitted as an affine from the control points it pairs.
+    refitted as an affine from the control points it pairs. If astroalign finds
+    no transform, or pairs fewer than ``MIN_COARSE_PAIRS`` stars, half and then
+    twice as many control points are tried.
 
     Raises
     ------
     MatchError
-        astroalign finds no transform.
+        astroalign finds no transform with any of the attempts.
     """
-    si, ti = _astroalign_pairs(src_ij, tgt_xy, max_control_points=config.coarse_control_points,
-                               bin_factor=config.coarse_bin_factor)
-    if len(si) < 3:
-        raise MatchError(f"the coarse alignment paired only {len(si)} stars")
-    return fit_affine(src_ij[si], tgt_xy[ti])
+    errors = []
+    for factor in COARSE_ATTEMPTS:
+        n = max(5, int(round(config.coarse_control_points * factor)))
+        try:
+            si, ti = _astroalign_pairs(src_ij, tgt_xy, max_control_points=n, bin_factor=config.coarse_bin_factor)
+        except MatchError as err:
+            errors.append(f"{n} stars: {err}")
+            continue
+        if len(si) >= MIN_COARSE_PAIRS:
+            return fit_affine(src_ij[si], tgt_xy[ti])
+        errors.append(f"{n} stars: only {len(si)} pairs")
+    raise MatchError(f"the coarse alignment failed ({'; '.join(errors)})")
 
 
 # ---------------------------------------------------------------- per region

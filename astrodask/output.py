@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
 
 from astrodask import __version__
 from astrodask.errors import InputFileError
@@ -76,7 +75,8 @@ def solution_header(result: ExposureResult) -> fits.Header:
     return header
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through a temporary file in the same folder, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -92,7 +92,7 @@ def _atomic_write(path: Path, write) -> Path:
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
     """Write ``DIR/<name>.wcs.fits``: a primary header holding the solved WCS and quality keywords."""
     header = solution_header(result)
-    return _atomic_write(solution_path(out_dir, result.name),
+    return atomic_write(solution_path(out_dir, result.name),
                          lambda tmp: fits.PrimaryHDU(header=header).writeto(tmp, overwrite=True))
 
 
@@ -115,7 +115,7 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
             image.header.update(header)
             hdul.writeto(tmp, overwrite=True)
 
-    return _atomic_write(target, write)
+    return atomic_write(target, write)
 
 
 SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
@@ -146,32 +146,12 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
     return row
 
 
-def write_summary(results: Iterable[ExposureResult], out_dir: str | Path) -> Path:
-    """Write (or update) ``DIR/summary.ecsv``: one row per exposure, newest result per file."""
-    path = Path(out_dir) / SUMMARY_NAME
-    rows = {r["file"]: r for r in _read_rows(path)}
-    for result in results:
-        rows[result.file] = summary_row(result)
-    names = list(SUMMARY_COLUMNS) + [f"t_{s}_s" for s in STAGES]
-    table = Table(rows=[[row.get(n) for n in names] for row in rows.values()], names=names) if rows else \
-        Table(names=names, dtype=[str] * 5 + [int] * 5 + [float] * 3 + [int] + [float] * 3 + [float] * len(STAGES))
-    table.meta["astrodask_version"] = __version__
-    return _atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    table = Table.read(path, format="ascii.ecsv")
-    return [{name: row[name] for name in table.colnames} for row in table]
-
-
 def write_matched(result: ExposureResult, out_dir: str | Path) -> Path | None:
     """The entire matched list as ``DIR/<name>.matched.ecsv`` (debugging product)."""
     if result.matched is None:
         return None
     path = Path(out_dir) / f"{result.name}.matched.ecsv"
-    return _atomic_write(path, lambda tmp: result.matched.write(tmp, format="ascii.ecsv", overwrite=True))
+    return atomic_write(path, lambda tmp: result.matched.write(tmp, format="ascii.ecsv", overwrite=True))
 
 
 def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
@@ -219,7 +199,7 @@ def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
     fig.suptitle(f"{result.name}: {result.status}, {result.n_matches} matches, rms "
                  f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas")
     path = Path(out_dir) / f"{result.name}.residuals.png"
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
     return path
 

@@ -134,7 +134,10 @@ def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, conf
     inside = np.asarray(refs["in_image"][:n_ref], dtype=bool)
     if len(src) < 3 or inside.sum() < 3:
         raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
-    guess = coarse_align(src, tgt[inside], config=rc)
+    # the coarse alignment ranks every source, saturated and blended ones included, as the
+    # brightest references are: their centroids are good enough at coarse_bin_factor
+    everything = np.column_stack([np.asarray(sources["i"]), np.asarray(sources["j"])])
+    guess = coarse_align(everything, tgt[inside], config=rc)
     n_regions, min_good = adapted_grid(len(src), rc)
     if n_regions != rc.n_regions:
         log.info("sparse field (%d usable sources): %d regions instead of %d, %d must agree",

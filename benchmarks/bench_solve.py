@@ -294,7 +294,7 @@ def run_ours(files: CaseFiles, scratch: Path, truth: WCS, shape: tuple[int, int]
     try:
         info = json.loads(stdout.splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        return Outcome(status="crashed", reason=peers._last_error(run.log), time_s=run.wall_s, maxrss_mb=run.maxrss_mb)
+        return Outcome(status="crashed", reason=peers.last_error(run), time_s=run.wall_s, maxrss_mb=run.maxrss_mb)
     out = Outcome(status=info["status"], reason=info.get("reason", ""), n_matches=info.get("n_matches"),
                   chi2_dof=info.get("chi2_dof"), time_s=info.get("time_s"), maxrss_mb=run.maxrss_mb)
     if info.get("has_wcs") and wcs_out.is_file():

@@ -32,7 +32,6 @@ Usage on its own: python benchmarks/peers.py X.fits.fz X_gaia.ecsv SCRATCH_DIR
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -82,10 +81,12 @@ DAYS_PER_JULIAN_YEAR = 365.25
 J2000_MJD = 51544.5
 #: SCAMP warnings that say nothing about the solution (left out of the reported reason).
 BENIGN_WARNINGS = ("ATLAS library", "using internal defaults")
+#: Reference stars are looked for on the image grown by this fraction of its size on each side.
+FOOTPRINT_MARGIN = 0.1
 #: Interval of the peak-memory polling of a running tool, seconds.
 POLL_S = 0.01
 #: Time limit of each tool, seconds.
-TOOL_TIMEOUT_S = 900.0
+TOOL_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -167,13 +168,15 @@ def run_tool(args: list[str], *, cwd: Path, timeout_s: float = TOOL_TIMEOUT_S) -
     return ToolRun(wall_s=wall, maxrss_mb=maxrss, returncode=proc.returncode, log=log)
 
 
-def _last_error(log: str) -> str:
-    """The error line of a SExtractor/SCAMP log (``> ... Error``), or its last line."""
-    lines = [ln.strip() for ln in log.replace("\r", "\n").splitlines() if ln.strip()]
+def last_error(run: ToolRun) -> str:
+    """The exit code and the last error or warning of a SExtractor/SCAMP log (benign ones left out)."""
+    lines = [ln.strip().lstrip("> ").strip() for ln in run.log.replace("\r", "\n").splitlines()]
+    lines = [ln for ln in lines if ln and not any(b in ln for b in BENIGN_WARNINGS)]
+    code = f"exit code {run.returncode}" if run.returncode else "exit code 0 but no output"
     for ln in reversed(lines):
-        if "error" in ln.lower() or "warning" in ln.lower() or "killed" in ln.lower():
-            return ln.lstrip("> ").strip()
-    return lines[-1] if lines else "(no message)"
+        if any(w in ln.lower() for w in ("error", "warning", "killed")):
+            return f"{code}: {ln}"
+    return f"{code}; last message: {lines[-1] if lines else '(none)'}"
 
 
 # --------------------------------------------------------------------------
@@ -205,17 +208,20 @@ def ldac_imhead(header: fits.Header) -> fits.BinTableHDU:
     """The LDAC_IMHEAD table: the header text as one cell of 80-character cards."""
     text = header.tostring(sep="", endcard=True, padding=False)
     n_cards = len(text) // 80
-    cards = np.array([[text[k * 80:(k + 1) * 80] for k in range(n_cards)]], dtype=f"S80")
+    cards = np.array([[text[k * 80:(k + 1) * 80] for k in range(n_cards)]], dtype="S80")
     col = fits.Column(name="Field Header Card", format=f"{80 * n_cards}A", dim=f"(80, {n_cards})", array=cards)
     return fits.BinTableHDU.from_columns([col], name="LDAC_IMHEAD")
 
 
-def write_reference_ldac(catalog_path: Path, out_path: Path, *, epoch_yr: float) -> int:
+def write_reference_ldac(catalog_path: Path, out_path: Path, *, epoch_yr: float,
+                         image_header: fits.Header | None = None) -> tuple[int, int]:
     """Write the Gaia stars of ``catalog_path`` as a SCAMP FITS_LDAC reference catalog.
 
     Positions are propagated to ``epoch_yr`` with :func:`astrodask.gaia.propagate_table`
     (OBSDATE = ``epoch_yr``), errors are ra_error/dec_error (mas, floored at
-    REF_ERROR_FLOOR_MAS) as an error ellipse in degrees, MAG is Gaia G. Returns the row count.
+    REF_ERROR_FLOOR_MAS) as an error ellipse in degrees, MAG is Gaia G. Returns the row
+    count and, given the image header, how many rows fall on the image through its
+    approximate WCS (grown by FOOTPRINT_MARGIN on each side).
     """
     from astrodask.gaia import propagate_table, read_catalog
 
@@ -246,7 +252,17 @@ def write_reference_ldac(catalog_path: Path, out_path: Path, *, epoch_yr: float)
     head["NAXIS"] = 0
     head["COMMENT"] = f"Gaia reference stars of {catalog_path.name} at epoch {epoch_yr:.4f}"
     fits.HDUList([fits.PrimaryHDU(), ldac_imhead(head), objects]).writeto(out_path, overwrite=True)
-    return n
+    on_image = n
+    if image_header is not None:
+        nx, ny = int(image_header["NAXIS1"]), int(image_header["NAXIS2"])
+        wcs_header = image_header.copy()
+        for key in ("NAXIS", "NAXIS1", "NAXIS2"):
+            wcs_header.remove(key, ignore_missing=True)
+        with np.errstate(invalid="ignore"):
+            i, j = WCS(wcs_header).world_to_pixel_values(ra[good], dec[good])
+        mi, mj = FOOTPRINT_MARGIN * nx, FOOTPRINT_MARGIN * ny
+        on_image = int(np.count_nonzero((i > -mi) & (i < nx + mi) & (j > -mj) & (j < ny + mj)))
+    return n, on_image
 
 
 def write_config_files(scratch: Path) -> None:
@@ -363,15 +379,21 @@ def solve_with_scamp(image_path: str | Path, catalog_path: str | Path, scratch: 
         plain.unlink(missing_ok=True)
     if sex.returncode != 0 or not cat.is_file():
         times["total"] = time.perf_counter() - t0
-        return PeerResult(status="failed", reason=f"source-extractor: {_last_error(sex.log)}",
+        return PeerResult(status="failed", reason=f"source-extractor {last_error(sex)}",
                           times_s=times, maxrss_mb=rss)
     with fits.open(cat) as hdus:
         n_sources = len(hdus["LDAC_OBJECTS"].data)
 
     t1 = time.perf_counter()
     ref = scratch / "ref.ldac"
-    write_reference_ldac(catalog_path, ref, epoch_yr=exposure_epoch_yr(header))
+    n_ref, n_ref_on_image = write_reference_ldac(catalog_path, ref, epoch_yr=exposure_epoch_yr(header),
+                                                 image_header=header)
     times["ref"] = time.perf_counter() - t1
+    if n_ref_on_image == 0:  # SCAMP would spin in its matcher for many minutes, then give up
+        times["total"] = time.perf_counter() - t0
+        return PeerResult(status="failed", n_sources=n_sources, times_s=times, maxrss_mb=rss,
+                          reason=f"none of the {n_ref} reference stars of {catalog_path.name} falls on the "
+                                 "image through its approximate header; SCAMP not run")
 
     scamp = run_tool([SCAMP, cat.name, "-c", "scamp.conf", "-ASTREF_CATALOG", "FILE", "-ASTREFCAT_NAME", ref.name,
                       "-ASTREFCENT_KEYS", "X_WORLD,Y_WORLD", "-ASTREFERR_KEYS", "ERRA_WORLD,ERRB_WORLD",
@@ -390,7 +412,7 @@ def solve_with_scamp(image_path: str | Path, catalog_path: str | Path, scratch: 
     head_path = scratch / "image.head"
     result = PeerResult(status="failed", n_sources=n_sources, times_s=times, maxrss_mb=rss)
     if scamp.returncode != 0 or not head_path.is_file():
-        result.reason = f"scamp: {_last_error(scamp.log)}"
+        result.reason = f"scamp {last_error(scamp)}"
         return result
     try:
         head = read_head(head_path)

@@ -136,7 +136,8 @@ def test_cli_solve_outputs_task_and_bad_files(tmp_path: Path) -> None:
     rows = {Path(f).name: (s, r) for f, s, r in zip(summary["file"], summary["status"], summary["reason"])}
     assert rows["cli.fits.fz"][0] == "solved"
     assert rows["broken.fits"][0] == "failed" and "not a readable FITS file" in rows["broken.fits"][1]
-    assert summary["t_detect_s"][0] > 0
+    solved_row = summary[summary["status"] == "solved"][0]
+    assert solved_row["t_detect_s"] > 0 and solved_row["t_depth_match_s"] > 0
     # the original service's task message runs the same solve
     task_out = tmp_path / "task"
     message = f'{{"task": "astrometer", "filename": "{field.image_path}", "catalog": "{field.catalog_path}"}}'

@@ -1,0 +1,264 @@
+"""The solve as a Dask graph: per exposure, read + detect, references, 24 region tasks, a reducer,
+the refinement, and a writer.
+
+Per exposure ``<name>`` (file name without the FITS suffixes), with deterministic keys so that
+submitting the same exposure twice computes it once:
+
+- ``detect-<name>``: reads the file and runs both detection passes on one worker; the image
+  never leaves that worker, only the source tables do;
+- ``references-<name>``: ``get_gaia_xy`` (from the catalog task, or the archive);
+- ``prepare-<name>``: usable sources, references to the same depth, the coarse alignment, the grid;
+- ``region-<name>-<k>``, k = 0..23: astroalign in region k;
+- ``reduce-<name>``: the mean affine;
+- ``solve-<name>``: TPV, depth match, ``like_fit``, the final chi-square and the quality gates;
+- ``write-<name>``: the solution file and the exposure's status record, written atomically.
+
+A reference catalog file is read once per backlog by ``catalog-<hash>``. Expected failures
+(:class:`~astrodask.errors.AstrodaskError`) travel down the graph as a :class:`Failed` value, so
+a bad exposure ends in its own status record with its reason; anything else raises, so that
+Dask retries it (transient errors) and the client reports it after the allowed retries.
+
+Building the graph computes nothing: it only makes ``dask.delayed`` objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dask import delayed
+from dask.delayed import Delayed
+
+from astrodask.config import PipelineConfig
+from astrodask.errors import AstrodaskError
+from astrodask.types import FAILED, ExposureResult, exposure_name
+
+log = logging.getLogger(__name__)
+
+#: The stages of one exposure, in order (task key prefixes).
+TASK_STAGES = ("detect", "references", "prepare", "region", "reduce", "solve", "write")
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An expected failure travelling down an exposure's graph instead of an exception."""
+
+    file: str
+    stage: str
+    reason: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _failed_input(*values: Any) -> Failed | None:
+    for value in values:
+        if isinstance(value, Failed):
+            return value
+        if isinstance(value, (list, tuple)):
+            inner = _failed_input(*value)
+            if inner is not None:
+                return inner
+    return None
+
+
+# ---------------------------------------------------------------- task functions (run on workers)
+
+
+def task_catalog(path: str, default_ref_epoch: float) -> Any:
+    """Read a reference catalog file once for the whole backlog."""
+    from astrodask.gaia import read_catalog
+
+    return read_catalog(path, default_ref_epoch=default_ref_epoch)
+
+
+def task_detect(path: str, config: PipelineConfig) -> Any:
+    """Read the exposure and run both detection passes; returns (info, sources, deep, timings)."""
+    from astrodask.exposure import read_exposure
+    from astrodask.solve import stage_sources
+
+    started = time.perf_counter()
+    try:
+        exposure = read_exposure(path)
+        t_read = time.perf_counter()
+        sources = stage_sources(exposure, config=config)
+        t_first = time.perf_counter()
+        deep = stage_sources(exposure, config=config, depth=True)
+    except AstrodaskError as err:
+        return Failed(path, "detect", str(err), {"read": time.perf_counter() - started})
+    timings = {"read": t_read - started, "detect": t_first - t_read, "detect_depth": time.perf_counter() - t_first}
+    return exposure.info, sources, deep, timings
+
+
+def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointing: dict[str, Any]) -> Any:
+    """``get_gaia_xy`` for the exposure; returns (wcs0, refs, seconds) or the failure."""
+    from astrodask.solve import stage_references
+
+    failed = _failed_input(detected, catalog)
+    if failed:
+        return failed
+    info = detected[0]
+    started = time.perf_counter()
+    try:
+        wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing)
+    except AstrodaskError as err:
+        return Failed(str(info.path), "references", str(err))
+    return wcs0, refs, time.perf_counter() - started
+
+
+def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:
+    """The coarse alignment and the region grid; returns (inputs, seconds) or the failure."""
+    from astrodask.solve import prepare_regions
+
+    failed = _failed_input(detected, references)
+    if failed:
+        return failed
+    info, sources = detected[0], detected[1]
+    started = time.perf_counter()
+    try:
+        inputs = prepare_regions(sources, references[1], info.shape, config=config)
+    except AstrodaskError as err:
+        return Failed(str(info.path), "regions", str(err))
+    return inputs, time.perf_counter() - started
+
+
+def task_region(prepared: Any, index: int, config: PipelineConfig) -> Any:
+    """astroalign in one region; None when the (sparse-field) grid has fewer regions than tasks."""
+    from astrodask.solve import stage_region
+
+    if isinstance(prepared, Failed):
+        return prepared
+    inputs = prepared[0]
+    if index >= len(inputs.regions):
+        return None
+    started = time.perf_counter()
+    match = stage_region(inputs, index, config=config)
+    return match, time.perf_counter() - started
+
+
+def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: PipelineConfig) -> Any:
+    """The reducer: the mean affine of the agreeing regions."""
+    from astrodask.solve import reduce_regions
+
+    failed = _failed_input(detected, prepared, regions)
+    if failed:
+        return failed
+    info, sources = detected[0], detected[1]
+    done = [r for r in regions if r is not None]
+    matches = [m for m, _ in done]
+    started = time.perf_counter()
+    try:
+        affine, matches = reduce_regions(matches, sources, prepared[0], config=config)
+    except AstrodaskError as err:
+        return Failed(str(info.path), "regions", str(err))
+    seconds = prepared[1] + sum(t for _, t in done) + time.perf_counter() - started
+    return affine, matches, seconds
+
+
+def task_solve(detected: Any, references: Any, reduced: Any, config: PipelineConfig) -> Any:
+    """TPV, depth match, ``like_fit`` and the chi-square: the exposure's result."""
+    from astrodask.solve import _Clock, finish_solve
+
+    failed = _failed_input(detected, references, reduced)
+    if failed:
+        return failed
+    info, sources, deep, timings = detected
+    wcs0, refs, t_refs = references
+    affine, matches, t_regions = reduced
+    clock = _Clock()
+    clock.timings.update(timings)
+    clock.timings.update({"references": t_refs, "regions": t_regions})
+    try:
+        return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
+    except AstrodaskError as err:
+        return Failed(str(info.path), clock.stage, str(err), clock.timings)
+
+
+def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, debug: bool,
+               write_header: bool = False) -> dict[str, Any]:
+    """Write the solution (when solved) and the exposure's status record; returns the summary row."""
+    from astrodask.backlog import write_status
+    from astrodask.output import plot_solution, summary_row, write_header_copy, write_matched, write_solution
+
+    if isinstance(result, Failed):
+        result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings)
+    if result.ok:
+        write_solution(result, out_dir)
+        if write_header:
+            write_header_copy(result, out_dir)
+    if debug and result.solution is not None:
+        write_matched(result, out_dir)
+        plot_solution(result, out_dir)
+    row = summary_row(result)
+    write_status(row, out_dir)
+    return row
+
+
+def failed_result(path: str, stage: str, reason: str, *, config: PipelineConfig,
+                  timings: dict[str, float] | None = None) -> ExposureResult:
+    """A failed :class:`ExposureResult` for an exposure that stopped at ``stage``."""
+    return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason, stage=stage,
+                          timings=dict(timings or {}), config=config.to_dict())
+
+
+# ---------------------------------------------------------------- graph building (computes nothing)
+
+
+def catalog_key(path: str | Path) -> str:
+    """Deterministic key of a catalog file's task (its absolute path and modification time)."""
+    p = Path(path).resolve()
+    stamp = f"{p}:{p.stat().st_mtime_ns if p.exists() else 0}"
+    return f"catalog-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}"
+
+
+def catalog_task(path: str | Path, *, config: PipelineConfig) -> Delayed:
+    """The task that reads a reference catalog file once for a backlog."""
+    return delayed(task_catalog, pure=False)(str(Path(path).resolve()), config.gaia.default_ref_epoch,
+                                             dask_key_name=catalog_key(path))
+
+
+def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineConfig, catalog: Delayed | None = None,
+                   pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False) -> Delayed:
+    """The tasks of one exposure; the returned ``write-<name>`` task yields its summary row.
+
+    Parameters
+    ----------
+    path
+        The exposure file.
+    out_dir
+        Output folder (shared by the workers).
+    config
+        The pipeline config.
+    catalog
+        The backlog's catalog task (:func:`catalog_task`), or None to query the Gaia archive.
+    pointing
+        Pointing overrides (see :func:`astrodask.exposure.get_pointing`).
+    debug
+        Also write matched lists and plots.
+    write_header
+        Also write a copy of the exposure with the solved WCS.
+    """
+    path = str(Path(path).resolve())
+    name = exposure_name(path)
+    detected = delayed(task_detect, pure=False)(path, config, dask_key_name=f"detect-{name}")
+    refs = delayed(task_references, pure=False)(detected, catalog, config, dict(pointing or {}),
+                                                dask_key_name=f"references-{name}")
+    prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=f"prepare-{name}")
+    regions = [delayed(task_region, pure=False)(prepared, k, config, dask_key_name=f"region-{name}-{k}")
+               for k in range(config.regions.nx * config.regions.ny or config.regions.n_regions)]
+    reduced = delayed(task_reduce, pure=False)(detected, prepared, regions, config, dask_key_name=f"reduce-{name}")
+    result = delayed(task_solve, pure=False)(detected, refs, reduced, config, dask_key_name=f"solve-{name}")
+    return delayed(task_write, pure=False)(result, path, str(Path(out_dir).resolve()), config, debug, write_header,
+                                           dask_key_name=f"write-{name}")
+
+
+def backlog_graph(paths: Sequence[str | Path], *, out_dir: str | Path, config: PipelineConfig,
+                  catalog_path: str | Path | None = None, pointing: dict[str, Any] | None = None,
+                  debug: bool = False, write_header: bool = False) -> list[Delayed]:
+    """One ``write-<name>`` task per exposure of a backlog, sharing one catalog task."""
+    catalog = catalog_task(catalog_path, config=config) if catalog_path else None
+    return [exposure_graph(p, out_dir=out_dir, config=config, catalog=catalog, pointing=pointing, debug=debug,
+                           write_header=write_header) for p in paths]

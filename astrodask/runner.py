@@ -1,0 +1,118 @@
+"""Running a backlog on a Dask cluster: connect (or start the embedded LocalCluster), submit,
+follow progress, and report every exposure, failed ones included.
+
+Cluster code: with :mod:`astrodask.graph`, the only place that knows about Dask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from astrodask.config import PipelineConfig
+from astrodask.graph import backlog_graph, failed_result
+
+log = logging.getLogger(__name__)
+
+#: Retries of a task that raised an unexpected (possibly transient) error.
+DEFAULT_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A Dask client and, for the embedded default, the LocalCluster it started."""
+
+    client: Any
+    cluster: Any
+    address: str
+    dashboard: str | None
+
+    @property
+    def embedded(self) -> bool:
+        """True when astrodask started its own LocalCluster."""
+        return self.cluster is not None
+
+
+@contextmanager
+def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None,
+            threads_per_worker: int = 1, memory_limit: str | None = "auto") -> Iterator[Connection]:
+    """Connect to a running scheduler, or start the embedded LocalCluster.
+
+    The scheduler is, in order: ``scheduler`` (``--scheduler``), the
+    ``DASK_SCHEDULER_ADDRESS`` environment variable (dask config
+    ``scheduler-address``), ``scheduler_file`` (``--scheduler-file``); with none, a
+    LocalCluster of worker processes (one per core, one thread each) starts on
+    loopback and closes on exit.
+    """
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)
+    cluster = None
+    if address:
+        client = Client(address)
+    elif scheduler_file:
+        client = Client(scheduler_file=scheduler_file)
+    else:
+        cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=threads_per_worker,
+                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               memory_limit=memory_limit)
+        client = Client(cluster)
+    from astrodask.cluster_plugins import setup_client
+
+    setup_client(client)  # the astrodask worker plugin everywhere, worker logs forwarded here
+    connection = Connection(client, cluster, client.scheduler.address, getattr(client, "dashboard_link", None))
+    try:
+        yield connection
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_dir: str | Path,
+                   config: PipelineConfig, catalog_path: str | Path | None = None,
+                   pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
+                   retries: int = DEFAULT_RETRIES,
+                   detach: bool = False, on_row: Callable[[int, int, dict[str, Any]], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Submit a backlog's graph and (unless ``detach``) wait for every exposure.
+
+    Returns the summary rows in completion order. An exposure whose tasks
+    raise beyond their retries (or kill workers beyond the scheduler's allowed
+    failures) is reported as failed with the error, and its status record is
+    written by the client; the others go on.
+    """
+    from distributed import as_completed, fire_and_forget
+
+    from astrodask.backlog import write_status
+    from astrodask.output import summary_row
+
+    tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
+                          debug=debug, write_header=write_header)
+    futures = connection.client.compute(tasks, retries=retries, optimize_graph=False)
+    by_key = {f.key: str(Path(p).resolve()) for f, p in zip(futures, paths)}
+    if detach:
+        fire_and_forget(futures)
+        return []
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for done, future in enumerate(as_completed(futures), start=1):
+        try:
+            row = future.result()
+        except Exception as err:  # noqa: BLE001 - a task that failed beyond its retries: report, go on
+            path = by_key[future.key]
+            reason = f"{type(err).__name__}: {err}"
+            row = summary_row(failed_result(path, "cluster", reason, config=config))
+            write_status(row, out_dir)
+        rows.append(row)
+        if on_row is not None:
+            on_row(done, len(futures), row)
+    log.info("backlog of %d exposures in %.1f s", len(futures), time.perf_counter() - started)
+    return rows

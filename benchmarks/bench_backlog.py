@@ -1,0 +1,113 @@
+"""Backlog throughput on Dask: 1 and 2 workers, overhead against the serial solve, memory per worker.
+
+Simulates (once, cached in --work) a backlog of Condor exposures (full 9576 x 6388 frames by
+default), then:
+
+1. solves them serially in this process (``solve_file``), one after the other;
+2. submits them to an embedded LocalCluster of 1 worker process (1 thread), then of 2;
+
+and prints, with the machine's core count: exposures per minute for each, the scaling
+efficiency (throughput with 2 workers / twice the throughput with 1), the per-exposure overhead
+of the distributed path against the serial solve, and each worker's peak resident memory.
+
+Targets (issue "Distributed solves"): scaling efficiency >= 85 %, overhead < 10 %, peak memory
+per worker < 2.5 GB on full Condor frames.
+
+Usage: python benchmarks/bench_backlog.py [--n 6] [--scale 1.0] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def simulate(work: Path, n: int, scale: float) -> tuple[list[Path], Path]:
+    from astrodask.simulate import simulate_field
+
+    shape = (int(6388 * scale), int(9576 * scale))
+    from astrodask.gaia import read_catalog
+
+    paths, catalog, sky = [], None, None
+    for k in range(n):  # dithered pointings on one sky, so the first catalog serves them all
+        name = f"bk{int(scale * 100)}_{k:02d}"
+        image = work / f"{name}.fits.fz"
+        if not image.exists():
+            started = time.perf_counter()
+            field = simulate_field(work, name, ra_deg=150.1 + 0.02 * k, dec_deg=25.0, shape=shape,
+                                   density_per_deg2=3000.0, rng=np.random.default_rng(100 + k), catalog=sky)
+            print(f"simulated {image.name} in {time.perf_counter() - started:.1f} s", flush=True)
+            image = field.image_path
+        paths.append(image)
+        if catalog is None:
+            catalog = work / f"{name}_gaia.ecsv"
+            sky = read_catalog(catalog)
+    return paths, catalog
+
+
+def worker_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_cluster(paths: list[Path], catalog: Path, workers: int, out: Path) -> tuple[float, dict[str, float], int]:
+    from astrodask.config import PipelineConfig
+    from astrodask.runner import connect, submit_backlog
+
+    with connect(n_workers=workers, memory_limit=None) as connection:
+        connection.client.run(lambda: None)  # workers up before the clock starts
+        started = time.perf_counter()
+        rows = submit_backlog(connection, paths, out_dir=out, config=PipelineConfig(), catalog_path=catalog,
+                              retries=0)
+        wall = time.perf_counter() - started
+        rss = connection.client.run(worker_peak_rss_mb)
+    solved = sum(r["status"] == "solved" for r in rows)
+    return wall, rss, solved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=6, help="exposures in the backlog")
+    parser.add_argument("--scale", type=float, default=1.0, help="frame size relative to a full Condor frame")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "astrodask-bench-backlog")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
+    paths, catalog = simulate(args.work, args.n, args.scale)
+
+    from astrodask.config import PipelineConfig
+    from astrodask.gaia import read_catalog
+    from astrodask.solve import solve_file
+
+    reference = read_catalog(catalog)
+    serial = []
+    for path in paths:
+        started = time.perf_counter()
+        result = solve_file(path, catalog=reference, config=PipelineConfig())
+        serial.append(time.perf_counter() - started)
+        print(f"serial {path.name}: {result.status} in {serial[-1]:.1f} s ({result.n_matches} matches)", flush=True)
+    per_serial = float(np.mean(serial))
+    print(f"serial: {per_serial:.2f} s per exposure ({60.0 / per_serial:.2f} exposures/min), "
+          f"peak memory of this process {worker_peak_rss_mb():.0f} MB", flush=True)
+
+    results = {}
+    for workers in (1, 2):
+        wall, rss, solved = run_cluster(paths, catalog, workers, args.work / f"out{workers}")
+        results[workers] = wall
+        print(f"{workers} worker(s): {solved}/{len(paths)} solved in {wall:.1f} s = "
+              f"{60.0 * len(paths) / wall:.2f} exposures/min; worker peak memory "
+              + ", ".join(f"{v:.0f} MB" for v in rss.values()), flush=True)
+    thr1, thr2 = len(paths) / results[1], len(paths) / results[2]
+    print(f"scaling efficiency (2 workers vs 1): {100.0 * thr2 / (2 * thr1):.1f} %")
+    print(f"overhead of the distributed path (1 worker vs serial, per exposure): "
+          f"{100.0 * (results[1] / len(paths) - per_serial) / per_serial:+.1f} %")
+
+
+if __name__ == "__main__":
+    main()

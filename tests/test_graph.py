@@ -1,0 +1,127 @@
+"""The solve as a Dask graph on real LocalClusters of worker processes: no mocks."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from click.testing import CliRunner
+
+from astrodask.backlog import read_statuses
+from astrodask.cli import EXIT_PARTIAL, main
+from astrodask.config import PipelineConfig
+from astrodask.graph import TASK_STAGES, backlog_graph, exposure_graph
+from astrodask.runner import connect, submit_backlog
+from astrodask.simulate import read_truth_wcs, simulate_field
+from astrodask.wcsutil import wcs_error_mas
+
+SHAPE = (1000, 1500)
+
+
+@pytest.fixture(scope="module")
+def backlog(tmp_path_factory) -> tuple[list[Path], Path]:
+    """Four simulated exposures of one field and the field's catalog."""
+    from astrodask.gaia import read_catalog
+
+    folder = tmp_path_factory.mktemp("night")
+    paths = []
+    catalog_path, sky = None, None
+    for k in range(4):  # four pointings on one sky: the first exposure's catalog serves them all
+        field = simulate_field(folder, f"exp{k:02d}", ra_deg=150.1 + 0.01 * k, dec_deg=25.0, shape=SHAPE,
+                               density_per_deg2=6000.0, distortion_px=1.5, catalog=sky,
+                               rng=np.random.default_rng(zlib.crc32(f"exp{k}".encode())))
+        paths.append(field.image_path)
+        if catalog_path is None:
+            catalog_path, sky = field.catalog_path, read_catalog(field.catalog_path)
+    return paths, catalog_path
+
+
+def test_building_the_graph_computes_nothing(tmp_path: Path) -> None:
+    config = PipelineConfig()
+    # files that do not exist: building must not touch them
+    tasks = backlog_graph([tmp_path / "a.fits.fz", tmp_path / "b.fits"], out_dir=tmp_path / "out", config=config)
+    assert [t.key for t in tasks] == ["write-a", "write-b"]
+    graph = dict(tasks[0].__dask_graph__())
+    keys = set(graph)
+    assert {"detect-a", "references-a", "prepare-a", "reduce-a", "solve-a", "write-a"} <= keys
+    assert {f"region-a-{k}" for k in range(24)} <= keys
+    assert all(str(k).split("-")[0] in TASK_STAGES for k in keys)
+    assert not (tmp_path / "out").exists()
+    # the same exposure twice: the same keys
+    again = exposure_graph(tmp_path / "a.fits.fz", out_dir=tmp_path / "out", config=config)
+    assert set(dict(again.__dask_graph__())) == keys
+
+
+def test_backlog_on_a_local_cluster(backlog, tmp_path: Path) -> None:
+    from distributed import get_task_stream
+
+    paths, catalog = backlog
+    out = tmp_path / "out"
+    with connect(n_workers=2) as connection:
+        assert connection.embedded and connection.dashboard
+        with get_task_stream(connection.client) as stream:
+            rows = submit_backlog(connection, paths, out_dir=out, config=PipelineConfig(), catalog_path=catalog)
+    assert sorted(r["status"] for r in rows) == ["solved"] * 4
+    writes = [t["key"] for t in stream.data if str(t["key"]).startswith("write-")]
+    assert sorted(writes) == [f"write-exp{k:02d}" for k in range(4)]  # each solution written exactly once
+    regions = {t["key"] for t in stream.data if str(t["key"]).startswith("region-exp00-")}
+    assert len(regions) == 24
+    for path in paths:
+        header = fits.getheader(out / f"{path.name.replace('.fits.fz', '')}.wcs.fits")
+        error = wcs_error_mas(WCS(header), read_truth_wcs(path), SHAPE)
+        assert np.sqrt(np.mean(error**2)) < 40.0
+    assert len(read_statuses(out)) == 4
+
+
+def test_a_killed_worker_loses_nothing(backlog, tmp_path: Path) -> None:
+    paths, catalog = backlog
+    out = tmp_path / "out"
+    killed = []
+    with connect(n_workers=2) as connection:
+        client = connection.client
+        victim = sorted(client.scheduler_info()["workers"])[0]
+
+        def kill_once(done: int, total: int, row: dict) -> None:
+            if not killed:
+                killed.append(victim)
+                client.run(os._exit, 1, workers=[victim], on_error="ignore")
+
+        rows = submit_backlog(connection, paths, out_dir=out, config=PipelineConfig(), catalog_path=catalog,
+                              on_row=kill_once)
+    assert killed
+    assert sorted(r["status"] for r in rows) == ["solved"] * 4
+    assert all((out / f"exp{k:02d}.wcs.fits").is_file() for k in range(4))
+
+
+def test_cli_submit_resubmit_and_broken_files(backlog, tmp_path: Path) -> None:
+    paths, catalog = backlog
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.fits"
+    broken.write_text("not a FITS file")
+    listing = tmp_path / "night.txt"
+    listing.write_text("# the night's exposures\n" + "\n".join(str(p) for p in paths[:2]) + f"\n{broken}\n")
+    runner = CliRunner()
+    first = runner.invoke(main, ["submit", f"@{listing}", "--catalog", str(catalog), "--out", str(out),
+                                 "--workers", "2"])
+    assert first.exit_code == EXIT_PARTIAL, first.output
+    assert "3 exposures: 0 already solved (skipped), 3 to solve" in first.output
+    statuses = {Path(r["file"]).name: r for r in read_statuses(out)}
+    assert statuses["broken.fits"]["status"] == "failed"
+    assert "not a readable FITS file" in statuses["broken.fits"]["reason"]
+    assert statuses[paths[0].name]["status"] == "solved"
+    solution = out / "exp00.wcs.fits"
+    before = solution.stat().st_mtime_ns
+    # resubmit: the solved ones are skipped, nothing new is computed for them
+    second = runner.invoke(main, ["submit", str(paths[0]), str(paths[1]), "--catalog", str(catalog),
+                                  "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "2 exposures: 2 already solved (skipped), 0 to solve" in second.output
+    assert solution.stat().st_mtime_ns == before
+    status = runner.invoke(main, ["status", "--out", str(out)])
+    assert status.exit_code == 0, status.output
+    assert "broken.fits" in status.output and "not a readable FITS file" in status.output
