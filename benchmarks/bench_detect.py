@@ -27,6 +27,17 @@ import numpy as np
 
 CHILD = r"""
 import json, resource, sys, time
+
+
+def peak_mb():
+    # VmHWM, not getrusage: on Linux ru_maxrss survives exec, so it would report the parent's peak
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 t0 = time.perf_counter()
 from astrodask.detect import detect_exposure
 from astrodask.exposure import read_exposure
@@ -40,7 +51,7 @@ t_total = time.perf_counter() - t0
 table.write(out, overwrite=True)
 print(json.dumps({"read_s": t_read, "total_s": t_total, "import_s": t_import, "n": len(table),
                   "fwhm": table.meta["winpos_fwhm_px"],
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "maxrss_mb": peak_mb()}))
 """
 
 

@@ -125,3 +125,28 @@ def test_cli_submit_resubmit_and_broken_files(backlog, tmp_path: Path) -> None:
     status = runner.invoke(main, ["status", "--out", str(out)])
     assert status.exit_code == 0, status.output
     assert "broken.fits" in status.output and "not a readable FITS file" in status.output
+
+
+def test_submit_detached_to_a_launched_dask_scheduler(backlog, tmp_path: Path) -> None:
+    """`dask scheduler` + 2 `dask worker` processes (cluster/launch.py); submit --detach; status."""
+    import time
+
+    from test_cluster_launch import load_launch
+
+    paths, catalog = backlog
+    out = tmp_path / "out"
+    launch = load_launch()
+    with launch.launch(scheduler_file=tmp_path / "scheduler.json", n_workers=2, threads=1,
+                       dashboard=False, log_dir=tmp_path / "logs") as cluster:
+        runner = CliRunner()
+        submitted = runner.invoke(main, ["submit", *map(str, paths[:2]), "--catalog", str(catalog), "--out", str(out),
+                                         "--scheduler-file", str(cluster.scheduler_file), "--detach"])
+        assert submitted.exit_code == 0, submitted.output
+        assert "the work goes on after this command" in submitted.output
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(read_statuses(out)) < 2:
+            time.sleep(0.5)
+        status = runner.invoke(main, ["status", "--out", str(out)])
+    assert status.exit_code == 0, status.output
+    assert "2 solved, 0 failed, 0 pending" in status.output
+    assert (out / "exp00.wcs.fits").is_file() and (out / "exp01.wcs.fits").is_file()
