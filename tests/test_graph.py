@@ -150,3 +150,32 @@ def test_submit_detached_to_a_launched_dask_scheduler(backlog, tmp_path: Path) -
     assert status.exit_code == 0, status.output
     assert "2 solved, 0 failed, 0 pending" in status.output
     assert (out / "exp00.wcs.fits").is_file() and (out / "exp01.wcs.fits").is_file()
+
+
+def test_an_exposure_that_kills_workers_is_reported_and_the_backlog_goes_on(backlog, tmp_path: Path) -> None:
+    """A frame too big for the workers' memory limit: the nanny kills the worker each time it is read."""
+    import dask
+    import distributed  # noqa: F401 - its config defaults must exist before dask.config.set overrides them
+
+    paths, catalog = backlog
+    poison = tmp_path / "huge.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.zeros((16000, 16000), np.uint16),
+                                                       compression_type="RICE_1")]).writeto(poison)
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                          "distributed.worker.memory.terminate": 0.95}):
+        with connect(n_workers=2, memory_limit="600MB") as connection:
+            rows = submit_backlog(connection, [poison, paths[0]], out_dir=out, config=PipelineConfig(),
+                                  catalog_path=catalog, retries=0)
+        # the run ends (no stall) with every exposure reported
+        by_name = {Path(r["file"]).name: r for r in rows}
+        assert by_name["huge.fits.fz"]["status"] == "failed"
+        assert "KilledWorker" in by_name["huge.fits.fz"]["reason"]
+        assert {Path(r["file"]).name for r in read_statuses(out)} == {"huge.fits.fz", paths[0].name}
+        # a good exposure that shared a dying worker may be failed with it (the scheduler cannot tell
+        # which task killed the worker): it is reported as such, and a resubmit solves it
+        good = by_name[paths[0].name]
+        assert good["status"] == "solved" or "KilledWorker" in good["reason"]
+    with connect(n_workers=1) as connection:
+        again = submit_backlog(connection, [paths[0]], out_dir=out, config=PipelineConfig(), catalog_path=catalog)
+    assert again[0]["status"] == "solved"
