@@ -227,7 +227,7 @@ def launch(*, scheduler_file: str | os.PathLike[str], n_workers: int = DEFAULT_W
             name = f"worker-{k}"
             launched.processes[name] = _start(name, [*dask, "worker", *worker_options, "--name", f"astrodask-{k}"],
                                               env=env, logs=logs)
-        launched.dashboard = _wait_for_workers(launched, n_workers, deadline=deadline)
+        launched.dashboard = _wait_for_workers(launched, n_workers, deadline=deadline, dashboard=dashboard)
     except BaseException:
         launched.stop()
         raise
@@ -274,7 +274,7 @@ def _wait_for_scheduler_file(launched: Launched, *, deadline: float) -> str:
         time.sleep(POLL_S)
 
 
-def _wait_for_workers(launched: Launched, n_workers: int, *, deadline: float) -> str | None:
+def _wait_for_workers(launched: Launched, n_workers: int, *, deadline: float, dashboard: bool = True) -> str | None:
     """Wait until ``n_workers`` workers have joined; return the dashboard link (None without one)."""
     from distributed import Client
 
@@ -291,8 +291,10 @@ def _wait_for_workers(launched: Launched, n_workers: int, *, deadline: float) ->
                     joined = len(client.scheduler_info(n_workers=-1)["workers"])
                     raise LaunchError(f"only {joined} of {n_workers} workers joined within the time allowed; "
                                       "see their logs") from None
+        # the scheduler's HTTP server (reported as "dashboard") runs even with --no-dashboard,
+        # serving only health and metrics routes: trust the flag, not the services
         services = client.scheduler_info(n_workers=0).get("services", {})
-        if "dashboard" not in services:
+        if not dashboard or "dashboard" not in services:
             return None
         if importlib.util.find_spec("bokeh") is None:  # the scheduler runs this same Python
             log.info("no dashboard: it needs bokeh (pip install bokeh)")
