@@ -114,6 +114,13 @@ def pointing_options(func: Callable) -> Callable:
     return func
 
 
+def _pointing_overrides(ra: float | None, dec: float | None, scale: float | None, rotation: float | None,
+                        parity: int | None) -> dict[str, Any]:
+    """The pointing options given on the command line, as keywords of ``get_pointing``."""
+    given = {"ra_deg": ra, "dec_deg": dec, "scale_arcsec": scale, "rotation_deg": rotation, "parity": parity}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _table_format(path: Path, fmt: str | None) -> str:
     if fmt:
         return fmt
@@ -182,8 +189,8 @@ def info_cmd(files: tuple[str, ...], ra: float | None, dec: float | None, scale:
 
     def one(path: str) -> None:
         exposure = read_exposure(path)
-        pointing = get_pointing(exposure.header, path=path, config=config.pointing, ra_deg=ra, dec_deg=dec,
-                                scale_arcsec=scale, rotation_deg=rotation, parity=parity)
+        pointing = get_pointing(exposure.header, path=path, config=config.pointing,
+                                **_pointing_overrides(ra, dec, scale, rotation, parity))
         ny, nx = exposure.shape
         click.echo(f"{path}: HDU {exposure.hdu_index}, {nx} x {ny} px")
         click.echo(f"  pointing  RA {pointing.ra_deg:.6f}  Dec {pointing.dec_deg:+.6f} deg  "
@@ -312,8 +319,8 @@ def gaia_cmd(file: str, catalog: str | None, out: str | None, ra: float | None, 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
     exposure = read_exposure(file)
-    pointing = get_pointing(exposure.header, path=file, config=config.pointing, ra_deg=ra, dec_deg=dec,
-                            scale_arcsec=scale, rotation_deg=rotation, parity=parity)
+    pointing = get_pointing(exposure.header, path=file, config=config.pointing,
+                            **_pointing_overrides(ra, dec, scale, rotation, parity))
     reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
     stars = get_gaia_xy(approximate_wcs(pointing, exposure.shape), exposure.shape, epoch_yr=exposure.epoch_yr,
                         catalog=reference, config=config.gaia)
@@ -524,8 +531,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
-    pointing = {k: v for k, v in {"ra_deg": ra, "dec_deg": dec, "scale_arcsec": scale, "rotation_deg": rotation,
-                                  "parity": parity}.items() if v is not None}
+    pointing = _pointing_overrides(ra, dec, scale, rotation, parity)
     out = Path(out_dir)
     if serial:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
@@ -579,8 +585,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
-    pointing = {k: v for k, v in {"ra_deg": ra, "dec_deg": dec, "scale_arcsec": scale, "rotation_deg": rotation,
-                                  "parity": parity}.items() if v is not None}
+    pointing = _pointing_overrides(ra, dec, scale, rotation, parity)
     out = Path(out_dir)
     paths = expand_inputs(items, recursive=recursive)
     plan = plan_backlog(paths, out, redo=redo)
