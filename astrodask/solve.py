@@ -38,8 +38,8 @@ from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
 from astrodask.gaia import get_gaia_xy
 from astrodask.match import (Affine, RegionMatch, adapted_grid, coarse_align, match_region, matching_depth, mean_affine,
                              region_grid)
-from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, pixel_to_world,
-                           world_to_pixel)
+from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
+                           pixel_to_world, world_to_pixel)
 from astrodask.types import FAILED, SOLVED, Exposure, ExposureInfo, ExposureResult, SourceFlag, exposure_name
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED | SourceFlag.BLENDED)
 #: Systematic floor (mas) assumed for the weights before like_fit has measured one.
 INITIAL_FLOOR_MAS = 20.0
-#: TPV terms per axis for each degree (the non-radial terms up to that degree).
-TERMS_PER_AXIS = {1: 3, 2: 6, 3: 10, 4: 15, 5: 21, 6: 28, 7: 36}
 #: Pairs needed per fitted parameter (per axis) before the full degree is fitted.
 PAIRS_PER_TERM = 3
 
@@ -214,7 +212,7 @@ def region_pairs(matches: tuple[RegionMatch, ...], sources: Table, refs: Table, 
 
 def _degree_for(n_pairs: int, degree: int) -> int:
     """The highest degree up to ``degree`` that ``n_pairs`` pairs constrain well."""
-    while degree > 1 and n_pairs < PAIRS_PER_TERM * TERMS_PER_AXIS[degree]:
+    while degree > 1 and n_pairs < PAIRS_PER_TERM * min_points_for_degree(degree):
         degree -= 1
     return degree
 
@@ -255,7 +253,7 @@ def stage_initial_tpv(sources: Table, refs: Table, matches: tuple[RegionMatch, .
     """Pairs of the agreeing regions clipped at ``CLIPPING_THRESHOLD``, then the TPV fit."""
     guess = initial_solution(wcs0, affine)
     pairs = region_pairs(matches, sources, refs, scale_arcsec=guess.scale_arcsec, config=config.fit)
-    if len(pairs) < TERMS_PER_AXIS[1] + 1:
+    if len(pairs) < min_points_for_degree(1) + 1:
         raise MatchError(f"only {len(pairs)} region pairs within CLIPPING_THRESHOLD = "
                          f"{config.fit.CLIPPING_THRESHOLD} arcsec")
     solution = fit_pairs(sources, refs, pairs, guess=guess, shape=shape, degree=config.fit.tpv_degree)
@@ -345,7 +343,7 @@ def stage_error_model(sources: Table, refs: Table, pairs: Pairs, solution: TPVSo
 
 def n_fit_parameters(degree: int) -> int:
     """Free parameters of a TPV solution of this degree: both axes' polynomial terms."""
-    return 2 * TERMS_PER_AXIS[degree]
+    return 2 * min_points_for_degree(degree)
 
 
 def stage_chi_square(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution, model: ErrorModel):
