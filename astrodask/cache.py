@@ -75,7 +75,7 @@ from astrodask.gaia import (
     select_cone,
     select_footprint,
 )
-from astrodask.simulate import healpix_nested_index
+from astrodask.healpix import healpix_nested_index
 from astrodask.types import REFERENCE_COLUMNS
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from astrodask import simulate as sim
 from astrodask.config import GaiaConfig
 from astrodask.detect import get_image_ij
 from astrodask.errors import CatalogError, ConfigError, InputFileError
+from astrodask.healpix import healpix_nested_index
 from astrodask.exposure import read_exposure
 from astrodask.types import REFERENCE_COLUMNS
 from astrodask.wcsutil import cd_to_scale_rotation_parity
@@ -285,8 +286,8 @@ BASE_PIXELS = [
 
 @pytest.mark.parametrize(("ra", "dec", "face"), BASE_PIXELS)
 def test_healpix_base_pixels_by_hand(ra: float, dec: float, face: int) -> None:
-    assert int(sim.healpix_nested_index(ra, dec, level=0)) == face
-    assert int(sim.healpix_nested_index(ra, dec, level=12)) >> 24 == face
+    assert int(healpix_nested_index(ra, dec, level=0)) == face
+    assert int(healpix_nested_index(ra, dec, level=12)) >> 24 == face
 
 
 # level 1: inside a base pixel the nested sub-pixels are 0 south, 1 east, 2 west, 3 north
@@ -296,14 +297,14 @@ SUB_PIXELS = [(45.0, 20.0, 0), (80.0, 38.0, 1), (10.0, 38.0, 2), (45.0, 60.0, 3)
 
 @pytest.mark.parametrize(("ra", "dec", "index"), SUB_PIXELS)
 def test_healpix_level1_sub_pixels_by_hand(ra: float, dec: float, index: int) -> None:
-    assert int(sim.healpix_nested_index(ra, dec, level=1)) == index
+    assert int(healpix_nested_index(ra, dec, level=1)) == index
 
 
 def test_healpix_pixels_have_equal_areas_and_are_compact() -> None:
     rng = np.random.default_rng(70)
     n, level = 300_000, 4
     ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
-    pix = sim.healpix_nested_index(ra, dec, level=level)
+    pix = healpix_nested_index(ra, dec, level=level)
     counts = np.bincount(pix, minlength=12 * 4**level)
     assert counts.size == 12 * 4**level
     assert _chi2_uniform(counts) < 1.3
@@ -321,17 +322,17 @@ def test_healpix_pixels_have_equal_areas_and_are_compact() -> None:
 def test_healpix_nested_hierarchy_is_consistent() -> None:
     rng = np.random.default_rng(7)
     ra, dec = rng.uniform(0, 360, 5000), np.degrees(np.arcsin(rng.uniform(-1, 1, 5000)))
-    fine = sim.healpix_nested_index(ra, dec, level=12)
+    fine = healpix_nested_index(ra, dec, level=12)
     assert fine.min() >= 0 and fine.max() < 12 * 4**12
     for level in range(12):
-        assert np.array_equal(fine >> (2 * (12 - level)), sim.healpix_nested_index(ra, dec, level=level))
+        assert np.array_equal(fine >> (2 * (12 - level)), healpix_nested_index(ra, dec, level=level))
 
 
 def test_source_id_encodes_level12_healpix_of_position() -> None:
     cat = sim.synthetic_gaia_catalog(0.05, 75.0, rng=np.random.default_rng(8), radius_deg=0.5,
                                      density_per_deg2=30000.0)
     sid = np.asarray(cat["source_id"])
-    assert np.array_equal(sid >> 35, sim.healpix_nested_index(cat["ra"], cat["dec"], level=12))
+    assert np.array_equal(sid >> 35, healpix_nested_index(cat["ra"], cat["dec"], level=12))
     assert np.unique(sid).size == sid.size
     running = sid & (2**35 - 1)
     assert running.min() == 1 and running.max() > 1  # several stars share some level-12 pixels
@@ -343,7 +344,7 @@ def test_healpix_matches_real_gaia_source_ids(shared_data) -> None:
         pytest.skip("no Gaia chunk files in decam_tpv_cutout")
     real = vstack([Table.read(f) for f in files])
     sid = np.asarray(real["source_id"]).astype(np.int64)
-    assert np.array_equal(sid >> 35, sim.healpix_nested_index(real["ra"], real["dec"], level=12))
+    assert np.array_equal(sid >> 35, healpix_nested_index(real["ra"], real["dec"], level=12))
 
 
 # --------------------------------------------------------------------------
