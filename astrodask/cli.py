@@ -420,7 +420,7 @@ def demo_cmd(out_dir: str, config_file: str | None, assignments: tuple[str, ...]
 
 
 def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, out: Path,
-                     pointing: dict[str, Any], write_header: bool, debug: bool) -> list:
+                     pointing: dict[str, Any], write_header: bool, debug: bool, cache_url: str | None = None) -> list:
     """Solve files one after the other; write each solution, the summary and (debug) matched lists and plots."""
     from astrodask.backlog import assemble_summary, write_status
     from astrodask.output import plot_solution, summary_row, write_header_copy, write_matched, write_solution
@@ -429,7 +429,7 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
     results = []
     for index, path in enumerate(files, start=1):
         started = time.perf_counter()
-        result = solve_file(path, catalog=catalog, config=config, pointing=pointing)
+        result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
         results.append(result)
         written = []
         if result.solution is not None and result.ok:
@@ -455,6 +455,13 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
     return results
 
 
+def cache_option(func: Callable) -> Callable:
+    """--cache URL: the Gaia tile cache (a folder or an fsspec URL)."""
+    return click.option("--cache", "cache_url", default=None, metavar="URL",
+                        help="Read reference stars from this Gaia tile cache (folder or fsspec URL such as "
+                             "s3://bucket/tiles; see 'astrodask cache') instead of --catalog or the archive.")(func)
+
+
 def cluster_options(func: Callable) -> Callable:
     """--scheduler ADDRESS, --scheduler-file FILE, --workers N."""
     func = click.option("--workers", type=int, default=None,
@@ -478,7 +485,8 @@ def _print_row(done: int, total: int, row: dict[str, Any]) -> None:
 
 def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, config: PipelineConfig,
                     pointing: dict[str, Any], debug: bool, write_header: bool, scheduler: str | None,
-                    scheduler_file: str | None, workers: int | None, detach: bool, retries: int) -> list[dict]:
+                    scheduler_file: str | None, workers: int | None, detach: bool, retries: int,
+                    cache_url: str | None = None) -> list[dict]:
     from astrodask.backlog import assemble_summary
     from astrodask.runner import connect, submit_backlog
 
@@ -491,7 +499,7 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
         click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
         rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog, pointing=pointing,
                               debug=debug, write_header=write_header, retries=retries, detach=detach,
-                              on_row=_print_row)
+                              on_row=_print_row, cache_url=cache_url)
     if detach:
         click.echo(f"submitted {len(paths)} exposures; the work goes on after this command. "
                    f"Follow it with: astrodask status --out {out}")
@@ -509,12 +517,13 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
 @click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots.")
 @click.option("--serial", is_flag=True, help="Solve in this process, one exposure after the other, without Dask.")
+@cache_option
 @cluster_options
 @pointing_options
 @config_options
 @logging_options
 def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
-              serial: bool, scheduler: str | None, scheduler_file: str | None, workers: int | None,
+              serial: bool, cache_url: str | None, scheduler: str | None, scheduler_file: str | None, workers: int | None,
               ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
               config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Solve exposures: TAN + TPV WCS against Gaia DR3, with an error model and a chi-square.
@@ -536,7 +545,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     if serial:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
         results = _solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
-                                   write_header=write_header, debug=debug)
+                                   write_header=write_header, debug=debug, cache_url=cache_url)
         statuses = [r.status for r in results]
     else:
         from astrodask.backlog import expand_inputs
@@ -544,7 +553,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
         paths = expand_inputs(files)
         rows = _run_on_cluster(paths, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
                                write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
-                               workers=workers, detach=False, retries=0)
+                               workers=workers, detach=False, retries=0, cache_url=cache_url)
         statuses = [row["status"] for row in rows]
     failed = sum(s != "solved" for s in statuses)
     click.echo(f"{len(statuses) - failed} of {len(statuses)} solved; summary: {out / 'summary.ecsv'}")
@@ -564,12 +573,14 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
 @click.option("--retries", type=int, default=2, show_default=True, help="Retries of a task after an unexpected error.")
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
 @click.option("--debug", is_flag=True, help="Keep the matched lists and residual plots.")
+@cache_option
 @cluster_options
 @pointing_options
 @config_options
 @logging_options
 def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool, recursive: bool,
-               retries: int, write_header: bool, debug: bool, scheduler: str | None, scheduler_file: str | None,
+               retries: int, write_header: bool, debug: bool, cache_url: str | None, scheduler: str | None,
+               scheduler_file: str | None,
                workers: int | None, ra: float | None, dec: float | None, scale: float | None,
                rotation: float | None, parity: int | None, config_file: str | None, assignments: tuple[str, ...],
                verbose: int, quiet: bool) -> None:
@@ -595,7 +606,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     if plan.todo:
         rows = _run_on_cluster(plan.todo, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
                                write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
-                               workers=workers, detach=detach, retries=retries)
+                               workers=workers, detach=detach, retries=retries, cache_url=cache_url)
     if detach:
         return
     click.echo(f"output folder {out}: " + format_status(backlog_status(out, inputs=read_manifest(out))))
@@ -655,6 +666,67 @@ def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignm
                                write_header=False, debug=False)
     if not results[0].ok:
         raise SystemExit(1)
+
+
+@main.group("cache", cls=_Group)
+def cache_group() -> None:
+    """The shared Gaia tile cache: HEALPix level-6 tiles in zarr, in a folder or any fsspec store."""
+
+
+def _cache(url: str | None):
+    import os
+
+    from astrodask.cache import TileCache, default_cache_dir
+
+    return TileCache(url or default_cache_dir(os.environ))
+
+
+@cache_group.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--cache", "cache_url", default=None, metavar="URL",
+              help="The tile cache (default: the user cache folder, $XDG_CACHE_HOME/astrodask/gaia-tiles).")
+@click.option("--overwrite", is_flag=True, help="Rewrite tiles that are already complete.")
+@config_options
+@logging_options
+def cache_import_cmd(files: tuple[str, ...], cache_url: str | None, overwrite: bool, config_file: str | None,
+                     assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
+    """Fill the tile cache from Gaia catalog files (Gaia exports or VizieR I/355).
+
+    Tiles the files cover only in part are marked partial; a later complete fill replaces them.
+    """
+    from astrodask.cache import import_catalog
+    from astrodask.gaia import read_catalog
+
+    _configure_logging(verbose, quiet)
+    config = load_config(config_file, assignments)
+    cache = _cache(cache_url)
+
+    def one(path: str) -> None:
+        started = time.perf_counter()
+        written = import_catalog(cache, read_catalog(path, default_ref_epoch=config.gaia.default_ref_epoch),
+                                 overwrite=overwrite)
+        click.echo(f"{path}: {len(written)} tiles written ({sum(written.values())} stars) into {cache.url} "
+                   f"in {time.perf_counter() - started:.1f} s")
+
+    _for_each(files, one)
+
+
+@cache_group.command("info")
+@click.option("--cache", "cache_url", default=None, metavar="URL",
+              help="The tile cache (default: the user cache folder).")
+@logging_options
+def cache_info_cmd(cache_url: str | None, verbose: int, quiet: bool) -> None:
+    """List the complete tiles of the cache with their rows and bytes, and any incomplete ones."""
+    _configure_logging(verbose, quiet)
+    cache = _cache(cache_url)
+    rows = cache.info()
+    click.echo(f"{cache.url}: level {cache.level}, {len(rows)} complete tiles, "
+               f"{sum(r for _, r, _ in rows)} stars, {sum(b for _, _, b in rows) / 1e6:.1f} MB")
+    for pixel, n, size in rows:
+        click.echo(f"  tile {pixel}: {n} stars, {size / 1e3:.0f} kB")
+    bad = cache.incomplete_tiles()
+    if bad:
+        click.echo(f"incomplete (rewritten at the next fill): {', '.join(str(p) for p in bad)}")
 
 
 def _for_each(files: Sequence[str], one: Callable[[str], None]) -> None:

@@ -93,7 +93,8 @@ def task_detect(path: str, config: PipelineConfig) -> Any:
     return exposure.info, sources, deep, timings
 
 
-def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointing: dict[str, Any]) -> Any:
+def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
+                    cache_url: str | None = None) -> Any:
     """``get_gaia_xy`` for the exposure; returns (wcs0, refs, seconds) or the failure."""
     from astrodask.solve import stage_references
 
@@ -103,7 +104,7 @@ def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointin
     info = detected[0]
     started = time.perf_counter()
     try:
-        wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing)
+        wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
     except AstrodaskError as err:
         return Failed(str(info.path), "references", str(err))
     return wcs0, refs, time.perf_counter() - started
@@ -221,7 +222,8 @@ def catalog_task(path: str | Path, *, config: PipelineConfig) -> Delayed:
 
 
 def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineConfig, catalog: Delayed | None = None,
-                   pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False) -> Delayed:
+                   pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
+                   cache_url: str | None = None) -> Delayed:
     """The tasks of one exposure; the returned ``write-<name>`` task yields its summary row.
 
     Parameters
@@ -233,18 +235,20 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
     config
         The pipeline config.
     catalog
-        The backlog's catalog task (:func:`catalog_task`), or None to query the Gaia archive.
+        The backlog's catalog task (:func:`catalog_task`); None: the tile cache, else the Gaia archive.
     pointing
         Pointing overrides (see :func:`astrodask.exposure.get_pointing`).
     debug
         Also write matched lists and plots.
     write_header
         Also write a copy of the exposure with the solved WCS.
+    cache_url
+        The Gaia tile cache every worker reads (a folder or an fsspec URL shared by them).
     """
     path = str(Path(path).resolve())
     name = exposure_name(path)
     detected = delayed(task_detect, pure=False)(path, config, dask_key_name=f"detect-{name}")
-    refs = delayed(task_references, pure=False)(detected, catalog, config, dict(pointing or {}),
+    refs = delayed(task_references, pure=False)(detected, catalog, config, dict(pointing or {}), cache_url,
                                                 dask_key_name=f"references-{name}")
     prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=f"prepare-{name}")
     regions = [delayed(task_region, pure=False)(prepared, k, config, dask_key_name=f"region-{name}-{k}")
@@ -257,8 +261,8 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
 
 def backlog_graph(paths: Sequence[str | Path], *, out_dir: str | Path, config: PipelineConfig,
                   catalog_path: str | Path | None = None, pointing: dict[str, Any] | None = None,
-                  debug: bool = False, write_header: bool = False) -> list[Delayed]:
+                  debug: bool = False, write_header: bool = False, cache_url: str | None = None) -> list[Delayed]:
     """One ``write-<name>`` task per exposure of a backlog, sharing one catalog task."""
     catalog = catalog_task(catalog_path, config=config) if catalog_path else None
     return [exposure_graph(p, out_dir=out_dir, config=config, catalog=catalog, pointing=pointing, debug=debug,
-                           write_header=write_header) for p in paths]
+                           write_header=write_header, cache_url=cache_url) for p in paths]

@@ -79,7 +79,7 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
 def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_dir: str | Path,
                    config: PipelineConfig, catalog_path: str | Path | None = None,
                    pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
-                   retries: int = DEFAULT_RETRIES,
+                   retries: int = DEFAULT_RETRIES, cache_url: str | None = None,
                    detach: bool = False, on_row: Callable[[int, int, dict[str, Any]], None] | None = None
                    ) -> list[dict[str, Any]]:
     """Submit a backlog's graph and (unless ``detach``) wait for every exposure.
@@ -95,7 +95,7 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
     from astrodask.output import summary_row
 
     tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
-                          debug=debug, write_header=write_header)
+                          debug=debug, write_header=write_header, cache_url=cache_url)
     futures = connection.client.compute(tasks, retries=retries, optimize_graph=False)
     by_key = {f.key: str(Path(p).resolve()) for f, p in zip(futures, paths)}
     if detach:

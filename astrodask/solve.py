@@ -76,10 +76,21 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = F
 
 
 def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
-                     pointing: dict[str, Any] | None = None) -> tuple[Any, Table]:
-    """The approximate WCS and ``get_gaia_xy``'s reference stars at the exposure's epoch."""
+                     pointing: dict[str, Any] | None = None, cache_url: str | None = None) -> tuple[Any, Table]:
+    """The approximate WCS and ``get_gaia_xy``'s reference stars at the exposure's epoch.
+
+    The stars come from ``catalog``, else from the Gaia tile cache at ``cache_url`` (the tiles
+    over the footprint plus the margin; a missing tile is an error naming it), else from the
+    Gaia archive.
+    """
     found = get_pointing(exposure.header, path=exposure.path, config=config.pointing, **(pointing or {}))
     wcs0 = approximate_wcs(found, exposure.shape)
+    if catalog is None and cache_url is not None:
+        from astrodask.cache import TileCache, read_field
+        from astrodask.gaia import footprint_corners
+
+        catalog = read_field(TileCache(cache_url), footprint_corners(wcs0, exposure.shape),
+                             margin_deg=config.gaia.margin_deg, mag_limit=config.gaia.mag_limit)
     refs = get_gaia_xy(wcs0, exposure.shape, epoch_yr=exposure.epoch_yr, catalog=catalog, config=config.gaia)
     refs.meta["pointing_source"] = found.source
     return wcs0, refs
@@ -408,7 +419,8 @@ class _Clock:
 
 
 def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig | None = None,
-                   pointing: dict[str, Any] | None = None, clock: _Clock | None = None) -> ExposureResult:
+                   pointing: dict[str, Any] | None = None, clock: _Clock | None = None,
+                   cache_url: str | None = None) -> ExposureResult:
     """Solve one exposure, stage by stage (ALGORITHM steps 1 to 6).
 
     Parameters
@@ -416,7 +428,8 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     exposure
         The exposure (see :func:`astrodask.exposure.read_exposure`).
     catalog
-        Reference stars (:func:`astrodask.gaia.read_catalog`); None queries the Gaia archive.
+        Reference stars (:func:`astrodask.gaia.read_catalog`); None: the tile cache at
+        ``cache_url`` if given, else the Gaia archive.
     config
         The pipeline config.
     pointing
@@ -441,7 +454,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     deep = stage_sources(exposure, config=config, depth=True)
     info = exposure.info
     clock.lap("references")
-    wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing)
+    wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
     clock.lap("regions")
     affine, matches = stage_regions(sources, refs, info.shape, config=config)
     return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
@@ -486,7 +499,8 @@ def finish_solve(info: ExposureInfo, sources: Table, deep: Table, wcs0: Any, ref
 
 
 def solve_file(path: str | Path, *, catalog: Table | None = None, config: PipelineConfig | None = None,
-               pointing: dict[str, Any] | None = None, hdu: int | None = None) -> ExposureResult:
+               pointing: dict[str, Any] | None = None, hdu: int | None = None,
+               cache_url: str | None = None) -> ExposureResult:
     """Read and solve one exposure file; any failure becomes a failed result with its reason.
 
     This is the one place that catches every exception, so that one bad
@@ -498,7 +512,8 @@ def solve_file(path: str | Path, *, catalog: Table | None = None, config: Pipeli
     name = Path(path).name
     try:
         exposure = read_exposure(path, hdu=hdu)
-        return solve_exposure(exposure, catalog=catalog, config=config, pointing=pointing, clock=clock)
+        return solve_exposure(exposure, catalog=catalog, config=config, pointing=pointing, clock=clock,
+                              cache_url=cache_url)
     except AstrodaskError as err:
         reason = str(err)
     except Exception as err:  # noqa: BLE001 - the one place: a failed exposure must not stop a backlog

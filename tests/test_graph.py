@@ -179,3 +179,36 @@ def test_an_exposure_that_kills_workers_is_reported_and_the_backlog_goes_on(back
     with connect(n_workers=1) as connection:
         again = submit_backlog(connection, [paths[0]], out_dir=out, config=PipelineConfig(), catalog_path=catalog)
     assert again[0]["status"] == "solved"
+
+
+def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
+    """`astrodask cache import` a wide catalog, then `submit --cache`: every worker reads the one store."""
+    from astrodask.cache import TileCache
+    from astrodask.simulate import synthetic_gaia_catalog
+
+    rng = np.random.default_rng(11)
+    sky = synthetic_gaia_catalog(150.1, 25.0, rng=rng, radius_deg=2.0, density_per_deg2=6000.0)
+    sky.write(tmp_path / "wide.ecsv")
+    paths = [simulate_field(tmp_path, f"c{k}", ra_deg=150.1 + 0.02 * k, dec_deg=25.0, shape=SHAPE, catalog=sky,
+                            distortion_px=1.5, rng=np.random.default_rng(20 + k)).image_path for k in range(2)]
+    runner = CliRunner()
+    tiles = tmp_path / "tiles"
+    imported = runner.invoke(main, ["cache", "import", str(tmp_path / "wide.ecsv"), "--cache", str(tiles)])
+    assert imported.exit_code == 0, imported.output
+    assert TileCache(str(tiles)).tiles()  # complete tiles inside the catalog's cover
+    info = runner.invoke(main, ["cache", "info", "--cache", str(tiles)])
+    assert info.exit_code == 0 and "complete tiles" in info.output
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["submit", *map(str, paths), "--cache", str(tiles), "--out", str(out),
+                                  "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    for path in paths:
+        name = path.name.replace(".fits.fz", "")
+        error = wcs_error_mas(WCS(fits.getheader(out / f"{name}.wcs.fits")), read_truth_wcs(path), SHAPE)
+        assert np.sqrt(np.mean(error**2)) < 40.0
+    # a field beyond the cached sky fails with the missing tiles named, not a wrong solution
+    far = simulate_field(tmp_path, "far", ra_deg=160.0, dec_deg=25.0, shape=SHAPE,
+                         rng=np.random.default_rng(30)).image_path
+    failed = runner.invoke(main, ["solve", str(far), "--cache", str(tiles), "--out", str(out), "--serial"])
+    assert failed.exit_code != 0
+    assert "not available" in failed.output and "absent" in failed.output
