@@ -260,6 +260,8 @@ class FitConfig(_Section):
     error_clip_rounds: int = param(5, "rounds of ERROR_THRESHOLD clipping and like_fit refits", lo=0, hi=50)
     depth_window: int = param(0, "depth_match slices the remaining references to this many, brightest first (0: all)", lo=0, hi=100_000_000)
     edge_margin_px: float = param(2.0, "references predicted this far outside the image still take part in the depth match", unit="px", lo=0.0, hi=1000.0)
+    neighbour_radius_arcsec: float = param(3.0, "a reference with another Gaia star this close ...", unit="arcsec", lo=0.0, hi=60.0)
+    neighbour_flux_ratio: float = param(0.02, "... brighter than this fraction of its own G flux is left out of the fits (an unresolved blend in the image)", lo=0.0, hi=100.0)
     min_matches: int = param(30, "quality gate: a solve needs at least this many matched stars in the final fit", lo=4, hi=1_000_000)
     max_rms_px: float = param(1.0, "quality gate: largest residual rms per axis of the final fit", unit="px", lo=0.001, hi=100.0)
     max_chi2_dof: float = param(5.0, "quality gate: largest chi-square per degree of freedom over the whole matched list", lo=1.0, hi=1e9)

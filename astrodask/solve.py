@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
+from scipy.spatial import cKDTree
 
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
@@ -284,11 +285,30 @@ def depth_pairs(sources: Table, refs: Table, solution: TPVSolution, *, shape: tu
     inside = np.nonzero(np.isfinite(x) & np.isfinite(y) & (x > -0.5 - m) & (x < nx - 0.5 + m)
                         & (y > -0.5 - m) & (y < ny - 0.5 + m))[0]
     ref_flux = np.nan_to_num(np.asarray(refs["phot_g_mean_flux"], dtype=np.float64)[inside], nan=0.0)
+    xy = np.column_stack([x[inside], y[inside]])
     result = depth_match(np.column_stack([sources["i"][usable], sources["j"][usable]]),
-                         np.asarray(sources["flux_adu"])[usable],
-                         np.column_stack([x[inside], y[inside]]), ref_flux,
+                         np.asarray(sources["flux_adu"])[usable], xy, ref_flux,
                          radius_px=config.match_radius_arcsec / solution.scale_arcsec, window=config.depth_window)
-    return Pairs(usable[result.src_index], inside[result.tgt_index]), result.method
+    # every reference takes part in the match, but one with a close Gaia neighbour is an
+    # unresolved blend in the image: its centroid is not its position, so the pair is dropped
+    blended = blended_references(xy, ref_flux, radius_px=config.neighbour_radius_arcsec / solution.scale_arcsec,
+                                 flux_ratio=config.neighbour_flux_ratio)
+    keep = ~blended[result.tgt_index]
+    log.debug("depth_pairs: %d pairs, %d dropped for a close Gaia neighbour", len(keep), int((~keep).sum()))
+    return Pairs(usable[result.src_index[keep]], inside[result.tgt_index[keep]]), result.method
+
+
+def blended_references(xy: np.ndarray, flux: np.ndarray, *, radius_px: float, flux_ratio: float) -> np.ndarray:
+    """Mask of references with another reference within ``radius_px`` brighter than ``flux_ratio`` of theirs."""
+    blended = np.zeros(len(xy), dtype=bool)
+    if radius_px <= 0 or len(xy) < 2:
+        return blended
+    pairs = cKDTree(xy).query_pairs(radius_px, output_type="ndarray")
+    if len(pairs):
+        a, b = pairs[:, 0], pairs[:, 1]
+        blended[a[flux[b] > flux_ratio * flux[a]]] = True
+        blended[b[flux[a] > flux_ratio * flux[b]]] = True
+    return blended
 
 
 def residuals_mas(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution) -> np.ndarray:

@@ -168,3 +168,14 @@ def test_panoptes_real_wide_field(shared_data: Path, tmp_path: Path) -> None:
     scale = result.solution.scale_arcsec
     assert scale == pytest.approx(10.32, rel=0.01)
     assert max(result.rms_arcsec) / scale <= 0.3
+
+
+def test_references_with_a_close_gaia_neighbour_are_blends() -> None:
+    from astrodask.solve import blended_references
+
+    xy = np.array([[0.0, 0.0], [2.0, 0.0], [100.0, 100.0], [103.0, 100.0], [300.0, 300.0]])
+    flux = np.array([1000.0, 500.0, 1000.0, 5.0, 10.0])
+    blended = blended_references(xy, flux, radius_px=3.5, flux_ratio=0.02)
+    # a bright pair: both blended; a star with a faint neighbour (0.5 %) is clean, the faint one is not
+    assert blended.tolist() == [True, True, False, True, False]
+    assert not blended_references(xy, flux, radius_px=0.0, flux_ratio=0.02).any()
