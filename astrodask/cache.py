@@ -367,6 +367,27 @@ def _open_store(url: str | Path | None, *, storage_options: Mapping[str, Any] | 
     return store, text
 
 
+def _open_or_create_root(store: Any, *, url: str, attributes: Mapping[str, Any]) -> zarr.Group:
+    """Open the cache's root group, or create it with its attributes in one metadata write.
+
+    Many processes may open a new store at once (a cluster's workers filling one
+    cache): the root metadata is written whole, attributes included, so a reader sees
+    either no root or a complete one, and two creators write the same bytes.
+    """
+    for _ in range(3):
+        try:
+            return zarr.open_group(store=store, mode="r+", zarr_format=3)
+        except zarr.errors.GroupNotFoundError:
+            pass
+        except (zarr.errors.ContainsArrayError, zarr.errors.NodeTypeValidationError, ValueError) as err:
+            raise InputFileError(f"tile cache {url} is not a zarr v3 group: {err}") from err
+        try:
+            return zarr.create_group(store=store, attributes=dict(attributes), zarr_format=3, overwrite=False)
+        except zarr.errors.ContainsGroupError:
+            continue  # another process created it between our two calls: open theirs
+    raise InputFileError(f"tile cache {url}: cannot open or create its root group")
+
+
 class TileCache:
     """A zarr v3 store of Gaia tiles (see the module docstring for the layout).
 
@@ -387,14 +408,14 @@ class TileCache:
         _check_level(level)
         self.level = int(level)
         self._store, self.url = _open_store(url, storage_options=storage_options)
-        try:
-            root = zarr.open_group(store=self._store, mode="a", zarr_format=3)
-        except (zarr.errors.ContainsArrayError, zarr.errors.NodeTypeValidationError, ValueError) as err:
-            raise InputFileError(f"tile cache {self.url} is not a zarr v3 group: {err}") from err
+        root = _open_or_create_root(self._store, url=self.url,
+                                    attributes={"astrodask_tile_cache": STORE_VERSION, "level": self.level})
         attrs = root.attrs.asdict()
         if "astrodask_tile_cache" not in attrs:
-            if any(True for _ in root.members()) and "level" not in attrs:
-                raise InputFileError(f"tile cache {self.url} is a zarr group not made by astrodask; "
+            members = [name for name, _ in root.members()]
+            if members:
+                raise InputFileError(f"tile cache {self.url} is a zarr group not made by astrodask "
+                                     f"(it holds {', '.join(sorted(members)[:3])}); "
                                      "give an empty folder or an astrodask tile cache")
             root.attrs.update({"astrodask_tile_cache": STORE_VERSION, "level": self.level})
         elif int(attrs.get("level", self.level)) != self.level:
@@ -545,7 +566,7 @@ class TileCache:
                                    f"tiles (e.g. tile {int(tiles[wrong][0])}); split the table with tile_of")
         if partial and cover_deg is None:
             raise ValueError("a partial tile needs cover_deg, the cone it is complete within")
-        level_group = self._root.require_group(str(self.level))
+        level_group = self._level_group()
         group = level_group.create_group(str(int(pixel)), overwrite=True, attributes={COMPLETE_KEY: False})
         for col, values in columns.items():
             array = group.create_array(col, shape=(n,), dtype=TILE_DTYPES[col], chunks=(max(n, 1),),
@@ -565,6 +586,19 @@ class TileCache:
         group.attrs.put(marker)  # one write of the group metadata: the marker comes last
         logger.debug("wrote %s: %d rows%s", name, n, " (partial)" if partial else "")
         return int(n)
+
+    def _level_group(self) -> zarr.Group:
+        """The group holding the tiles, created if absent (safe when many processes race to)."""
+        name = str(self.level)
+        for _ in range(3):
+            existing = self._group_or_none(name)
+            if existing is not None:
+                return existing
+            try:
+                return self._root.create_group(name, overwrite=False)
+            except zarr.errors.ContainsGroupError:
+                continue  # created by another writer meanwhile
+        raise InputFileError(f"tile cache {self.url}: cannot create its level-{self.level} group")
 
     def delete_tile(self, pixel: int) -> None:
         """Remove a tile (nothing happens when it is absent)."""

@@ -237,22 +237,25 @@ def _write_tiles(url: str, parts: list[tuple[int, dict]]) -> list[int]:
 
 @pytest.mark.slow
 def test_processes_write_different_tiles_at_once(tmp_path, catalog):
-    """Several processes fill different tiles of one local store at once.
+    """Several processes create one new local store and fill different tiles of it at once.
 
-    Two writers of the *same* tile would race on its arrays (zarr has no locks);
-    that is prevented upstream by the Dask key ``gaia-tile-<level>-<pixel>``
-    (:func:`astrodask.cache.tile_task_key`), not tested here.
+    Repeated on fresh stores, since the race is in creating the store: every process
+    opens it while others create its root and level groups. Two writers of the *same*
+    tile would race on its arrays (zarr has no locks); that is prevented upstream by
+    the Dask key ``gaia-tile-<level>-<pixel>`` (:func:`astrodask.cache.tile_task_key`).
     """
-    url = str(tmp_path / "shared")
     tiles = C.tile_of(catalog)
     parts = [(int(p), {n: np.asarray(catalog[n])[tiles == p] for n in REFERENCE_COLUMNS}) for p in np.unique(tiles)]
-    workers = 4
+    workers = 6
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
-        results = pool.starmap(_write_tiles, [(url, parts[k::workers]) for k in range(workers)])
-    cache = C.TileCache(url)
-    assert sum(map(sum, results)) == len(catalog)
-    assert cache.tiles() == sorted(p for p, _ in parts)
+        for attempt in range(6):
+            url = str(tmp_path / f"shared{attempt}")
+            results = pool.starmap(_write_tiles, [(url, parts[k::workers]) for k in range(workers)])
+            cache = C.TileCache(url)
+            assert sum(map(sum, results)) == len(catalog)
+            assert cache.tiles() == sorted(p for p, _ in parts)
+            assert cache.incomplete_tiles() == []
     for pixel, columns in parts:
         assert cache.verify(pixel)
         np.testing.assert_array_equal(np.asarray(cache.read_tile(pixel)["source_id"]), columns["source_id"])
