@@ -38,8 +38,15 @@ number of processes (each tile lives under its own prefix; the shared ``<level>`
 group is only ever created with identical content, and the local store writes
 each file atomically). The *same* tile must have exactly one writer at a time:
 the Dask layer guarantees it by giving every fill task the key
-``gaia-tile-<level>-<pixel>`` (:func:`tile_task_key`), so a tile needed by many
-exposures is computed once per graph.
+``gaia-tile-<level>-<pixel>-<store hash>`` (:func:`tile_task_key`), so a tile needed by
+many exposures, or by two prefetches at once, is one task on the cluster.
+
+Filling from the Gaia archive (:func:`fill_tile_from_archive`): one asynchronous query
+per tile selecting its ``source_id`` ranges (:func:`tile_source_id_ranges`: the tile's
+level-12 pixels and those of the level-:data:`BORDER_LEVEL` pixels within
+``gaia.tile_margin_arcsec`` outside it), then keeping the stars whose (ra, dec) lie in
+the tile. The marker records the depth (``mag_limit``); a read deeper than a tile's
+fill, like a read beyond a partial tile's cover, treats it as missing.
 
 Stores: a local folder (default :func:`default_cache_dir`) or any fsspec URL
 (``memory://``, ``file://``, ``s3://``...), opened with zarr's
@@ -53,7 +60,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,18 +71,21 @@ from astropy.table import Table
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import FsspecStore, LocalStore
 
-from astrodask.errors import CatalogError, ConfigError, InputFileError
+from astrodask.config import GaiaConfig
+from astrodask.errors import ArchiveError, CatalogError, ConfigError, InputFileError
 from astrodask.gaia import (
     REFERENCE_UNITS,
     angular_separation_deg,
+    build_source_id_query,
     enclosing_cone,
     limit_depth,
     propagate_table,
     read_catalog,
+    run_archive_query,
     select_cone,
     select_footprint,
 )
-from astrodask.healpix import healpix_nested_index
+from astrodask.healpix import GAIA_HEALPIX_LEVEL, healpix_nested_index
 from astrodask.types import REFERENCE_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -108,10 +118,20 @@ COVER_SECTORS = 36
 #: Columns stored in a tile, in order, with their dtypes.
 TILE_DTYPES: dict[str, str] = {name: ("int64" if name == "source_id" else "float64")
                                for name in REFERENCE_COLUMNS}
+#: fsspec protocols whose filesystems cache directory listings (turned off for the cache).
+LISTING_CACHE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https"})
 #: The attribute whose value True marks a tile complete (written last).
 COMPLETE_KEY = "complete"
 
+#: Level of the HEALPix pixels bordering a tile whose sources its archive query also takes
+#: (3.4 arcmin pixels: about 40 source_id ranges per tile, 25 % more area than the tile).
+BORDER_LEVEL = 10
+#: Bit shift from a level-12 HEALPix pixel to a Gaia source_id (source_id // 2**35).
+SOURCE_ID_SHIFT = 35
+
 MissingPolicy = Literal["error", "skip"]
+#: Fills tiles of a cache (e.g. from the Gaia archive); called with the tiles a read lacks.
+TileFiller = Callable[[list[int]], object]
 
 # HEALPix base-face geometry (HEALPix C++ ``jrll``/``jpll``).
 _JRLL = np.array([2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4])
@@ -134,13 +154,18 @@ def tile_size_deg(level: int) -> float:
     return math.degrees(math.sqrt(4.0 * math.pi / n_tiles(level)))
 
 
-def tile_task_key(pixel: int, *, level: int = TILE_LEVEL) -> str:
-    """The Dask key of the task filling a tile: ``gaia-tile-<level>-<pixel>``.
+def tile_task_key(pixel: int, *, level: int = TILE_LEVEL, store: str | None = None) -> str:
+    """The Dask key of the task filling a tile: ``gaia-tile-<level>-<pixel>[-<store hash>]``.
 
-    Every graph that needs a tile uses this key, so Dask computes (writes) it once:
-    this is what guarantees one writer per tile, as zarr has no locks.
+    Every graph that needs a tile uses this key, so Dask computes (writes) it once
+    even when many exposures or clients ask for it at the same time: this is what
+    guarantees one writer per tile, as zarr has no locks. ``store`` (the cache's URL)
+    adds a short hash, so that two caches on one cluster never share a key.
     """
-    return f"gaia-tile-{level}-{int(pixel)}"
+    key = f"gaia-tile-{level}-{int(pixel)}"
+    if store:
+        key += "-" + hashlib.sha1(str(store).encode()).hexdigest()[:8]
+    return key
 
 
 def tile_of(table: Table, *, level: int = TILE_LEVEL) -> np.ndarray:
@@ -346,21 +371,35 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base).expanduser().joinpath(*CACHE_SUBDIR)
 
 
-def _open_store(url: str | Path | None, *, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """A zarr store for a folder or fsspec URL, and its display name."""
-    if url is None:
-        url = default_cache_dir()
-    text = str(url)
+def cache_location(url: str | Path | None) -> str:
+    """The canonical location of a cache: an absolute folder, or the fsspec URL as given.
+
+    What the client hands to the workers (their working folder may differ) and what
+    :func:`tile_task_key` hashes. None or "": :func:`default_cache_dir`.
+    """
+    text = str(url) if url else str(default_cache_dir())
     if text.startswith("file://"):
         text = text[len("file://"):]
+    if "://" in text:
+        return text
+    return str(Path(text).expanduser().absolute())
+
+
+def _open_store(url: str | Path | None, *, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """A zarr store for a folder or fsspec URL, and its display name."""
+    text = cache_location(url)
     if "://" not in text:
-        path = Path(text).expanduser()
+        path = Path(text)
         if path.exists() and not path.is_dir():
             raise InputFileError(f"tile cache {path} is a file, not a folder; give a folder or a URL")
         path.mkdir(parents=True, exist_ok=True)
         return LocalStore(path), str(path)
+    options = dict(storage_options or {})
+    if text.split("://", 1)[0] in LISTING_CACHE_PROTOCOLS:
+        # other processes add tiles: a cached directory listing would hide them for ever
+        options.setdefault("use_listings_cache", False)
     try:
-        store = FsspecStore.from_url(text, storage_options=dict(storage_options or {}), read_only=False)
+        store = FsspecStore.from_url(text, storage_options=options, read_only=False)
     except (ImportError, ValueError) as err:
         raise InputFileError(f"tile cache {text}: cannot open this URL with fsspec ({err}); "
                              "check the scheme and that its fsspec backend is installed (e.g. s3fs)") from err
@@ -473,7 +512,7 @@ class TileCache:
                 columns = {name: arrays[name][:] for name in TILE_DTYPES}
                 if _checksum(columns) != attrs.get("checksum"):
                     return "column data disagree with the marker's checksum"
-        except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as err:
+        except (KeyError, ValueError, OSError, RuntimeError, zarr.errors.BaseZarrError) as err:
             return f"unreadable ({type(err).__name__}: {err})"
         return None
 
@@ -525,7 +564,8 @@ class TileCache:
     # -- writing -----------------------------------------------------------
 
     def write_tile(self, pixel: int, table: Table, *, partial: bool = False,
-                   cover_deg: tuple[float, float, float] | None = None, origin: str = "") -> int:
+                   cover_deg: tuple[float, float, float] | None = None, origin: str = "",
+                   mag_limit: float | None = None) -> int:
         """Write (or rewrite) one tile: the column arrays first, the completeness marker last.
 
         Only one process may write a given tile at a time (see :func:`tile_task_key`).
@@ -544,6 +584,9 @@ class TileCache:
             (ra, dec, radius) of the cone within which a partial tile is complete, degrees.
         origin
             Where the stars came from (a file name, an archive query), kept in the marker.
+        mag_limit
+            The faintest G the tile was filled to (an archive fill), mag; None: unknown
+            (a catalog file), taken as deep enough for any read.
 
         Returns
         -------
@@ -582,6 +625,7 @@ class TileCache:
             "partial": bool(partial),
             "cover_deg": None if cover_deg is None else [float(v) for v in cover_deg],
             "origin": str(origin),
+            "mag_limit": None if mag_limit is None else float(mag_limit),
         }
         group.attrs.put(marker)  # one write of the group metadata: the marker comes last
         logger.debug("wrote %s: %d rows%s", name, n, " (partial)" if partial else "")
@@ -625,7 +669,11 @@ class TileCache:
                                "(astrodask cache import / prefetch)")
         group = self._group(pixel)
         assert group is not None
-        columns = {name: group[name][:] for name in TILE_DTYPES}
+        try:
+            columns = {name: group[name][:] for name in TILE_DTYPES}
+        except (KeyError, ValueError, OSError, RuntimeError, zarr.errors.BaseZarrError) as err:
+            raise CatalogError(f"{self._where(pixel)} is unreadable ({type(err).__name__}: {err}); "
+                               "fill it again") from err
         if check and _checksum(columns) != group.attrs.get("checksum"):
             raise CatalogError(f"{self._where(pixel)}: column data disagree with the marker's checksum "
                                "(damaged or overwritten); fill it again")
@@ -688,7 +736,7 @@ async def _read_groups(store: Any, names: list[str]) -> list[tuple[Any, Any]]:
                 return "no completeness marker (written partly, or being written)", None
             arrays = await asyncio.gather(*(group.getitem(col) for col in TILE_DTYPES))
             data = await asyncio.gather(*(array.getitem(slice(None)) for array in arrays))
-        except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as err:
+        except (KeyError, ValueError, OSError, RuntimeError, zarr.errors.BaseZarrError) as err:
             if isinstance(err, (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError)):
                 return "absent", None
             return f"unreadable ({type(err).__name__}: {err})", None
@@ -844,21 +892,220 @@ def import_catalog(cache: TileCache, catalog: Table | str | Path, *,
     pix = healpix_nested_index(columns["ra"], columns["dec"], level=cache.level)
     order = np.argsort(pix, kind="stable")
     pix_sorted = pix[order]
-    tiles, first = np.unique(pix_sorted, return_index=True)
+    # every tile the cover reaches, also those where the catalog has no star (written empty)
+    tiles = np.union1d(pix_sorted, tiles_for_field(*cover, level=cache.level))
+    first = np.searchsorted(pix_sorted, tiles, side="left")
+    last = np.searchsorted(pix_sorted, tiles, side="right")
     full = _tile_inside_cone(tiles, cover, level=cache.level)
-    bounds = np.r_[first, len(pix_sorted)]
     written: dict[int, int] = {}
     for k, pixel in enumerate(tiles.tolist()):
         partial = not bool(full[k])
         if not overwrite and cache.verify(pixel):
             if partial or not cache.attrs(pixel).get("partial", False):
                 continue
-        rows = order[bounds[k]:bounds[k + 1]]
+        rows = order[first[k]:last[k]]
         part = Table({name: values[rows] for name, values in columns.items()}, copy=False)
         written[pixel] = cache.write_tile(pixel, part, partial=partial,
                                           cover_deg=cover if partial else None, origin=origin)
     logger.info("imported %s into %s: %d of %d tile(s) written", origin, cache.url, len(written), len(tiles))
     return written
+
+
+# --------------------------------------------------------------------------
+# Filling from the Gaia archive
+# --------------------------------------------------------------------------
+
+
+def tile_source_id_ranges(pixel: int, *, level: int = TILE_LEVEL,
+                          margin_arcsec: float = 60.0) -> list[tuple[int, int]]:
+    """The Gaia ``source_id`` ranges holding every source of a tile, with a margin.
+
+    ``source_id // 2**35`` is the level-12 pixel of the source's position when it was
+    created, which differs from the pixel of its published (ra, dec) for a few sources
+    near pixel edges. The ranges cover the tile's own level-12 pixels and those of the
+    level-:data:`BORDER_LEVEL` pixels reaching within ``margin_arcsec`` outside it,
+    so a source published in the tile is found as long as its source_id position lies
+    within the margin (Gaia's are within a few arcsec); the caller keeps the rows whose
+    (ra, dec) is in the tile (:func:`tile_of`).
+
+    Parameters
+    ----------
+    pixel
+        The tile (nested pixel at ``level``).
+    level
+        HEALPix level of the tile (at most :data:`BORDER_LEVEL`).
+    margin_arcsec
+        Width of the border band, arcsec (0: the tile's own range only).
+
+    Returns
+    -------
+    list of (int, int)
+        Inclusive (first, last) source_id ranges, sorted and disjoint.
+    """
+    _check_level(level)
+    if level > BORDER_LEVEL:
+        raise ConfigError(f"level = {level} is out of range for archive fills: allowed 0 to {BORDER_LEVEL}")
+    if not 0.0 <= margin_arcsec <= 3600.0:
+        raise ValueError(f"margin_arcsec = {margin_arcsec!r} is out of range: allowed 0 to 3600")
+    pixel = int(pixel)
+    if not 0 <= pixel < n_tiles(level):
+        raise ValueError(f"tile {pixel} is out of range at level {level}")
+    step = GAIA_HEALPIX_LEVEL - BORDER_LEVEL
+    border: np.ndarray = np.empty(0, dtype=np.int64)
+    if margin_arcsec > 0:
+        sub_size_deg = tile_size_deg(BORDER_LEVEL)
+        margin_deg = margin_arcsec / 3600.0
+        per_edge = int(math.ceil(tile_size_deg(level) / min(sub_size_deg, margin_deg) * 2))
+        ra_b, dec_b, _ = _tile_boundaries(np.array([pixel]), level=level, per_edge=per_edge)
+        radii = np.linspace(margin_deg / 4.0, margin_deg, 4)
+        ra_o, dec_o = _offset_points(ra_b.ravel(), dec_b.ravel(), radii, n_angles=8)
+        near = np.unique(healpix_nested_index(ra_o, dec_o, level=BORDER_LEVEL))
+        border = near[(near >> (2 * (BORDER_LEVEL - level))) != pixel]
+    # level-12 pixel runs: the tile's own, then each border pixel's
+    starts = np.r_[pixel << (2 * (GAIA_HEALPIX_LEVEL - level)), border << (2 * step)]
+    ends = np.r_[(pixel + 1) << (2 * (GAIA_HEALPIX_LEVEL - level)), (border + 1) << (2 * step)]
+    order = np.argsort(starts)
+    ranges: list[list[int]] = []
+    for lo, hi in zip(starts[order].tolist(), ends[order].tolist()):
+        if ranges and lo <= ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], hi)
+        else:
+            ranges.append([lo, hi])
+    return [(lo << SOURCE_ID_SHIFT, (hi << SOURCE_ID_SHIFT) - 1) for lo, hi in ranges]
+
+
+def _offset_points(ra_deg: np.ndarray, dec_deg: np.ndarray, radii_deg: np.ndarray, *,
+                   n_angles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points at each radius and ``n_angles`` position angles around each input point."""
+    a, d = np.radians(ra_deg)[:, None, None], np.radians(dec_deg)[:, None, None]
+    r = np.radians(np.asarray(radii_deg, dtype=np.float64))[None, :, None]
+    theta = np.linspace(0.0, 2.0 * np.pi, n_angles, endpoint=False)[None, None, :]
+    sin_d = np.sin(d) * np.cos(r) + np.cos(d) * np.sin(r) * np.cos(theta)
+    dec = np.arcsin(np.clip(sin_d, -1.0, 1.0))
+    ra = a + np.arctan2(np.sin(theta) * np.sin(r) * np.cos(d), np.cos(r) - np.sin(d) * sin_d)
+    return (np.degrees(ra) % 360.0).ravel(), np.degrees(dec).ravel()
+
+
+def tile_query(pixel: int, *, config: GaiaConfig, level: int = TILE_LEVEL,
+               mag_limit: float | None = None) -> str:
+    """The ADQL filling one tile: its :func:`tile_source_id_ranges`, to ``mag_limit``."""
+    limit = config.mag_limit if mag_limit is None else float(mag_limit)
+    ranges = tile_source_id_ranges(pixel, level=level, margin_arcsec=config.tile_margin_arcsec)
+    return build_source_id_query(ranges, mag_limit=limit, table=config.table)
+
+
+def fill_tile_from_archive(cache: TileCache, pixel: int, *, config: GaiaConfig,
+                           mag_limit: float | None = None) -> int:
+    """Fill one tile with one asynchronous Gaia archive query.
+
+    The query (:func:`tile_query`) selects the tile's source_id ranges with a margin
+    and ``phot_g_mean_mag <= mag_limit``; the rows whose (ra, dec) lies in the tile
+    are written, with the limit in the marker. The caller guarantees a single writer
+    per tile (the Dask task key :func:`tile_task_key`) and, on a cluster, the limit
+    on concurrent queries.
+
+    Parameters
+    ----------
+    cache
+        The tile cache.
+    pixel
+        The tile.
+    config
+        The archive settings (``tap_url``, ``table``, ``mag_limit``, retries...).
+    mag_limit
+        Faintest G, mag; None: ``config.mag_limit``.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    ArchiveError
+        If the query fails after its retries, or its result is truncated (a tile is
+        never written incomplete).
+    """
+    limit = config.mag_limit if mag_limit is None else float(mag_limit)
+    adql = tile_query(pixel, config=config, level=cache.level, mag_limit=limit)
+    where = f"tile {cache.level}/{int(pixel)} (to G = {limit:g}) at {config.tap_url}"
+    table = run_archive_query(adql, where=where, config=config)
+    if table.meta.get("truncated"):
+        raise ArchiveError(f"Gaia archive result for {where} {table.meta['truncated']}; the tile is not written "
+                           "(a cache tile is never stored incomplete)")
+    inside = tile_of(table, level=cache.level) == int(pixel)
+    rows = cache.write_tile(pixel, table[inside], mag_limit=limit,
+                            origin=f"Gaia archive {config.tap_url} ({config.table})")
+    logger.info("filled %s: %d of %d returned stars in the tile", where, rows, len(table))
+    return rows
+
+
+def fill_tiles(cache: TileCache | str | Path, pixels: Iterable[int], *, config: GaiaConfig,
+               mag_limit: float | None = None) -> dict[int, int]:
+    """Fill tiles from the Gaia archive one after the other, in this process (no Dask).
+
+    For a single process (``astrodask solve --serial``); a cluster fills tiles as
+    Dask tasks instead (:mod:`astrodask.graph`), one writer per tile.
+
+    Returns
+    -------
+    dict
+        Rows written, by tile.
+
+    Raises
+    ------
+    ArchiveError
+        After trying every tile, if some failed: names each with its error.
+    """
+    store = cache if isinstance(cache, TileCache) else TileCache(cache)
+    written: dict[int, int] = {}
+    failed: list[str] = []
+    for pixel in pixels:
+        try:
+            written[int(pixel)] = fill_tile_from_archive(store, int(pixel), config=config, mag_limit=mag_limit)
+        except ArchiveError as err:
+            failed.append(str(err))
+    if failed:
+        raise ArchiveError(f"{len(failed)} tile(s) could not be filled: " + "; ".join(failed))
+    return written
+
+
+def tiles_to_fill(cache: TileCache, pixels: Iterable[int], *, mag_limit: float | None = None,
+                  deep: bool = True) -> dict[int, str]:
+    """The tiles that a fill must (re)write, with why.
+
+    A tile needs filling when it is absent, half-written, damaged (``deep``: its data
+    disagree with the marker's checksum), partial (imported from a file covering part
+    of it), or filled to a brighter limit than ``mag_limit``.
+
+    Returns
+    -------
+    dict
+        By tile, the reason; tiles that are fine are absent.
+    """
+    out: dict[int, str] = {}
+    pixels = [int(p) for p in pixels]
+    if deep:
+        for pixel, (attrs, got) in cache.read_many(pixels).items():
+            why = got if isinstance(got, str) else _shortfall(attrs, None, mag_limit)
+            if why:
+                out[pixel] = why
+        return out
+    for pixel in pixels:
+        why = cache._problem(pixel, deep=False) or _shortfall(cache.attrs(pixel), None, mag_limit)
+        if why:
+            out[pixel] = why
+    return out
+
+
+def _shortfall(attrs: Mapping[str, Any], need_cone: Iterable[float] | None, mag_limit: float | None) -> str:
+    """Why a complete tile is not enough for a read (empty: it is)."""
+    if attrs.get("partial") and (need_cone is None or not _cone_within(need_cone, attrs.get("cover_deg"))):
+        return f"partial: complete only within the cone {attrs.get('cover_deg')} deg"
+    filled_to = attrs.get("mag_limit")
+    if mag_limit is not None and filled_to is not None and float(filled_to) < float(mag_limit) - 1e-9:
+        return f"filled to G = {float(filled_to):g} only, G = {float(mag_limit):g} needed"
+    return ""
 
 
 # --------------------------------------------------------------------------
@@ -868,7 +1115,7 @@ def import_catalog(cache: TileCache, catalog: Table | str | Path, *,
 
 def read_field(cache: TileCache, field: Any, *, margin_deg: float = DEFAULT_MARGIN_DEG,
                mag_limit: float | None = DEFAULT_MAG_LIMIT, epoch_yr: float | None = None,
-               missing: MissingPolicy = "error") -> Table:
+               missing: MissingPolicy = "error", fill: TileFiller | None = None) -> Table:
     """The reference stars of a field from the cache, cut to it, limited in depth.
 
     Parameters
@@ -886,8 +1133,13 @@ def read_field(cache: TileCache, field: Any, *, margin_deg: float = DEFAULT_MARG
         Propagate the stars to this Julian epoch (:func:`astrodask.gaia.propagate_table`);
         None: keep the catalog epoch.
     missing
-        ``"error"``: a tile that is absent, incomplete, or partial without covering the
-        field raises; ``"skip"``: such tiles are left out (partial ones are used as they are).
+        ``"error"``: a tile that is absent, incomplete, partial without covering the
+        field, or filled to a brighter limit than ``mag_limit`` raises; ``"skip"``: such
+        tiles are left out (partial and shallow ones are used as they are).
+    fill
+        Called once with the tiles that are not available, to fill them (e.g. from
+        the Gaia archive, as one Dask task per tile); they are then read again. None:
+        no fill (the tiles are missing).
 
     Returns
     -------
@@ -911,22 +1163,31 @@ def read_field(cache: TileCache, field: Any, *, margin_deg: float = DEFAULT_MARG
     else:
         pixels = tiles_for_footprint(spec, margin_deg=margin_deg, level=cache.level)
         need = enclosing_cone(spec, margin_deg=margin_deg)
+    got_tiles = cache.read_many(pixels.tolist())
+    unavailable = {pixel: (got if isinstance(got, str) else _shortfall(attrs, need, mag_limit))
+                   for pixel, (attrs, got) in got_tiles.items()}
+    unavailable = {pixel: why for pixel, why in unavailable.items() if why}
+    if unavailable and fill is not None:
+        logger.info("tile cache %s: filling %d tile(s) of the field: %s", cache.url, len(unavailable),
+                    ", ".join(f"{cache.level}/{p}" for p in unavailable))
+        fill(sorted(unavailable))
+        got_tiles.update(cache.read_many(sorted(unavailable)))
     parts: list[dict[str, np.ndarray]] = []
     absent: list[str] = []
-    for pixel, (attrs, got) in cache.read_many(pixels.tolist()).items():
+    for pixel, (attrs, got) in got_tiles.items():
         if isinstance(got, str):
             absent.append(f"{cache.level}/{pixel} ({got})")
             continue
-        if attrs.get("partial") and not _cone_within(need, attrs.get("cover_deg")):
-            absent.append(f"{cache.level}/{pixel} (partial: complete only within the cone "
-                          f"{attrs.get('cover_deg')} deg)")
+        why = _shortfall(attrs, need, mag_limit)
+        if why:
+            absent.append(f"{cache.level}/{pixel} ({why})")
             if missing == "error":
                 continue
         parts.append(got)
     if absent and missing == "error":
         raise CatalogError(f"tile cache {cache.url}: {len(absent)} of {len(pixels)} tile(s) of the field are "
-                           f"not available: {'; '.join(absent)}; fill them (astrodask cache import/prefetch) "
-                           "or read with missing='skip'")
+                           f"not available: {'; '.join(absent)}; fill them (astrodask cache prefetch, or "
+                           "cache import) or read with missing='skip'")
     merged = {name: (np.concatenate([p[name] for p in parts]) if parts else np.empty(0, dtype))
               for name, dtype in TILE_DTYPES.items()}
     table = _columns_to_table(merged)

@@ -28,6 +28,8 @@ log = logging.getLogger("astrodask")
 EXIT_PARTIAL = 3
 #: Default output folder of ``astrodask demo``.
 DEMO_DIR = "astrodask-demo"
+#: The demo's own tile cache, inside its output folder.
+DEMO_CACHE = "gaia-tiles"
 
 
 class _Group(click.Group):
@@ -48,6 +50,14 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     logging.getLogger("astrodask").setLevel(level)
+    # the embedded cluster's own chatter (workers starting, closing) only with -v: distributed
+    # sets its loggers' levels from dask config (which load_config refreshes from the
+    # environment) when it is imported; a level the user set in DASK_LOGGING__DISTRIBUTED wins
+    import os
+
+    cluster_level = "debug" if verbose > 1 else "info" if verbose else "warning"
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", cluster_level)
+    logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())
 
 
 def load_config(config_file: str | None, assignments: Sequence[str]) -> PipelineConfig:
@@ -299,7 +309,7 @@ def catalog_import_cmd(files: tuple[str, ...], out: str | None, config_file: str
 @main.command("gaia")
 @click.argument("file", type=click.Path())
 @click.option("--catalog", type=click.Path(), default=None,
-              help="Reference catalog file (Gaia export or VizieR I/355); default: query the Gaia archive.")
+              help="Reference catalog file (Gaia export or VizieR I/355); default: the Gaia tile cache.")
 @click.option("--out", type=click.Path(), default=None,
               help="Output table (default: <name>.gaia.ecsv beside the exposure).")
 @pointing_options
@@ -387,35 +397,64 @@ def simulate_cmd(out_dir: str, name: str, ra_deg: float, dec_deg: float, width: 
 
 @main.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=DEMO_DIR, show_default=True,
-              help="Folder for the demo exposure, its catalog, truth and results.")
+              help="Folder for the demo exposure, its Gaia tiles, truth and results.")
+@click.option("--serial", is_flag=True, help="Solve in this process, without Dask.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes of the embedded LocalCluster (default: one per core).")
 @config_options
 @logging_options
-def demo_cmd(out_dir: str, config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
-    """Solve the embedded demo exposure, with no network.
+def demo_cmd(out_dir: str, serial: bool, workers: int | None, config_file: str | None, assignments: tuple[str, ...],
+             verbose: int, quiet: bool) -> None:
+    """Solve the embedded demo exposure end to end, with no network.
 
     Simulates the demo exposure (a Condor-like 2394 x 1597 px quarter frame with a
-    known TAN + TPV truth and a header 3 arcmin off) and its Gaia catalog, solves
-    it, writes the solution, the summary, the matched list and a residual plot,
-    and scores the solved WCS against the truth.
+    known TAN + TPV truth and a header 3 arcmin off) and its Gaia stars, imports the
+    stars into the demo's own tile cache (OUT/gaia-tiles: the synthetic stars never
+    enter your real cache), solves the exposure on an embedded LocalCluster reading
+    that cache (as 'astrodask submit' does), writes the solution, the summary, the
+    matched list and a residual plot, and scores the solved WCS against the truth.
     """
-    from astrodask.gaia import read_catalog
+    import dataclasses
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from astrodask.cache import TileCache, import_catalog
+    from astrodask.exposure import read_exposure_info
     from astrodask.simulate import make_demo, read_truth_wcs
+    from astrodask.types import exposure_name
     from astrodask.wcsutil import wcs_error_mas
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
+    # the demo's cache holds the simulated stars only: never ask the archive for more
+    config = dataclasses.replace(config, gaia=dataclasses.replace(config.gaia, fetch_missing_tiles=False))
     out = Path(out_dir)
     stage = time.perf_counter()
     field = make_demo(out)
     click.echo(f"demo exposure simulated in {time.perf_counter() - stage:.1f} s: {field.image_path}")
-    result = _solve_and_write([str(field.image_path)], catalog=read_catalog(field.catalog_path), config=config,
-                              out=out, pointing={}, write_header=False, debug=True)[0]
-    if result.ok:
-        err = wcs_error_mas(result.wcs, read_truth_wcs(field.image_path), result.shape)
+    cache = TileCache(out / DEMO_CACHE)
+    written = import_catalog(cache, field.catalog_path, overwrite=True)
+    click.echo(f"demo Gaia stars imported into the demo tile cache {cache.url}: {len(written)} tiles, "
+               f"{sum(written.values())} stars")
+    if serial:
+        ok = _solve_and_write([str(field.image_path)], catalog=None, config=config, out=out, pointing={},
+                              write_header=False, debug=True, cache_url=cache.url)[0].ok
+    else:
+        rows = _run_on_cluster([field.image_path], catalog=None, out=out, config=config, pointing={}, debug=True,
+                               write_header=False, scheduler=None, scheduler_file=None, workers=workers,
+                               detach=False, retries=0, cache_url=cache.url)
+        ok = bool(rows) and rows[0]["status"] == "solved"
+    if ok:
+        with warnings.catch_warnings():  # the solution header describes the image without holding it
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            solved = WCS(fits.getheader(out / f"{exposure_name(field.image_path)}.wcs.fits"))
+        err = wcs_error_mas(solved, read_truth_wcs(field.image_path), read_exposure_info(field.image_path).shape)
         click.echo(f"against the truth WCS (grid every 100 px over the image): rms {np.sqrt(np.mean(err**2)):.2f} mas, "
                    f"95th percentile {np.percentile(err, 95):.2f} mas, max {err.max():.2f} mas")
     click.echo(f"files: {out.resolve()}")
-    if not result.ok:
+    if not ok:
         raise SystemExit(1)
 
 
@@ -456,10 +495,29 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
 
 
 def cache_option(func: Callable) -> Callable:
-    """--cache URL: the Gaia tile cache (a folder or an fsspec URL)."""
+    """--cache URL and --no-cache: where reference stars come from when there is no --catalog."""
+    func = click.option("--no-cache", "no_cache", is_flag=True,
+                        help="Query the Gaia archive directly for each exposure instead of using the tile cache.")(func)
     return click.option("--cache", "cache_url", default=None, metavar="URL",
-                        help="Read reference stars from this Gaia tile cache (folder or fsspec URL such as "
-                             "s3://bucket/tiles; see 'astrodask cache') instead of --catalog or the archive.")(func)
+                        help="The Gaia tile cache: a folder, or an fsspec URL such as s3://bucket/tiles that every "
+                             "worker reaches (default: gaia.cache_url, else the user cache folder). Tiles it lacks "
+                             "are filled from the archive unless gaia.fetch_missing_tiles is false; fill them "
+                             "beforehand with 'astrodask cache prefetch'.")(func)
+
+
+def _cache_for_solve(catalog: str | None, cache_url: str | None, no_cache: bool, config: PipelineConfig) -> str | None:
+    """The tile cache a solve reads (a canonical location), or None (a catalog file, or the archive directly)."""
+    from astrodask.cache import cache_location
+
+    if catalog:
+        if cache_url:
+            raise click.UsageError("give --catalog or --cache, not both")
+        return None
+    if no_cache:
+        if cache_url:
+            raise click.UsageError("give --cache or --no-cache, not both")
+        return None
+    return cache_location(cache_url or config.gaia.cache_url or None)
 
 
 def cluster_options(func: Callable) -> Callable:
@@ -511,7 +569,7 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
 @main.command("solve")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--catalog", type=click.Path(), default=None,
-              help="Reference catalog file (Gaia export or VizieR I/355); default: query the Gaia archive.")
+              help="Reference catalog file (Gaia export or VizieR I/355); default: the Gaia tile cache.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="astrodask-out", show_default=True,
               help="Output folder: <name>.wcs.fits per exposure and summary.ecsv.")
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
@@ -523,7 +581,7 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
 @config_options
 @logging_options
 def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
-              serial: bool, cache_url: str | None, scheduler: str | None, scheduler_file: str | None, workers: int | None,
+              serial: bool, cache_url: str | None, no_cache: bool, scheduler: str | None, scheduler_file: str | None, workers: int | None,
               ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
               config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Solve exposures: TAN + TPV WCS against Gaia DR3, with an error model and a chi-square.
@@ -541,6 +599,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
     pointing = _pointing_overrides(ra, dec, scale, rotation, parity)
+    cache_url = _cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
     if serial:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
@@ -564,7 +623,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
 @main.command("submit")
 @click.argument("items", nargs=-1, required=True)
 @click.option("--catalog", type=click.Path(), default=None,
-              help="Reference catalog file, readable by every worker; default: the Gaia archive.")
+              help="Reference catalog file, readable by every worker; default: the Gaia tile cache.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Output folder shared by the workers.")
 @click.option("--detach", is_flag=True, help="Return once submitted; the work goes on on the cluster.")
@@ -579,8 +638,8 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
 @config_options
 @logging_options
 def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool, recursive: bool,
-               retries: int, write_header: bool, debug: bool, cache_url: str | None, scheduler: str | None,
-               scheduler_file: str | None,
+               retries: int, write_header: bool, debug: bool, cache_url: str | None, no_cache: bool,
+               scheduler: str | None, scheduler_file: str | None,
                workers: int | None, ra: float | None, dec: float | None, scale: float | None,
                rotation: float | None, parity: int | None, config_file: str | None, assignments: tuple[str, ...],
                verbose: int, quiet: bool) -> None:
@@ -597,6 +656,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
     pointing = _pointing_overrides(ra, dec, scale, rotation, parity)
+    cache_url = _cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
     paths = expand_inputs(items, recursive=recursive)
     plan = plan_backlog(paths, out, redo=redo)
@@ -641,7 +701,8 @@ def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignm
              verbose: int, quiet: bool) -> None:
     """Run a task message of the original service, e.g. '{"task": "astrometer", "filename": "X.fits.fz"}'.
 
-    Optional keys: "catalog" (reference catalog file), "out" (output folder).
+    Optional keys: "catalog" (reference catalog file; default: the Gaia tile cache,
+    gaia.cache_url or the user cache folder), "out" (output folder).
     """
     import json
 
@@ -663,7 +724,8 @@ def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignm
     reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
     out = Path(out_dir or task.get("out") or Path(filename).parent)
     results = _solve_and_write([filename], catalog=reference, config=config, out=out, pointing={},
-                               write_header=False, debug=False)
+                               write_header=False, debug=False,
+                               cache_url=_cache_for_solve(catalog, None, False, config))
     if not results[0].ok:
         raise SystemExit(1)
 
@@ -673,18 +735,21 @@ def cache_group() -> None:
     """The shared Gaia tile cache: HEALPix level-6 tiles in zarr, in a folder or any fsspec store."""
 
 
-def _cache(url: str | None):
-    import os
+def _cache(url: str | None, config: PipelineConfig | None = None):
+    from astrodask.cache import TileCache, cache_location
 
-    from astrodask.cache import TileCache, default_cache_dir
+    return TileCache(cache_location(url or (config.gaia.cache_url if config else "") or None))
 
-    return TileCache(url or default_cache_dir(os.environ))
+
+def _cache_url_option(func: Callable) -> Callable:
+    return click.option("--cache", "cache_url", default=None, metavar="URL",
+                        help="The tile cache: a folder or an fsspec URL such as s3://bucket/tiles (default: "
+                             "gaia.cache_url, else the user cache folder, $XDG_CACHE_HOME/astrodask/gaia-tiles).")(func)
 
 
 @cache_group.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--cache", "cache_url", default=None, metavar="URL",
-              help="The tile cache (default: the user cache folder, $XDG_CACHE_HOME/astrodask/gaia-tiles).")
+@_cache_url_option
 @click.option("--overwrite", is_flag=True, help="Rewrite tiles that are already complete.")
 @config_options
 @logging_options
@@ -699,7 +764,7 @@ def cache_import_cmd(files: tuple[str, ...], cache_url: str | None, overwrite: b
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
-    cache = _cache(cache_url)
+    cache = _cache(cache_url, config)
 
     def one(path: str) -> None:
         started = time.perf_counter()
@@ -712,13 +777,14 @@ def cache_import_cmd(files: tuple[str, ...], cache_url: str | None, overwrite: b
 
 
 @cache_group.command("info")
-@click.option("--cache", "cache_url", default=None, metavar="URL",
-              help="The tile cache (default: the user cache folder).")
+@_cache_url_option
+@config_options
 @logging_options
-def cache_info_cmd(cache_url: str | None, verbose: int, quiet: bool) -> None:
+def cache_info_cmd(cache_url: str | None, config_file: str | None, assignments: tuple[str, ...], verbose: int,
+                   quiet: bool) -> None:
     """List the complete tiles of the cache with their rows and bytes, and any incomplete ones."""
     _configure_logging(verbose, quiet)
-    cache = _cache(cache_url)
+    cache = _cache(cache_url, load_config(config_file, assignments))
     rows = cache.info()
     click.echo(f"{cache.url}: level {cache.level}, {len(rows)} complete tiles, "
                f"{sum(r for _, r, _ in rows)} stars, {sum(b for _, _, b in rows) / 1e6:.1f} MB")
@@ -727,6 +793,87 @@ def cache_info_cmd(cache_url: str | None, verbose: int, quiet: bool) -> None:
     bad = cache.incomplete_tiles()
     if bad:
         click.echo(f"incomplete (rewritten at the next fill): {', '.join(str(p) for p in bad)}")
+
+
+@cache_group.command("prefetch")
+@click.argument("items", nargs=-1)
+@click.option("--ra", "field_ra", type=float, default=None, help="Centre of a field to fill, RA in degrees.")
+@click.option("--dec", "field_dec", type=float, default=None, help="Centre of a field to fill, Dec in degrees.")
+@click.option("--radius", "field_radius", type=float, default=None, help="Radius of the field, degrees.")
+@click.option("--recursive", is_flag=True, help="Search directories and ** globs recursively.")
+@click.option("--retries", type=int, default=2, show_default=True, help="Retries of a tile task after an unexpected error.")
+@_cache_url_option
+@cluster_options
+@config_options
+@logging_options
+def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec: float | None,
+                       field_radius: float | None, recursive: bool, retries: int, cache_url: str | None,
+                       scheduler: str | None, scheduler_file: str | None, workers: int | None,
+                       config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
+    """Fill the tile cache from the Gaia archive, as Dask tasks, before a backlog's solves.
+
+    The tiles come from a field (--ra --dec --radius) and/or from ITEMS, exposures
+    (files, globs, directories, @LIST files) whose footprints plus gaia.margin_deg
+    come from their headers' pointing (as 'astrodask solve' finds it). Each missing, half-written, damaged, partial or too
+    shallow tile is filled by one archive query in a task keyed
+    gaia-tile-<level>-<pixel>, at most gaia.max_queries at once across the cluster;
+    complete tiles are left alone. Then 'astrodask submit --cache URL' reads them.
+    """
+    from astrodask.backlog import expand_inputs
+    from astrodask.cache import cache_location, tiles_for_field
+    from astrodask.exposure import read_exposure_info
+    from astrodask.runner import connect, prefetch_tiles
+    from astrodask.solve import footprint_tiles
+
+    _configure_logging(verbose, quiet)
+    config = load_config(config_file, assignments)
+    field = (field_ra, field_dec, field_radius)
+    if any(v is not None for v in field) and any(v is None for v in field):
+        raise click.UsageError("a field needs all of --ra, --dec and --radius")
+    if field_ra is None and not items:
+        raise click.UsageError("give exposures, or a field with --ra --dec --radius")
+    tiles: set[int] = set()
+    if field_ra is not None:
+        try:
+            tiles.update(tiles_for_field(field_ra, field_dec, field_radius).tolist())
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
+    bad: list[str] = []
+    paths = expand_inputs(items, recursive=recursive) if items else []
+    for path in paths:
+        try:
+            tiles.update(footprint_tiles(read_exposure_info(path), config=config).tolist())
+        except AstrodaskError as err:
+            bad.append(str(err))
+            click.echo(f"error: {err}", err=True)
+    location = cache_location(cache_url or config.gaia.cache_url or None)
+    click.echo(f"{len(tiles)} tiles needed" + (f" by {len(paths) - len(bad)} exposures" if paths else "")
+               + f"; cache {location}")
+    records: list[dict[str, Any]] = []
+    if tiles:
+        def show(done: int, total: int, record: dict[str, Any]) -> None:
+            name = record.get("tile_name", record["tile"])
+            if record["state"] == "failed":
+                click.echo(f"[{done}/{total}] tile {name}: FAILED: {record['reason']}", err=True)
+            elif record["state"] == "filled":
+                click.echo(f"[{done}/{total}] tile {name}: filled, {record['rows']} stars in {record['seconds']:.1f} s "
+                           f"(was {record['reason']})")
+            elif not quiet:
+                click.echo(f"[{done}/{total}] tile {name}: present, {record['rows']} stars")
+
+        started = time.perf_counter()
+        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+            where = "embedded LocalCluster" if connection.embedded else "scheduler"
+            click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
+            records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config, retries=retries,
+                                     on_tile=show)
+        counts = {state: sum(r["state"] == state for r in records) for state in ("present", "filled", "failed")}
+        click.echo(f"{len(records)} tiles in {time.perf_counter() - started:.1f} s: {counts['present']} present, "
+                   f"{counts['filled']} filled ({sum(r['rows'] for r in records if r['state'] == 'filled')} stars), "
+                   f"{counts['failed']} failed")
+    failures = bad + [f"tile {r.get('tile_name', r['tile'])}: {r['reason']}" for r in records if r["state"] == "failed"]
+    if failures:
+        raise SystemExit(EXIT_PARTIAL if len(failures) < len(records) + len(paths) else 1)
 
 
 def _for_each(files: Sequence[str], one: Callable[[str], None]) -> None:

@@ -243,6 +243,10 @@ class GaiaConfig(_Section):
     retries: int = param(3, "retries of a failed archive query", lo=0, hi=20)
     retry_backoff_s: float = param(2.0, "first wait before a retry, doubled each time", unit="s", lo=0.0, hi=600.0)
     default_ref_epoch: float = param(2016.0, "epoch assumed for catalogs without ref_epoch", unit="yr", lo=1900.0, hi=2200.0)
+    cache_url: str = param("", "Gaia tile cache: a folder or fsspec URL (s3://...); empty: the user cache folder")
+    fetch_missing_tiles: bool = param(True, "fill tiles missing from the cache from the archive when a solve needs them")
+    max_queries: int = param(4, "archive queries running at once across the whole cluster", lo=1, hi=64)
+    tile_margin_arcsec: float = param(60.0, "a tile's archive query also takes sources whose source_id pixel lies this close outside it", unit="arcsec", lo=0.0, hi=600.0)
 
 
 @dataclass(frozen=True)

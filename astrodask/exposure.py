@@ -23,7 +23,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from astrodask.config import PointingConfig
 from astrodask.errors import ImageError, InputFileError, PointingError
-from astrodask.types import Exposure, Pointing
+from astrodask.types import Exposure, ExposureInfo, Pointing
 from astrodask.wcsutil import cd_to_scale_rotation_parity, tan_wcs
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,8 @@ def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
     ImageError
         No 2-D image in the file, the requested HDU is absent or not 2-D.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputFileError(f"{path}: not a regular file")
-    try:
-        hdul = fits.open(path, memmap=False)
-    except (OSError, ValueError, TypeError) as err:
-        raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
-    with hdul:
+    path = _check_file(path)
+    with _open_fits(path) as hdul:
         index = _find_image_hdu(path, hdul, hdu)
         image_hdu = hdul[index]
         try:
@@ -82,12 +74,7 @@ def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
         except (OSError, ValueError, TypeError) as err:
             raise ImageError(f"{path}: HDU {index} image data cannot be decoded ({err})") from err
         data = np.ascontiguousarray(raw, dtype=np.float32)  # native byte order
-        header = image_hdu.header.copy()
-        if index > 0:
-            for card in hdul[0].header.cards:
-                if card.keyword not in _IMAGE_ONLY and card.keyword not in header:
-                    header.append(card)
-    header.remove("NAXIS3", ignore_missing=True)
+        header = _merged_header(hdul, index)
     return Exposure(
         path=path,
         hdu_index=index,
@@ -98,6 +85,57 @@ def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
         saturate_adu=_positive_float(header, "SATURATE"),
         exptime_s=_positive_float(header, "EXPTIME"),
     )
+
+
+def read_exposure_info(path: str | Path, *, hdu: int | None = None) -> ExposureInfo:
+    """An exposure's header facts without decoding its pixels (cheap, for planning).
+
+    The same file checks, HDU choice and header merge as :func:`read_exposure`; the
+    shape comes from the header (``ZNAXISn`` for tile-compressed images).
+
+    Raises
+    ------
+    InputFileError, ImageError
+        As :func:`read_exposure`.
+    """
+    path = _check_file(path)
+    with _open_fits(path) as hdul:
+        index = _find_image_hdu(path, hdul, hdu)
+        raw = hdul[index].header
+        shape = (int(raw.get("ZNAXIS2", raw.get("NAXIS2", 0))), int(raw.get("ZNAXIS1", raw.get("NAXIS1", 0))))
+        header = _merged_header(hdul, index)
+    if min(shape) < 1:
+        raise ImageError(f"{path}: HDU {index} has an empty image (shape {shape})")
+    return ExposureInfo(path, index, header, shape, header_epoch(header, path=path),
+                        _positive_float(header, "GAIN"), _positive_float(header, "SATURATE"),
+                        _positive_float(header, "EXPTIME"))
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputFileError(f"{path}: not a regular file")
+    return path
+
+
+def _open_fits(path: Path) -> fits.HDUList:
+    try:
+        return fits.open(path, memmap=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
+
+
+def _merged_header(hdul: fits.HDUList, index: int) -> fits.Header:
+    """The image HDU's header with the primary header's cards it lacks."""
+    header = hdul[index].header.copy()
+    if index > 0:
+        for card in hdul[0].header.cards:
+            if card.keyword not in _IMAGE_ONLY and card.keyword not in header:
+                header.append(card)
+    header.remove("NAXIS3", ignore_missing=True)
+    return header
 
 
 def _find_image_hdu(path: Path, hdul: fits.HDUList, hdu: int | None) -> int:

@@ -816,6 +816,53 @@ def build_gaia_query(*, ra_deg: float, dec_deg: float, radius_deg: float, mag_li
     )
 
 
+def build_source_id_query(ranges: list[tuple[int, int]], *, mag_limit: float,
+                          table: str = DEFAULT_GAIA_TABLE) -> str:
+    """The ADQL selecting reference stars by ``source_id`` ranges (HEALPix tiles), without ``TOP``.
+
+    Gaia's ``source_id`` is indexed and ordered by HEALPix pixel, so a tile's ranges
+    (:func:`astrodask.cache.tile_source_id_ranges`) make a fast query.
+
+    Parameters
+    ----------
+    ranges
+        Inclusive (first, last) source_id ranges.
+    mag_limit
+        Faintest G magnitude returned (inclusive), mag.
+    table
+        Archive table with Gaia ``gaia_source`` columns.
+
+    Returns
+    -------
+    str
+        ``SELECT`` of the :data:`REFERENCE_COLUMNS` with ``source_id BETWEEN a AND b
+        OR ...`` and ``phot_g_mean_mag <= mag_limit``.
+
+    Raises
+    ------
+    ValueError
+        For no range, a range with first > last or negative, a non-finite magnitude
+        limit or an invalid table name.
+    """
+    if not ranges:
+        raise ValueError("ranges is empty: give at least one (first, last) source_id range")
+    for lo, hi in ranges:
+        if not 0 <= int(lo) <= int(hi):
+            raise ValueError(f"source_id range ({lo}, {hi}) must have 0 <= first <= last")
+    if not math.isfinite(float(mag_limit)):
+        raise ValueError(f"mag_limit = {mag_limit!r} must be finite")
+    if not _TABLE_NAME.match(table):
+        raise ValueError(f"table = {table!r} is not a table name like 'gaiadr3.gaia_source'")
+    columns = ", ".join(REFERENCE_COLUMNS)
+    between = "\n   OR ".join(f"source_id BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges)
+    return (
+        f"SELECT {columns}\n"
+        f"FROM {table}\n"
+        f"WHERE ({between})\n"
+        f"AND phot_g_mean_mag <= {float(mag_limit)!r}"
+    )
+
+
 class _TransientArchiveError(Exception):
     """An archive failure worth retrying (connection trouble, HTTP 5xx or 429)."""
 
@@ -824,13 +871,9 @@ def query_gaia_archive(*, ra_deg: float, dec_deg: float, radius_deg: float, conf
                        mag_limit: float | None = None, maxrec: int = GAIA_MAXREC) -> Table:
     """Reference stars in a cone from the Gaia archive, through an asynchronous TAP job.
 
-    The ADQL of :func:`build_gaia_query` (no ``TOP``) runs as a UWS job through
-    astroquery's ``TapPlus`` with ``MAXREC = maxrec``; the job is polled until
-    it finishes or ``config.timeout_s`` passes, and its VOTable result is
-    normalised like a catalog file (:func:`normalise_catalog`). Transient
-    failures (connection errors, HTTP 5xx and 429) are retried
-    ``config.retries`` times, waiting ``config.retry_backoff_s`` seconds, then
-    twice as long each time.
+    The ADQL of :func:`build_gaia_query` (no ``TOP``) runs through
+    :func:`run_archive_query` (an asynchronous UWS job with ``MAXREC = maxrec``,
+    retries with backoff, a normalised table).
 
     Parameters
     ----------
@@ -864,17 +907,61 @@ def query_gaia_archive(*, ra_deg: float, dec_deg: float, radius_deg: float, conf
     ValueError
         For invalid cone arguments (see :func:`build_gaia_query`) or ``maxrec``.
     ArchiveError
-        If the query still fails after the retries (naming the position, the
-        archive and the last error), the job ends in error or is aborted, or it
-        does not finish within ``config.timeout_s``.
+        See :func:`run_archive_query`.
     """
-    if int(maxrec) != maxrec or maxrec < 1:
-        raise ValueError(f"maxrec = {maxrec!r} must be a positive integer")
     limit = config.mag_limit if mag_limit is None else float(mag_limit)
     adql = build_gaia_query(ra_deg=ra_deg, dec_deg=dec_deg, radius_deg=radius_deg,
                             mag_limit=limit, table=config.table)
     where = (f"the cone of radius {radius_deg} deg around (ra, dec) = ({ra_deg:.6f}, {dec_deg:+.6f}) deg "
              f"at {config.tap_url}")
+    table = run_archive_query(adql, where=where, config=config, maxrec=maxrec)
+    truncated = table.meta.get("truncated")
+    if truncated:
+        warnings.warn(f"Gaia archive result for {where} {truncated}", AstrodaskWarning, stacklevel=2)
+    logger.info("Gaia archive: %d stars with G <= %.2f in %s", len(table), limit, where)
+    return table
+
+
+def run_archive_query(adql: str, *, where: str, config: GaiaConfig, maxrec: int = GAIA_MAXREC) -> Table:
+    """Run one ADQL query as an asynchronous TAP job of the Gaia archive and normalise its result.
+
+    The query runs as a UWS job through astroquery's ``TapPlus`` with ``MAXREC =
+    maxrec``; the job is polled until it finishes or ``config.timeout_s`` passes, and
+    its VOTable result is normalised like a catalog file (:func:`normalise_catalog`).
+    Transient failures (connection errors, HTTP 5xx and 429) are retried
+    ``config.retries`` times, waiting ``config.retry_backoff_s`` seconds, then twice
+    as long each time.
+
+    Parameters
+    ----------
+    adql
+        The query; it must select the :data:`REFERENCE_COLUMNS`.
+    where
+        What the query covers, for messages (e.g. "tile 6/1234 at <url>").
+    config
+        The archive settings (see :func:`query_gaia_archive`).
+    maxrec
+        Rows requested through TAP ``MAXREC``.
+
+    Returns
+    -------
+    astropy.table.Table
+        The normalised stars. ``meta['truncated']`` is an empty string, or says why
+        the result is (or may be) truncated: the archive's ``QUERY_STATUS=OVERFLOW``,
+        as many rows as ``maxrec``, or exactly a known silent row limit.
+        ``meta['query']`` holds the ADQL.
+
+    Raises
+    ------
+    ValueError
+        For an invalid ``maxrec``.
+    ArchiveError
+        If the query still fails after the retries (naming ``where``, the archive
+        and the last error), the job ends in error or is aborted, or it does not
+        finish within ``config.timeout_s``.
+    """
+    if int(maxrec) != maxrec or maxrec < 1:
+        raise ValueError(f"maxrec = {maxrec!r} must be a positive integer")
     attempts = config.retries + 1
     last_error: BaseException | None = None
     for attempt in range(attempts):
@@ -898,21 +985,19 @@ def query_gaia_archive(*, ra_deg: float, dec_deg: float, radius_deg: float, conf
 
     raw, statuses = _parse_votable(data, where=where)
     n = len(raw)
+    truncated = ""
     if "OVERFLOW" in statuses:
-        warnings.warn(f"Gaia archive result for {where} is truncated at {n} rows by the archive "
-                      f"(QUERY_STATUS=OVERFLOW): query a smaller cone or a brighter mag_limit",
-                      AstrodaskWarning, stacklevel=2)
+        truncated = (f"is truncated at {n} rows by the archive (QUERY_STATUS=OVERFLOW): query a smaller "
+                     "region or a brighter mag_limit")
     elif n >= maxrec:
-        warnings.warn(f"Gaia archive result for {where} has {n} rows, the MAXREC requested: it is "
-                      f"probably truncated; query a smaller cone or a brighter mag_limit",
-                      AstrodaskWarning, stacklevel=2)
+        truncated = (f"has {n} rows, the MAXREC requested: it is probably truncated; query a smaller "
+                     "region or a brighter mag_limit")
     elif n in KNOWN_ROW_LIMITS:
-        warnings.warn(f"Gaia archive result for {where} has exactly {n} rows, a known server-side "
-                      f"row limit: it may be truncated", AstrodaskWarning, stacklevel=2)
+        truncated = f"has exactly {n} rows, a known server-side row limit: it may be truncated"
     table = normalise_catalog(raw, default_ref_epoch=config.default_ref_epoch,
                               catalog_path=result_url, catalog_format="votable")
     table.meta["query"] = adql
-    logger.info("Gaia archive: %d stars with G <= %.2f in %s", len(table), limit, where)
+    table.meta["truncated"] = truncated
     return table
 
 

@@ -13,6 +13,12 @@ submitting the same exposure twice computes it once:
 - ``solve-<name>``: TPV, depth match, ``like_fit``, the final chi-square and the quality gates;
 - ``write-<name>``: the solution file and the exposure's status record, written atomically.
 
+Gaia tiles of the shared cache are filled by ``gaia-tile-<level>-<pixel>-<store>`` tasks
+(:func:`task_fill_tile`), submitted by ``astrodask cache prefetch`` before the solves, or on
+demand by a ``references-<name>`` task that finds tiles missing: the fixed key makes every
+tile one task on the whole cluster, hence one writer, however many exposures need it. Archive
+queries hold a lease of a cluster-wide :class:`distributed.Semaphore` (``gaia.max_queries``).
+
 A reference catalog file is read once per backlog by ``catalog-<hash>``. Expected failures
 (:class:`~astrodask.errors.AstrodaskError`) travel down the graph as a :class:`Failed` value, so
 a bad exposure ends in its own status record with its reason; anything else raises, so that
@@ -23,6 +29,7 @@ Building the graph computes nothing: it only makes ``dask.delayed`` objects.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -40,6 +47,8 @@ from astrodask.types import FAILED, ExposureResult, exposure_name
 
 log = logging.getLogger(__name__)
 
+#: Name (before the lease count) of the cluster-wide semaphore limiting Gaia archive queries.
+ARCHIVE_SEMAPHORE = "astrodask-gaia-archive"
 #: The stages of one exposure, in order (task key prefixes).
 TASK_STAGES = ("detect", "references", "prepare", "region", "reduce", "solve", "write")
 
@@ -95,7 +104,11 @@ def task_detect(path: str, config: PipelineConfig) -> Any:
 
 def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
                     cache_url: str | None = None) -> Any:
-    """``get_gaia_xy`` for the exposure; returns (wcs0, refs, seconds) or the failure."""
+    """``get_gaia_xy`` for the exposure; returns (wcs0, refs, seconds) or the failure.
+
+    With a tile cache, tiles it lacks are filled by ``gaia-tile`` tasks (when
+    ``gaia.fetch_missing_tiles``) that this task waits for, out of the worker's thread pool.
+    """
     from astrodask.solve import stage_references
 
     failed = _failed_input(detected, catalog)
@@ -103,11 +116,94 @@ def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointin
         return failed
     info = detected[0]
     started = time.perf_counter()
+    fill = None
+    if catalog is None and cache_url is not None and config.gaia.fetch_missing_tiles:
+        fill = functools.partial(fill_tiles_on_cluster, cache_url, config=config)
     try:
-        wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
+        wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
+                                      fill=fill)
     except AstrodaskError as err:
         return Failed(str(info.path), "references", str(err))
     return wcs0, refs, time.perf_counter() - started
+
+
+def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> dict[str, Any]:
+    """Fill one Gaia tile from the archive unless the cache already holds it, complete and deep enough.
+
+    Run under the key :func:`astrodask.cache.tile_task_key`. Returns a record
+    ``{"tile", "state": "present"|"filled"|"failed", "rows", "reason", "seconds"}``;
+    an expected failure (the archive unreachable...) is a "failed" record, not an
+    exception, so that a prefetch reports it and goes on.
+    """
+    from astrodask.cache import TileCache, fill_tile_from_archive, tiles_to_fill
+
+    started = time.perf_counter()
+    record: dict[str, Any] = {"tile": int(pixel), "state": "present", "rows": 0, "reason": "", "seconds": 0.0}
+    try:
+        cache = TileCache(cache_url)
+        record["tile_name"] = f"{cache.level}/{int(pixel)}"
+        todo = tiles_to_fill(cache, [pixel], mag_limit=config.gaia.mag_limit)
+        if not todo:
+            record["rows"] = int(cache.attrs(pixel).get("rows", 0))
+        else:
+            record["reason"] = todo[int(pixel)]
+            with archive_slot(config.gaia.max_queries):
+                record["rows"] = fill_tile_from_archive(cache, pixel, config=config.gaia)
+            record["state"] = "filled"
+    except AstrodaskError as err:
+        record.update(state="failed", reason=str(err))
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def archive_slot(max_queries: int) -> Any:
+    """A context holding one of ``max_queries`` cluster-wide leases for a Gaia archive query.
+
+    A :class:`distributed.Semaphore` named after the limit when running on a worker
+    (every worker of the cluster shares it); nothing outside a cluster.
+    """
+    from contextlib import nullcontext
+
+    from distributed import Semaphore, get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return nullcontext()
+    return Semaphore(max_leases=int(max_queries), name=f"{ARCHIVE_SEMAPHORE}-{int(max_queries)}")
+
+
+def tile_tasks(client: Any, cache_url: str, pixels: Sequence[int], *, config: PipelineConfig,
+               retries: int = 0) -> list[Any]:
+    """Submit one :func:`task_fill_tile` per tile under its fixed key; returns the futures.
+
+    A tile already being filled (by a prefetch, or for another exposure) is the same
+    task: its key dedupes it.
+    """
+    from astrodask.cache import TILE_LEVEL, tile_task_key
+
+    return [client.submit(task_fill_tile, cache_url, int(p), config, pure=False, retries=retries,
+                          key=tile_task_key(int(p), level=TILE_LEVEL, store=cache_url)) for p in pixels]
+
+
+def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: PipelineConfig) -> dict[int, int]:
+    """Fill tiles from within a task: submit their ``gaia-tile`` tasks and wait, seceded.
+
+    Raises
+    ------
+    ArchiveError
+        When some tiles could not be filled, naming each with its reason.
+    """
+    from distributed import worker_client
+
+    from astrodask.errors import ArchiveError
+
+    with worker_client() as client:
+        records = client.gather(tile_tasks(client, cache_url, pixels, config=config))
+    failed = [f"tile {r.get('tile_name', r['tile'])}: {r['reason']}" for r in records if r["state"] == "failed"]
+    if failed:
+        raise ArchiveError(f"{len(failed)} tile(s) of the field could not be filled: " + "; ".join(failed))
+    return {r["tile"]: r["rows"] for r in records}
 
 
 def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:

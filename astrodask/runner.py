@@ -116,3 +116,35 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
             on_row(done, len(futures), row)
     log.info("backlog of %d exposures in %.1f s", len(futures), time.perf_counter() - started)
     return rows
+
+
+def prefetch_tiles(connection: Connection, pixels: Sequence[int], *, cache_url: str, config: PipelineConfig,
+                   retries: int = DEFAULT_RETRIES,
+                   on_tile: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Fill the tiles a backlog needs, as ``gaia-tile`` tasks spread over the workers, and wait.
+
+    Tiles already complete (and deep enough) are left as they are; each task checks
+    its own tile, so the client never reads the store. Returns one record per tile
+    (:func:`astrodask.graph.task_fill_tile`) in completion order; a task that raised
+    beyond its retries is a "failed" record: the other tiles go on.
+    """
+    from distributed import as_completed
+
+    from astrodask.graph import tile_tasks
+
+    futures = tile_tasks(connection.client, cache_url, sorted({int(p) for p in pixels}), config=config,
+                         retries=retries)
+    pixel_of = {f.key: int(p) for f, p in zip(futures, sorted({int(p) for p in pixels}))}
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for done, future in enumerate(as_completed(futures), start=1):
+        try:
+            record = future.result()
+        except Exception as err:  # noqa: BLE001 - report the tile, go on with the others
+            record = {"tile": pixel_of[future.key], "state": "failed", "rows": 0, "seconds": 0.0,
+                      "reason": f"{type(err).__name__}: {err}"}
+        records.append(record)
+        if on_tile is not None:
+            on_tile(done, len(futures), record)
+    log.info("prefetch of %d tiles in %.1f s", len(futures), time.perf_counter() - started)
+    return records

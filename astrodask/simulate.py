@@ -1401,12 +1401,18 @@ def simulate_field(out_dir: str | Path, name: str, *, ra_deg: float, dec_deg: fl
                           truth=truth)
 
 
+#: Margin of the demo's Gaia stars around its footprint, deg: wide enough that the cone they
+#: cover holds the footprint's enclosing cone plus gaia.margin_deg, so that the demo's tile
+#: cache (imported from them) is complete for the solve.
+DEMO_CATALOG_MARGIN_DEG = 0.45
+
+
 def make_demo(out_dir: str | Path, *, seed: int = DEMO_SEED) -> SimulatedField:
     """The deterministic demo: a Condor quarter frame of a high-latitude field.
 
     2394 x 1597 px at 0.85"/px centred on (150.1, +2.2) deg, epoch 2024.3, realistic
     density, galaxies, cosmic rays and a hot column, an approximate TAN header 3 arcmin
-    off. Writes ``demo.fits.fz``, ``demo_gaia.ecsv`` (footprint + the gaia.margin_deg margin),
+    off. Writes ``demo.fits.fz``, ``demo_gaia.ecsv`` (footprint + :data:`DEMO_CATALOG_MARGIN_DEG`),
     ``demo.truth.wcs.fits`` and ``demo.truth.ecsv`` into ``out_dir``; takes a few seconds.
 
     Parameters
@@ -1418,6 +1424,7 @@ def make_demo(out_dir: str | Path, *, seed: int = DEMO_SEED) -> SimulatedField:
     """
     return simulate_field(out_dir, "demo", ra_deg=DEMO_RA_DEG, dec_deg=DEMO_DEC_DEG,
                           rng=np.random.default_rng(seed), shape=DEMO_SHAPE,
+                          catalog_margin_deg=DEMO_CATALOG_MARGIN_DEG,
                           rotation_deg=DEMO_ROTATION_DEG, distortion_px=DEMO_DISTORTION_PX,
                           epoch_yr=DEMO_EPOCH_YR)
 

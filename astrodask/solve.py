@@ -18,9 +18,11 @@ so that a backlog goes on).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,12 +79,13 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = F
 
 
 def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
-                     pointing: dict[str, Any] | None = None, cache_url: str | None = None) -> tuple[Any, Table]:
+                     pointing: dict[str, Any] | None = None, cache_url: str | None = None,
+                     fill: Callable[[list[int]], object] | None = None) -> tuple[Any, Table]:
     """The approximate WCS and ``get_gaia_xy``'s reference stars at the exposure's epoch.
 
     The stars come from ``catalog``, else from the Gaia tile cache at ``cache_url`` (the tiles
-    over the footprint plus the margin; a missing tile is an error naming it), else from the
-    Gaia archive.
+    over the footprint plus the margin; tiles it lacks are given to ``fill``, and with no
+    ``fill`` a missing tile is an error naming it), else from the Gaia archive.
     """
     found = get_pointing(exposure.header, path=exposure.path, config=config.pointing, **(pointing or {}))
     wcs0 = approximate_wcs(found, exposure.shape)
@@ -91,10 +94,25 @@ def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None
         from astrodask.gaia import footprint_corners
 
         catalog = read_field(TileCache(cache_url), footprint_corners(wcs0, exposure.shape),
-                             margin_deg=config.gaia.margin_deg, mag_limit=config.gaia.mag_limit)
+                             margin_deg=config.gaia.margin_deg, mag_limit=config.gaia.mag_limit, fill=fill)
     refs = get_gaia_xy(wcs0, exposure.shape, epoch_yr=exposure.epoch_yr, catalog=catalog, config=config.gaia)
     refs.meta["pointing_source"] = found.source
     return wcs0, refs
+
+
+def footprint_tiles(info: ExposureInfo, *, config: PipelineConfig, pointing: dict[str, Any] | None = None,
+                    level: int | None = None) -> np.ndarray:
+    """The Gaia cache tiles a solve of this exposure reads (footprint plus ``gaia.margin_deg``).
+
+    The same approximate WCS and margin as :func:`stage_references`, from the header only.
+    """
+    from astrodask.cache import TILE_LEVEL, tiles_for_footprint
+    from astrodask.gaia import footprint_corners
+
+    found = get_pointing(info.header, path=info.path, config=config.pointing, **(pointing or {}))
+    wcs0 = approximate_wcs(found, info.shape)
+    return tiles_for_footprint(footprint_corners(wcs0, info.shape), margin_deg=config.gaia.margin_deg,
+                               level=TILE_LEVEL if level is None else level)
 
 
 # ---------------------------------------------------------------- step 2
@@ -449,7 +467,8 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
         The exposure (see :func:`astrodask.exposure.read_exposure`).
     catalog
         Reference stars (:func:`astrodask.gaia.read_catalog`); None: the tile cache at
-        ``cache_url`` if given, else the Gaia archive.
+        ``cache_url`` if given (tiles it lacks are filled from the archive, one after the
+        other, when ``gaia.fetch_missing_tiles``), else the Gaia archive.
     config
         The pipeline config.
     pointing
@@ -474,7 +493,13 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     deep = stage_sources(exposure, config=config, depth=True)
     info = exposure.info
     clock.lap("references")
-    wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
+    fill = None
+    if catalog is None and cache_url is not None and config.gaia.fetch_missing_tiles:
+        from astrodask.cache import fill_tiles
+
+        fill = functools.partial(fill_tiles, cache_url, config=config.gaia)
+    wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
+                                  fill=fill)
     clock.lap("regions")
     affine, matches = stage_regions(sources, refs, info.shape, config=config)
     return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)

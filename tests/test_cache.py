@@ -192,7 +192,14 @@ def test_partial_tiles_are_marked_and_replaced(cache, catalog):
     # a second partial import leaves them; a complete fill replaces them
     assert C.import_catalog(cache, small) == {}
     again = C.import_catalog(cache, small, cover_deg=(*FIELD_CENTRE, 5.0))
-    assert set(again) == set(partial)
+    assert set(again) & set(written) == set(partial)
+    assert all(not cache.attrs(p)["partial"] for p in partial)
+    # tiles within the claimed cover but without a star of the catalog are written empty and complete
+    empty = set(again) - set(written)
+    assert empty and all(again[p] == 0 and cache.has(p) for p in empty)
+    inside = set(C.tiles_for_field(*FIELD_CENTRE, 3.5).tolist())  # tiles reach < 1.4 deg beyond
+    assert all(not cache.attrs(p)["partial"] for p in empty if p in inside)
+    assert any(cache.attrs(p)["partial"] for p in empty)  # those the 5 deg cone only reaches into
 
 
 # -- reading a field ---------------------------------------------------------------

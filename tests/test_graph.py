@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import zlib
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
     imported = runner.invoke(main, ["cache", "import", str(tmp_path / "wide.ecsv"), "--cache", str(tiles)])
     assert imported.exit_code == 0, imported.output
     assert TileCache(str(tiles)).tiles()  # complete tiles inside the catalog's cover
+    before = set(TileCache(str(tiles)).tiles())
     info = runner.invoke(main, ["cache", "info", "--cache", str(tiles)])
     assert info.exit_code == 0 and "complete tiles" in info.output
     out = tmp_path / "out"
@@ -209,6 +211,16 @@ def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
     # a field beyond the cached sky fails with the missing tiles named, not a wrong solution
     far = simulate_field(tmp_path, "far", ra_deg=160.0, dec_deg=25.0, shape=SHAPE,
                          rng=np.random.default_rng(30)).image_path
-    failed = runner.invoke(main, ["solve", str(far), "--cache", str(tiles), "--out", str(out), "--serial"])
+    failed = runner.invoke(main, ["solve", str(far), "--cache", str(tiles), "--out", str(out), "--serial",
+                                  "--set", "gaia.fetch_missing_tiles=false"])
     assert failed.exit_code != 0
     assert "not available" in failed.output and "absent" in failed.output
+    # allowed to fetch them, but the archive does not answer: the tiles are named with the archive's error
+    with socket.socket() as probe:  # a loopback port with nothing listening: connection refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/tap"
+    failed = runner.invoke(main, ["solve", str(far), "--cache", str(tiles), "--out", str(out), "--serial",
+                                  "--set", f"gaia.tap_url={dead}", "--set", "gaia.retries=0"])
+    assert failed.exit_code != 0
+    assert "could not be filled" in failed.output and "tile 6/" in failed.output and dead in failed.output
+    assert set(TileCache(str(tiles)).tiles()) == before  # nothing half-written, nothing lost

@@ -660,15 +660,17 @@ def test_make_demo_is_deterministic_and_complete(tmp_path) -> None:
     truth = first.truth
     assert 400 < truth["in_frame"].sum() < 3000  # realistic high-latitude density
     assert truth["phot_g_mean_mag"].max() > 20.0  # the image is deeper than the catalog
-    # the catalog covers the footprint plus the margin get_gaia_xy selects
+    # the catalog covers the footprint plus a margin wide enough that its cone holds the footprint's
+    # enclosing cone plus the margin get_gaia_xy selects (the demo's tile cache is complete for it)
     wcs = sim.read_truth_wcs(first.image_path)
     ny, nx = sim.DEMO_SHAPE
     c_ra, c_dec = wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0)
     corner_ra, corner_dec = wcs.pixel_to_world_values([-0.5, nx - 0.5], [-0.5, ny - 0.5])
     cxi, ceta = _tangent_plane(corner_ra, corner_dec, float(c_ra), float(c_dec))
     xi, eta = _tangent_plane(catalog["ra"], catalog["dec"], float(c_ra), float(c_dec))
-    margin = sim.DEFAULT_CATALOG_MARGIN_DEG
-    assert margin == GaiaConfig().margin_deg
+    margin = sim.DEMO_CATALOG_MARGIN_DEG
+    half_diagonal = float(np.hypot(np.abs(cxi).max(), np.abs(ceta).max()))
+    assert min(np.abs(cxi).max(), np.abs(ceta).max()) + margin > half_diagonal + GaiaConfig().margin_deg + 0.05
     assert np.abs(xi).max() == pytest.approx(np.abs(cxi).max() + margin, abs=0.01)
     assert np.abs(eta).max() == pytest.approx(np.abs(ceta).max() + margin, abs=0.01)
     in_cat = np.isin(truth["source_id"], catalog["source_id"])

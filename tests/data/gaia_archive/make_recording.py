@@ -43,6 +43,7 @@ Gaia sources. Rows are sorted by ``source_id``, like the archive's storage order
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,10 +203,14 @@ def _td(value: object) -> str:
 
 def result_votable() -> str:
     """The text of ``result.vot``."""
-    columns = _stars(np.random.default_rng(SEED))
-    query_attr = QUERY.replace("\n", " ").replace("'", "&apos;").replace("<", "&lt;")
+    return votable_document(_stars(np.random.default_rng(SEED)), QUERY, JOB_ID)
+
+
+def votable_document(columns: dict[str, np.ndarray], query: str, job_id: str) -> str:
+    """A job's result document, as the archive writes it, for these stars and this query."""
+    query_attr = query.replace("\n", " ").replace("'", "&apos;").replace("<", "&lt;")
     rows = []
-    for i in range(N_ROWS):
+    for i in range(len(columns["source_id"])):
         cells = "\n".join(f"    <TD>{_td(columns[name][i])}</TD>" for name in columns)
         rows.append(f"  <TR>\n{cells}\n  </TR>")
     return (
@@ -216,12 +221,12 @@ def result_votable() -> str:
         'http://www.ivoa.net/xml/VOTable/votable-1.4.xsd">\n'
         '<RESOURCE type="results">\n'
         '<INFO name="QUERY_STATUS" value="OK"/>\n\n'
-        f'<INFO name="QUERY" value="{query_attr}"><![CDATA[{QUERY}]]></INFO>\n'
+        f'<INFO name="QUERY" value="{query_attr}"><![CDATA[{query}]]></INFO>\n'
         '<INFO name="CAPTION" value=""/>\n'
         '<INFO name="CITATION" value="" ucd="meta.bib"/>\n'
         '<INFO name="PAGE" value=""/>\n'
         '<INFO name="PAGE_SIZE" value=""/>\n'
-        f'<INFO name="JOBID" value="{JOB_ID}"><![CDATA[{JOB_ID}]]></INFO>\n'
+        f'<INFO name="JOBID" value="{job_id}"><![CDATA[{job_id}]]></INFO>\n'
         '<INFO name="JOBNAME" value=""/>\n\n'
         '<PARAM name="RELEASE" ID="GaiaRelease" datatype="char" arraysize="*" value="Gaia DR3"/>\n\n'
         '<COOSYS ID="GAIADR3" epoch="J2016.0" system="ICRS"/>\n\n'
@@ -229,13 +234,114 @@ def result_votable() -> str:
         f'{FIELDS}'
         '<DATA>\n<TABLEDATA>\n'
         + "\n".join(rows)
-        + '\n</TABLEDATA>\n</DATA>\n\n</TABLE>\n</RESOURCE>\n</VOTABLE>\n'
+        + ('\n' if rows else '')
+        + '</TABLEDATA>\n</DATA>\n\n</TABLE>\n</RESOURCE>\n</VOTABLE>\n'
     )
 
 
+# --------------------------------------------------------------------------
+# Per-tile recordings (the tile cache's archive fills)
+# --------------------------------------------------------------------------
+
+#: The sky of the tile recordings: a cone around a point where four level-6 tiles meet...
+TILE_SKY_RA, TILE_SKY_DEC, TILE_SKY_RADIUS = 45.0, 9.594, 1.9
+#: ... the field whose tiles are recorded (the tiles touching this cone), and their depth.
+TILE_FIELD_RADIUS = 0.25
+TILE_MAG_LIMIT = 17.0
+#: Stars per square degree brighter than TILE_MAG_LIMIT, and the seed.
+TILE_DENSITY = 300.0
+TILE_SEED = 20161231
+#: Scatter of the position a source_id was made from around the published one, arcsec:
+#: exaggerated (Gaia's are a few arcsec at most) so that some sources near tile edges have
+#: a source_id pixel outside their tile, which the per-tile query margin must catch.
+SOURCE_ID_SCATTER_ARCSEC = 10.0
+
+
+def tile_sky(ra_deg: float, dec_deg: float, radius_deg: float, *, density: float, mag_limit: float,
+             seed: int, scatter_arcsec: float = SOURCE_ID_SCATTER_ARCSEC) -> dict[str, np.ndarray]:
+    """Synthetic archive content: Gaia-like stars in a cone, with source_ids made as Gaia's.
+
+    ``source_id = healpix12 * 2**35 + n`` where healpix12 is the level-12 nested pixel of
+    the star's position moved by ``scatter_arcsec`` (the "position at creation").
+    """
+    from astrodask.healpix import healpix_nested_index
+    from astrodask.simulate import synthetic_gaia_catalog
+
+    rng = np.random.default_rng(seed)
+    side = 2.0 * radius_deg
+    table = synthetic_gaia_catalog(ra_deg, dec_deg, rng=rng, width_deg=side, height_deg=side,
+                                   density_per_deg2=density, mag_limit=mag_limit)
+    cols = {name: np.asarray(table[name]) for name in table.colnames if name in _FIELD_NAMES}
+    sep = _separation_deg(cols["ra"], cols["dec"], ra_deg, dec_deg)
+    cols = {name: values[sep <= radius_deg] for name, values in cols.items()}
+    n = len(cols["ra"])
+    dra = rng.normal(0.0, scatter_arcsec / 3600.0, n) / np.cos(np.radians(cols["dec"]))
+    ddec = rng.normal(0.0, scatter_arcsec / 3600.0, n)
+    pix = healpix_nested_index(cols["ra"] + dra, cols["dec"] + ddec, level=12)
+    cols["source_id"] = pix.astype(np.int64) * 2**35 + rng.permutation(n).astype(np.int64)
+    cols["ra_error"] = cols["ra_error"].astype(np.float32)
+    cols["dec_error"] = cols["dec_error"].astype(np.float32)
+    cols["phot_g_mean_mag"] = cols["phot_g_mean_mag"].astype(np.float32)
+    order = np.argsort(cols["source_id"], kind="stable")
+    return {name: cols[name][order] for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = ("source_id", "ra", "dec", "ra_error", "dec_error", "pmra", "pmdec", "parallax", "ref_epoch",
+                "phot_g_mean_mag", "phot_g_mean_flux")
+_BETWEEN = re.compile(r"source_id BETWEEN (\d+) AND (\d+)")
+_MAG = re.compile(r"phot_g_mean_mag <= ([0-9.eE+-]+)")
+
+
+def _separation_deg(ra1, dec1, ra2, dec2) -> np.ndarray:
+    r1, d1, r2, d2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (ra1, dec1, ra2, dec2))
+    c = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(r1 - r2)
+    return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
+
+
+def answer(sky: dict[str, np.ndarray], query: str) -> dict[str, np.ndarray]:
+    """What the archive returns for a source_id-range query (:func:`astrodask.gaia.build_source_id_query`)."""
+    ranges = [(int(a), int(b)) for a, b in _BETWEEN.findall(query)]
+    limit = float(_MAG.search(query).group(1))
+    sid = sky["source_id"]
+    keep = np.zeros(len(sid), dtype=bool)
+    for lo, hi in ranges:
+        keep |= (sid >= lo) & (sid <= hi)
+    keep &= sky["phot_g_mean_mag"] <= limit
+    return {name: values[keep] for name, values in sky.items()}
+
+
+def record_queries(sky: dict[str, np.ndarray], queries: list[str], folder: Path) -> dict[str, str]:
+    """Write the archive's answers to ``queries`` (gzipped VOTables and ``index.json``) into ``folder``."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index: dict[str, str] = {}
+    for k, query in enumerate(queries):
+        name = f"result-{k:03d}.vot.gz"
+        text = votable_document(answer(sky, query), query, f"{1732406500000 + k}O")
+        (folder / name).write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
+        index[name] = query
+    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    return index
+
+
+def tile_recordings(folder: Path) -> None:
+    """Record the fills of the tiles touching the recorded field (``tiles/``)."""
+    from astrodask.cache import tile_query, tiles_for_field
+    from astrodask.config import GaiaConfig
+
+    sky = tile_sky(TILE_SKY_RA, TILE_SKY_DEC, TILE_SKY_RADIUS, density=TILE_DENSITY,
+                   mag_limit=TILE_MAG_LIMIT, seed=TILE_SEED)
+    config = GaiaConfig(mag_limit=TILE_MAG_LIMIT)
+    pixels = tiles_for_field(TILE_SKY_RA, TILE_SKY_DEC, TILE_FIELD_RADIUS).tolist()
+    record_queries(sky, [tile_query(p, config=config) for p in pixels], folder)
+
+
 def main() -> None:
-    """Write the three recorded documents beside this script."""
+    """Write the recorded documents beside this script (the tile fills in ``tiles/``)."""
     (HERE / "result.vot").write_text(result_votable(), encoding="utf-8")
+    tile_recordings(HERE / "tiles")
     (HERE / "uws_job.xml").write_text(UWS_JOB, encoding="utf-8")
     (HERE / "error.vot").write_text(ERROR_VOT, encoding="utf-8")
 
