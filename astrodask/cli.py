@@ -507,8 +507,6 @@ def cache_option(func: Callable) -> Callable:
 
 def _cache_for_solve(catalog: str | None, cache_url: str | None, no_cache: bool, config: PipelineConfig) -> str | None:
     """The tile cache a solve reads (a canonical location), or None (a catalog file, or the archive directly)."""
-    from astrodask.cache import cache_location
-
     if catalog:
         if cache_url:
             raise click.UsageError("give --catalog or --cache, not both")
@@ -517,7 +515,14 @@ def _cache_for_solve(catalog: str | None, cache_url: str | None, no_cache: bool,
         if cache_url:
             raise click.UsageError("give --cache or --no-cache, not both")
         return None
-    return cache_location(cache_url or config.gaia.cache_url or None)
+    return _cache_location(cache_url, config)
+
+
+def _cache_location(url: str | None, config: PipelineConfig | None) -> str:
+    """--cache URL, else gaia.cache_url, else the user cache folder: canonical (see cache_location)."""
+    from astrodask.cache import cache_location
+
+    return cache_location(url or (config.gaia.cache_url if config else "") or None)
 
 
 def cluster_options(func: Callable) -> Callable:
@@ -736,9 +741,9 @@ def cache_group() -> None:
 
 
 def _cache(url: str | None, config: PipelineConfig | None = None):
-    from astrodask.cache import TileCache, cache_location
+    from astrodask.cache import TileCache
 
-    return TileCache(cache_location(url or (config.gaia.cache_url if config else "") or None))
+    return TileCache(_cache_location(url, config))
 
 
 def _cache_url_option(func: Callable) -> Callable:
@@ -820,7 +825,7 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
     complete tiles are left alone. Then 'astrodask submit --cache URL' reads them.
     """
     from astrodask.backlog import expand_inputs
-    from astrodask.cache import cache_location, tiles_for_field
+    from astrodask.cache import tiles_for_field
     from astrodask.exposure import read_exposure_info
     from astrodask.runner import connect, prefetch_tiles
     from astrodask.solve import footprint_tiles
@@ -846,7 +851,7 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
         except AstrodaskError as err:
             bad.append(str(err))
             click.echo(f"error: {err}", err=True)
-    location = cache_location(cache_url or config.gaia.cache_url or None)
+    location = _cache_location(cache_url, config)
     click.echo(f"{len(tiles)} tiles needed" + (f" by {len(paths) - len(bad)} exposures" if paths else "")
                + f"; cache {location}")
     records: list[dict[str, Any]] = []
