@@ -462,7 +462,7 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
                      pointing: dict[str, Any], write_header: bool, debug: bool, cache_url: str | None = None) -> list:
     """Solve files one after the other; write each solution, the summary and (debug) matched lists and plots."""
     from astrodask.backlog import assemble_summary, write_status
-    from astrodask.output import plot_solution, summary_row, write_header_copy, write_matched, write_solution
+    from astrodask.output import summary_row, write_debug_products, write_header_copy, write_solution
     from astrodask.solve import solve_file
 
     results = []
@@ -475,8 +475,8 @@ def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, o
             written.append(write_solution(result, out))
             if write_header:
                 written.append(write_header_copy(result, out))
-        if debug and result.solution is not None:
-            written += [p for p in (write_matched(result, out), plot_solution(result, out)) if p]
+        if debug:
+            written += write_debug_products(result, out)
         write_status(summary_row(result), out)
         assemble_summary(out)
         prefix = f"[{index}/{len(files)}] " if len(files) > 1 else ""
@@ -578,7 +578,8 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="astrodask-out", show_default=True,
               help="Output folder: <name>.wcs.fits per exposure and summary.ecsv.")
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
-@click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots.")
+@click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots; a "
+              "failed exposure leaves <name>.diagnostics.json and .png (detections, Gaia stars, regions, attempts).")
 @click.option("--serial", is_flag=True, help="Solve in this process, one exposure after the other, without Dask.")
 @cache_option
 @cluster_options

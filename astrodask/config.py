@@ -186,6 +186,16 @@ class DetectConfig(_Section):
     saturation_fraction: float = param(0.95, "a peak above this fraction of SATURATE flags the source SATURATED", lo=0.1, hi=1.0)
     default_saturation_adu: float = param(65535.0, "saturation level when the header has no SATURATE", unit="ADU", lo=1.0, hi=1e12)
     default_gain: float = param(1.0, "gain when the header has no GAIN", unit="e-/ADU", lo=1e-4, hi=1e4)
+    classify_snr_min: float = param(15.0, "sources at this signal-to-noise or above are told from artefacts "
+                                    "(sharp, extended, elongated) and define the stars' size", lo=1.0, hi=1e6)
+    min_star_r50_px: float = param(0.6, "the stars' half-flux radius is looked for above this; below lie "
+                                   "cosmic rays and hot pixels", unit="px", lo=0.1, hi=50.0)
+    sharp_ratio: float = param(0.65, "a source whose half-flux radius is below this fraction of the stars' "
+                               "(and below their spread) is SHARP: a cosmic ray or hot pixel", lo=0.05, hi=1.0)
+    extended_ratio: float = param(1.6, "a source whose half-flux radius is above this multiple of the stars' "
+                                  "(and above their spread) is EXTENDED: a galaxy or a blend", lo=1.0, hi=100.0)
+    max_elongation: float = param(2.0, "a source with a/b above this (and above the stars' by the same factor "
+                                  "as theirs is above 1) is ELONGATED: a hot column or a trail", lo=1.01, hi=1000.0)
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,17 @@ class RegionConfig(_Section):
                                      "astroalign's 2 px tolerance absorbs the distortion", lo=1.0, hi=100.0)
     target_margin_px: float = param(60.0, "references predicted this far outside a region still take part in its match", unit="px", lo=0.0, hi=5000.0)
     pair_radius_px: float = param(4.0, "after a region's affine, sources pair with references this close", unit="px", lo=0.1, hi=100.0)
+    min_region_px: float = param(500.0, "a region is at least this many pixels on a side: smaller frames get "
+                                 "fewer regions (a Condor frame keeps its 24)", unit="px", lo=10.0, hi=100_000.0)
+    search_rotation_deg: float = param(2.0, "the offset vote of the coarse alignment searches the header's "
+                                       "rotation error up to this", unit="deg", lo=0.0, hi=45.0)
+    search_scale_frac: float = param(0.03, "the offset vote searches the header's scale error up to this fraction",
+                                     lo=0.0, hi=0.5)
+    verify_radius_px: float = param(10.0, "a coarse transform is verified by the stars it pairs within this "
+                                    "distance (it absorbs the distortion)", unit="px", lo=0.5, hi=1000.0)
+    proximity_shift_px: float = param(40.0, "where astroalign fails in a region, references predicted by the "
+                                      "field's transform are paired with sources after a common shift up to this",
+                                      unit="px", lo=1.0, hi=5000.0)
     tolerance_px: float = param(25.0, "a region whose affine moves its centre farther than this from the field's disagrees", unit="px", lo=0.1, hi=10000.0)
     max_rotation_deg: float = param(1.0, "a region whose affine rotates more than this against the field's disagrees", unit="deg", lo=0.001, hi=180.0)
     max_scale_diff: float = param(0.03, "a region whose affine scale differs by more than this fraction disagrees", lo=0.0001, hi=1.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import sep
@@ -131,7 +131,13 @@ def get_image_ij(
     objects = objects[order]
     x, y = objects["x"].astype(np.float64), objects["y"].astype(np.float64)
 
-    fwhm = config.winpos_fwhm_px or estimate_fwhm(image, objects, mask=sep_mask)
+    raw_peak = objects["peak"] + back_level
+    saturation = effective_saturation(raw_peak, saturation, back_level=back_level, back_rms=back_rms)
+    flux0 = np.asarray(objects["flux"], dtype=np.float64)
+    snr = flux0 / np.sqrt(np.maximum(flux0, 0.0) / gain + objects["npix"] * back_rms**2)
+    morphology = classify_sources(image, objects, snr=snr, saturated=raw_peak >= config.saturation_fraction * saturation,
+                                  config=config, mask=sep_mask)
+    fwhm = config.winpos_fwhm_px or morphology.fwhm_px or estimate_fwhm(image, objects, mask=sep_mask)
     sig = np.full(len(objects), fwhm * FWHM_TO_SIGMA)
     xwin, ywin, winflag = sep.winpos(image, x, y, sig, mask=sep_mask)
     ok = (winflag == 0) & np.isfinite(xwin) & np.isfinite(ywin) \
@@ -146,8 +152,8 @@ def get_image_ij(
     flags[(objects["flag"] & sep.OBJ_TRUNC) != 0] |= SourceFlag.SEP_TRUNCATED
     margin = config.edge_margin_px
     flags[(i < margin) | (j < margin) | (i > nx - 1 - margin) | (j > ny - 1 - margin)] |= SourceFlag.EDGE
-    raw_peak = objects["peak"] + back_level
     flags[raw_peak >= config.saturation_fraction * saturation] |= SourceFlag.SATURATED
+    flags |= morphology.flags
 
     # covariance of the windowed centroids from the pixel noise (sky rms and Poisson);
     # where the window cannot be evaluated, SEP's isophotal centroid covariance
@@ -169,6 +175,7 @@ def get_image_ij(
             "b_px": np.asarray(objects["b"], dtype=np.float64),
             "theta_rad": np.asarray(objects["theta"], dtype=np.float64),
             "npix": np.asarray(objects["npix"], dtype=np.int32),
+            "r50_px": morphology.r50_px,
             "flag": flags,
         },
         meta=meta,
@@ -183,6 +190,11 @@ def get_image_ij(
         "n_blended": int(np.count_nonzero(flags & SourceFlag.BLENDED)),
         "n_edge": int(np.count_nonzero(flags & SourceFlag.EDGE)),
         "n_winpos_failed": int(np.count_nonzero(~ok)),
+        "saturation_adu": float(saturation),
+        "star_r50_px": morphology.star_r50_px,
+        "n_stars_classified": morphology.n_classified,
+        **{f"n_{flag.name.lower()}": int(np.count_nonzero(flags & flag))
+           for flag in (SourceFlag.SHARP, SourceFlag.EXTENDED, SourceFlag.ELONGATED)},
     })
     log.debug("get_image_ij: %d sources (%s pass), background %.1f +- %.2f ADU, FWHM %.2f px",
               len(table), meta["pass"], back_level, back_rms, fwhm)
@@ -326,3 +338,171 @@ def _empty_table(meta: dict) -> Table:
     table.meta["n_sources"] = 0
     return table
 
+
+# ---------------------------------------------------------------- stars and artefacts
+
+#: Fewest sources above ``classify_snr_min`` for the stars' size to be measured.
+MIN_LOCUS_SOURCES = 10
+#: Histogram bin of log10(half-flux radius) when looking for the stars' locus, dex.
+LOCUS_BIN_DEX = 0.02
+#: Smoothing of that histogram (a running sum over this many bins).
+LOCUS_SMOOTH_BINS = 5
+#: Members of the locus lie within this of its peak, dex.
+LOCUS_HALF_WIDTH_DEX = 0.2
+#: Cuts sit at least this many robust sigmas of the locus away from it.
+LOCUS_CUT_SIGMAS = 4.0
+#: Robust sigma per median absolute deviation.
+MAD_TO_SIGMA = 1.4826
+#: Half-flux radius aperture: this many times the source's semi-major axis (at least ``R50_MIN_APERTURE_PX``).
+R50_APERTURE_A = 6.0
+#: Smallest half-flux radius aperture, px.
+R50_MIN_APERTURE_PX = 3.0
+#: Sources at the highest peak level that reveal a saturation level absent from the header.
+SATURATION_PILEUP_MIN = 5
+#: Peaks within this fraction of the highest count as piled up there.
+SATURATION_PILEUP_TOLERANCE = 0.01
+#: A pile-up is a saturation level only this many background sigmas above the background.
+SATURATION_PILEUP_SIGMAS = 50.0
+
+
+@dataclass(frozen=True)
+class Morphology:
+    """Stars told from artefacts by their size and shape (:func:`classify_sources`).
+
+    Attributes
+    ----------
+    flags
+        ``SHARP``, ``EXTENDED`` and ``ELONGATED`` bits per source (0 for stars and unclassified sources).
+    r50_px
+        Half-flux radius per source, px (NaN where not measured).
+    star_r50_px
+        The stars' half-flux radius (the locus), px; NaN when it could not be found.
+    fwhm_px
+        The image FWHM from star-like sources only (twice ``star_r50_px``); 0 when unknown.
+    n_classified
+        Sources bright enough to be classified.
+    """
+
+    flags: np.ndarray
+    r50_px: np.ndarray
+    star_r50_px: float
+    fwhm_px: float
+    n_classified: int
+
+
+def effective_saturation(raw_peak: np.ndarray, level_adu: float, *, back_level: float, back_rms: float) -> float:
+    """The saturation level: the header's (or default), or lower where the peaks pile up.
+
+    Clipped or photographically saturated cores are flat: when at least
+    :data:`SATURATION_PILEUP_MIN` sources peak within
+    :data:`SATURATION_PILEUP_TOLERANCE` of the highest peak, far above the
+    background, that highest peak is the real saturation level (a plate scan,
+    or a camera whose header has no ``SATURATE``).
+    """
+    peaks = np.asarray(raw_peak, dtype=np.float64)
+    if len(peaks) < SATURATION_PILEUP_MIN:
+        return float(level_adu)
+    top = float(np.max(peaks))
+    piled = int(np.count_nonzero(peaks >= top * (1.0 - SATURATION_PILEUP_TOLERANCE)))
+    if piled >= SATURATION_PILEUP_MIN and top > back_level + SATURATION_PILEUP_SIGMAS * back_rms and top < level_adu:
+        log.debug("effective_saturation: %d peaks at %.0f ADU, below the header's %.0f", piled, top, level_adu)
+        return top
+    return float(level_adu)
+
+
+def stellar_locus(r50_px: np.ndarray, *, min_r50_px: float) -> tuple[float, float]:
+    """The stars' half-flux radius and its robust spread from bright sources' radii.
+
+    Stars share one size (the PSF's); cosmic rays and hot pixels are smaller,
+    galaxies larger and spread out. The locus is the densest narrow peak of
+    log10(r50) above ``min_r50_px``.
+
+    Returns
+    -------
+    (centre, sigma)
+        log10 of the stars' r50 (px) and the robust sigma of the members (dex);
+        (NaN, NaN) with fewer than :data:`MIN_LOCUS_SOURCES` usable radii.
+    """
+    r = np.asarray(r50_px, dtype=np.float64)
+    logr = np.log10(r[np.isfinite(r) & (r >= min_r50_px)])
+    if len(logr) < MIN_LOCUS_SOURCES:
+        return float("nan"), float("nan")
+    edges = np.arange(logr.min(), logr.max() + 2 * LOCUS_BIN_DEX, LOCUS_BIN_DEX)
+    counts, edges = np.histogram(logr, bins=edges)
+    smooth = np.convolve(counts, np.ones(LOCUS_SMOOTH_BINS), mode="same")
+    peak = int(np.argmax(smooth))
+    centre = 0.5 * (edges[peak] + edges[peak + 1])
+    members = logr[np.abs(logr - centre) <= LOCUS_HALF_WIDTH_DEX]
+    centre = float(np.median(members))
+    sigma = float(MAD_TO_SIGMA * np.median(np.abs(members - centre)))
+    return centre, sigma
+
+
+def classify_sources(image: np.ndarray, objects: np.ndarray, *, snr: np.ndarray, saturated: np.ndarray,
+                     config: DetectConfig, mask: np.ndarray | None = None) -> Morphology:
+    """Tell stars from artefacts by size and shape, relative to the stars themselves.
+
+    The half-flux radius (``sep.flux_radius``) of every source at
+    ``classify_snr_min`` or above is compared with the stars' (:func:`stellar_locus`
+    over the unsaturated ones): much smaller is ``SHARP`` (a cosmic ray or hot
+    pixel, not blurred by the atmosphere), much larger ``EXTENDED`` (a galaxy or
+    a blend); an axis ratio a/b far above the stars' is ``ELONGATED`` (hot
+    columns, satellite and bleed trails, cosmic-ray tracks). Each cut sits at
+    the configured ratio or :data:`LOCUS_CUT_SIGMAS` robust sigmas of the
+    locus, whichever is farther, so an undersampled camera whose stars' sizes
+    scatter keeps its stars. Fainter sources are not classified (flag 0).
+
+    Parameters
+    ----------
+    image
+        Background-subtracted image.
+    objects
+        SEP's objects.
+    snr
+        Signal-to-noise ratio per source.
+    saturated
+        Sources at the saturation level (left out of the locus; still classified
+        for elongation only: a saturated star is large by nature).
+    config
+        Detection settings (``classify_snr_min``, ``min_star_r50_px``, ``sharp_ratio``,
+        ``extended_ratio``, ``max_elongation``).
+    mask
+        Bad pixels (True), or None.
+    """
+    n = len(objects)
+    flags = np.zeros(n, dtype=np.int32)
+    r50 = np.full(n, np.nan)
+    bright = np.nonzero(np.asarray(snr) >= config.classify_snr_min)[0]
+    if len(bright) == 0:
+        return Morphology(flags, r50, float("nan"), 0.0, 0)
+    obj = objects[bright]
+    radius, rflag = sep.flux_radius(image, obj["x"].astype(np.float64), obj["y"].astype(np.float64),
+                                    np.maximum(R50_APERTURE_A * obj["a"], R50_MIN_APERTURE_PX).astype(np.float64),
+                                    0.5, subpix=5, mask=mask)
+    good = (rflag == 0) & np.isfinite(radius) & (radius > 0)
+    r50[bright[good]] = radius[good]
+    unsat = good & ~np.asarray(saturated)[bright]
+    centre, sigma = stellar_locus(radius[unsat], min_r50_px=config.min_star_r50_px)
+    elongation = np.asarray(obj["a"], dtype=np.float64) / np.maximum(np.asarray(obj["b"], dtype=np.float64), 1e-6)
+    if not np.isfinite(centre):
+        too_long = elongation > config.max_elongation
+        flags[bright[too_long]] |= SourceFlag.ELONGATED
+        return Morphology(flags, r50, float("nan"), 0.0, int(len(bright)))
+    logr = np.log10(np.where(good, radius, np.nan))
+    spread = LOCUS_CUT_SIGMAS * sigma
+    low = centre - max(-np.log10(config.sharp_ratio), spread)
+    high = centre + max(np.log10(config.extended_ratio), spread)
+    with np.errstate(invalid="ignore"):
+        sharp = good & (logr < low)
+        extended = good & (logr > high) & ~np.asarray(saturated)[bright]
+        stars = unsat & (np.abs(logr - centre) <= LOCUS_HALF_WIDTH_DEX)
+    star_elongation = float(np.median(elongation[stars])) if stars.any() else 1.0
+    too_long = elongation > max(config.max_elongation, star_elongation * config.max_elongation)
+    flags[bright[sharp]] |= SourceFlag.SHARP
+    flags[bright[extended]] |= SourceFlag.EXTENDED
+    flags[bright[too_long]] |= SourceFlag.ELONGATED
+    star_r50 = float(10.0 ** centre)
+    log.debug("classify_sources: stars' r50 %.2f px (sigma %.3f dex, a/b %.2f); %d sharp, %d extended, "
+              "%d elongated of %d classified", star_r50, sigma, star_elongation, int(sharp.sum()),
+              int(extended.sum()), int(too_long.sum()), len(bright))
+    return Morphology(flags, r50, star_r50, float(np.clip(2.0 * star_r50, 1.0, 50.0)), int(len(bright)))

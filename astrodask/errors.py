@@ -38,7 +38,22 @@ class ArchiveError(AstrodaskError, RuntimeError):
 
 
 class MatchError(AstrodaskError, RuntimeError):
-    """Image sources and reference stars cannot be matched (too few, or no consistent transform)."""
+    """Image sources and reference stars cannot be matched (too few, or no consistent transform).
+
+    ``details`` carries what the matcher tried (the coarse alignment's attempts,
+    each region's outcome), so that a failed solve can explain itself.
+    """
+
+    def __init__(self, message: str, *, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details: dict = dict(details or {})
+
+    def __reduce__(self):  # keep the details across processes (Dask workers pickle errors)
+        return (_rebuild_match_error, (str(self), self.details))
+
+
+def _rebuild_match_error(message: str, details: dict) -> MatchError:
+    return MatchError(message, details=details)
 
 
 class FitError(AstrodaskError, ValueError):

@@ -1171,5 +1171,6 @@ def get_gaia_xy(
     stars["in_image"] = (stars["x"] >= -0.5) & (stars["x"] <= nx - 0.5) & (stars["y"] >= -0.5) & (stars["y"] <= ny - 0.5)
     stars.meta.update({"origin": origin, "footprint_ra_deg": ra_c, "footprint_dec_deg": dec_c,
                        "footprint_radius_deg": radius, "epoch": epoch_yr,
+                       "scale_arcsec": float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0),
                        "n_in_image": int(np.count_nonzero(stars["in_image"]))})
     return stars

@@ -43,7 +43,7 @@ from dask.delayed import Delayed
 
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
-from astrodask.types import FAILED, ExposureResult, exposure_name
+from astrodask.types import FAILED, ExposureResult, FailureDiagnostics, exposure_name
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Failed:
     stage: str
     reason: str
     timings: dict[str, float] = field(default_factory=dict)
+    diagnostics: FailureDiagnostics | None = None
 
 
 def _failed_input(*values: Any) -> Failed | None:
@@ -208,7 +209,7 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
 
 def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:
     """The coarse alignment and the region grid; returns (inputs, seconds) or the failure."""
-    from astrodask.solve import prepare_regions
+    from astrodask.solve import failure_diagnostics, prepare_regions
 
     failed = _failed_input(detected, references)
     if failed:
@@ -218,7 +219,9 @@ def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:
     try:
         inputs = prepare_regions(sources, references[1], info.shape, config=config)
     except AstrodaskError as err:
-        return Failed(str(info.path), "regions", str(err))
+        return Failed(str(info.path), "regions", str(err),
+                      diagnostics=failure_diagnostics("regions", str(err), getattr(err, "details", {}), sources,
+                                                      references[1]))
     return inputs, time.perf_counter() - started
 
 
@@ -236,9 +239,10 @@ def task_region(prepared: Any, index: int, config: PipelineConfig) -> Any:
     return match, time.perf_counter() - started
 
 
-def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: PipelineConfig) -> Any:
+def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: PipelineConfig,
+                references: Any = None) -> Any:
     """The reducer: the mean affine of the agreeing regions."""
-    from astrodask.solve import reduce_regions
+    from astrodask.solve import failure_diagnostics, reduce_regions
 
     failed = _failed_input(detected, prepared, regions)
     if failed:
@@ -250,14 +254,16 @@ def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: Pipeli
     try:
         affine, matches = reduce_regions(matches, sources, prepared[0], config=config)
     except AstrodaskError as err:
-        return Failed(str(info.path), "regions", str(err))
+        refs = None if references is None or isinstance(references, Failed) else references[1]
+        return Failed(str(info.path), "regions", str(err),
+                      diagnostics=failure_diagnostics("regions", str(err), getattr(err, "details", {}), sources, refs))
     seconds = prepared[1] + sum(t for _, t in done) + time.perf_counter() - started
     return affine, matches, seconds
 
 
 def task_solve(detected: Any, references: Any, reduced: Any, config: PipelineConfig) -> Any:
     """TPV, depth match, ``like_fit`` and the chi-square: the exposure's result."""
-    from astrodask.solve import _Clock, finish_solve
+    from astrodask.solve import _Clock, failure_diagnostics, finish_solve
 
     failed = _failed_input(detected, references, reduced)
     if failed:
@@ -271,34 +277,40 @@ def task_solve(detected: Any, references: Any, reduced: Any, config: PipelineCon
     try:
         return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
     except AstrodaskError as err:
-        return Failed(str(info.path), clock.stage, str(err), clock.timings)
+        return Failed(str(info.path), clock.stage, str(err), clock.timings,
+                      diagnostics=failure_diagnostics(clock.stage, str(err), getattr(err, "details", {}), sources,
+                                                      refs))
 
 
 def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, debug: bool,
                write_header: bool = False) -> dict[str, Any]:
     """Write the solution (when solved) and the exposure's status record; returns the summary row."""
     from astrodask.backlog import write_status
-    from astrodask.output import plot_solution, summary_row, write_header_copy, write_matched, write_solution
+    from astrodask.output import summary_row, write_debug_products, write_header_copy, write_solution
 
     if isinstance(result, Failed):
-        result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings)
+        result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings,
+                               diagnostics=result.diagnostics)
     if result.ok:
         write_solution(result, out_dir)
         if write_header:
             write_header_copy(result, out_dir)
-    if debug and result.solution is not None:
-        write_matched(result, out_dir)
-        plot_solution(result, out_dir)
+    if debug:
+        write_debug_products(result, out_dir)
     row = summary_row(result)
     write_status(row, out_dir)
     return row
 
 
 def failed_result(path: str, stage: str, reason: str, *, config: PipelineConfig,
-                  timings: dict[str, float] | None = None) -> ExposureResult:
+                  timings: dict[str, float] | None = None,
+                  diagnostics: FailureDiagnostics | None = None) -> ExposureResult:
     """A failed :class:`ExposureResult` for an exposure that stopped at ``stage``."""
+    from astrodask.solve import failure_diagnostics
+
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason, stage=stage,
-                          timings=dict(timings or {}), config=config.to_dict())
+                          timings=dict(timings or {}), config=config.to_dict(),
+                          diagnostics=diagnostics or failure_diagnostics(stage, reason, {}, None, None))
 
 
 # ---------------------------------------------------------------- graph building (computes nothing)
@@ -349,7 +361,8 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
     prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=f"prepare-{name}")
     regions = [delayed(task_region, pure=False)(prepared, k, config, dask_key_name=f"region-{name}-{k}")
                for k in range(config.regions.nx * config.regions.ny or config.regions.n_regions)]
-    reduced = delayed(task_reduce, pure=False)(detected, prepared, regions, config, dask_key_name=f"reduce-{name}")
+    reduced = delayed(task_reduce, pure=False)(detected, prepared, regions, config, refs,
+                                               dask_key_name=f"reduce-{name}")
     result = delayed(task_solve, pure=False)(detected, refs, reduced, config, dask_key_name=f"solve-{name}")
     return delayed(task_write, pure=False)(result, path, str(Path(out_dir).resolve()), config, debug, write_header,
                                            dask_key_name=f"write-{name}")

@@ -228,3 +228,165 @@ def _binned_vectors(i, j, vx, vy, shape, cells: int = 12):
     if not out:
         return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
     return tuple(np.array(col) for col in zip(*out))
+
+
+#: Longest side of the image thumbnail in a failure's diagnostics plot, pixels.
+THUMBNAIL_PX = 1000
+#: Sources and references drawn at most (brightest first).
+DIAGNOSTICS_MAX_POINTS = 3000
+#: Colours of the region outcomes.
+REGION_COLOURS = {"ok": "limegreen", "no-match": "red", "few-stars": "grey", "disagrees": "orange"}
+
+
+def write_debug_products(result: ExposureResult, out_dir: str | Path) -> list[Path]:
+    """Everything ``--debug`` writes for one exposure: matched list and plots, or a failure's diagnostics."""
+    written = [p for p in (write_matched(result, out_dir), plot_solution(result, out_dir)) if p]
+    if not result.ok and result.diagnostics is not None:
+        written += write_failure_diagnostics(result, out_dir)
+    return written
+
+
+def write_failure_diagnostics(result: ExposureResult, out_dir: str | Path) -> list[Path]:
+    """``DIR/<name>.diagnostics.json`` and ``DIR/<name>.diagnostics.png`` of a failed solve.
+
+    The JSON holds the stage and reason, the detection's figures (FWHM, artefacts
+    flagged), the coarse alignment's attempts and each region's outcome. The PNG
+    shows detections (by flag) and reference stars (through the approximate WCS)
+    over a thumbnail of the image, the region grid coloured by outcome, and the
+    attempts as text.
+    """
+    import json
+
+    diag = result.diagnostics
+    if diag is None:
+        return []
+    summary = {"file": result.file, "name": result.name, **_plain(diag.details)}
+    if diag.sources is not None:
+        summary["detection"] = {k: _plain(v) for k, v in diag.sources.meta.items()
+                                if k.startswith("n_") or k in ("winpos_fwhm_px", "star_r50_px", "saturation_adu",
+                                                               "background_adu", "background_rms_adu")}
+    if diag.references is not None:
+        summary["references"] = {"n": len(diag.references), **{k: _plain(v) for k, v in diag.references.meta.items()
+                                                               if k in ("n_in_image", "origin", "epoch", "scale_arcsec",
+                                                                        "pointing_source")}}
+    out = Path(out_dir)
+    json_path = atomic_write(out / f"{result.name}.diagnostics.json",
+                             lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    return [json_path, plot_failure(result, out)]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copies of numpy scalars, arrays and nested containers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _thumbnail(path: str) -> tuple[np.ndarray | None, int]:
+    """A block-averaged thumbnail of the exposure and its binning factor (None when it cannot be read)."""
+    from astrodask.errors import AstrodaskError
+    from astrodask.exposure import read_exposure
+
+    try:
+        data = np.asarray(read_exposure(path).data, dtype=np.float32)
+    except AstrodaskError:
+        return None, 1
+    ny, nx = data.shape
+    factor = max(1, int(np.ceil(max(nx, ny) / THUMBNAIL_PX)))
+    trimmed = data[: ny - ny % factor, : nx - nx % factor]
+    thumb = np.nanmean(trimmed.reshape(ny // factor, factor, nx // factor, factor), axis=(1, 3))
+    return thumb, factor
+
+
+def plot_failure(result: ExposureResult, out_dir: str | Path) -> Path:
+    """``DIR/<name>.diagnostics.png``: why a solve failed, over a thumbnail of the image."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from astrodask.types import ARTEFACT_FLAGS, SourceFlag
+
+    diag = result.diagnostics
+    assert diag is not None
+    thumb, factor = _thumbnail(result.file)
+    fig, (ax, text_ax) = plt.subplots(1, 2, figsize=(17, 8), width_ratios=(1.6, 1), constrained_layout=True)
+    if thumb is not None:
+        lo, hi = np.nanpercentile(thumb, [5, 99.5])
+        ny, nx = thumb.shape[0] * factor, thumb.shape[1] * factor
+        ax.imshow(np.arcsinh((thumb - lo) / max(hi - lo, 1e-9) * 10), origin="lower", cmap="gray_r",
+                  extent=(-0.5, nx - 0.5, -0.5, ny - 0.5), interpolation="nearest")
+    elif result.shape != (0, 0):
+        ny, nx = result.shape
+    else:
+        ny = nx = 0
+    if diag.sources is not None and len(diag.sources):
+        s = diag.sources[:DIAGNOSTICS_MAX_POINTS]
+        flag = np.asarray(s["flag"])
+        i, j = np.asarray(s["i"]), np.asarray(s["j"])
+        clean = (flag & int(ARTEFACT_FLAGS | SourceFlag.SATURATED)) == 0
+        ax.scatter(i[clean], j[clean], s=18, facecolors="none", edgecolors="limegreen", linewidths=0.6,
+                   label=f"sources ({int(clean.sum())})")
+        for bit, marker, colour in ((SourceFlag.SATURATED, "o", "gold"), (SourceFlag.SHARP, "x", "red"),
+                                    (SourceFlag.EXTENDED, "s", "magenta"), (SourceFlag.ELONGATED, "d", "orange")):
+            sel = (flag & int(bit)) != 0
+            if sel.any():
+                style = {"c": colour} if marker == "x" else {"facecolors": "none", "edgecolors": colour}
+                ax.scatter(i[sel], j[sel], s=22, marker=marker, linewidths=0.8, **style,
+                           label=f"{bit.name.lower()} ({int(sel.sum())})")
+        if not nx:
+            nx, ny = float(i.max()) + 1, float(j.max()) + 1
+    if diag.references is not None and len(diag.references):
+        r = diag.references
+        inside = np.asarray(r["in_image"], dtype=bool)
+        x, y = np.asarray(r["x"])[inside][:DIAGNOSTICS_MAX_POINTS], np.asarray(r["y"])[inside][:DIAGNOSTICS_MAX_POINTS]
+        ax.scatter(x, y, s=14, marker="+", color="deepskyblue", linewidths=0.7,
+                   label=f"Gaia through the approximate WCS ({len(x)})")
+    for region in diag.details.get("regions", []):
+        i0, i1, j0, j1 = region["box_px"]
+        colour = REGION_COLOURS.get(region["status"], "white")
+        ax.add_patch(Rectangle((i0, j0), i1 - i0, j1 - j0, fill=False, edgecolor=colour, linewidth=1.5))
+        ax.text(i0 + 0.03 * (i1 - i0), j1 - 0.06 * (j1 - j0),
+                f"{region['index']}: {region['status']}\n{region['n_pairs']} pairs {region['method']}",
+                color=colour, fontsize=7, va="top", bbox={"facecolor": "black", "alpha": 0.4, "pad": 1})
+    if nx:
+        ax.set(xlim=(-0.5, nx - 0.5), ylim=(-0.5, ny - 0.5))
+    ax.set(aspect="equal", xlabel="i (px)", ylabel="j (px)", title=f"{result.name}: detections and Gaia stars")
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.7)
+    lines = [f"FAILED at {result.stage}", *textwrap.wrap(result.reason, 70), ""]
+    if diag.sources is not None:
+        m = diag.sources.meta
+        lines += [f"detection: {m.get('n_sources', len(diag.sources))} sources, FWHM "
+                  f"{m.get('winpos_fwhm_px', float('nan')):.2f} px, {m.get('n_saturated', 0)} saturated, "
+                  f"{m.get('n_sharp', 0)} sharp, {m.get('n_extended', 0)} extended, "
+                  f"{m.get('n_elongated', 0)} elongated", ""]
+    coarse = diag.details.get("coarse", [])
+    if coarse:
+        lines.append("coarse alignment attempts:")
+        for a in coarse:
+            lines += textwrap.wrap(f"- {a['name']} ({a['method']}): {a['outcome']}; {a['n_pairs']} pairs, "
+                                   f"{a['n_chance']} by chance", 70, subsequent_indent="    ")
+        lines.append("")
+    regions = diag.details.get("regions", [])
+    if regions:
+        lines.append("regions:")
+        for region in regions:
+            lines += textwrap.wrap(f"{region['index']:2d} {region['status']}: {region['n_pairs']} pairs "
+                                   f"{region['method']} {region['reason']}", 70, subsequent_indent="    ")
+    text_ax.axis("off")
+    text_ax.text(0.0, 1.0, "\n".join(lines[:90]), va="top", ha="left", family="monospace", fontsize=7)
+    path = Path(out_dir) / f"{result.name}.diagnostics.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+    return path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -39,16 +40,20 @@ from astrodask.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky
 from astrodask.errors import AstrodaskError, MatchError, SolveError
 from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
 from astrodask.gaia import get_gaia_xy
-from astrodask.match import (Affine, RegionMatch, adapted_grid, coarse_align, match_region, matching_depth, mean_affine,
-                             region_grid)
+from astrodask.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
+                             match_region, matching_depth, mean_affine, region_grid)
 from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
                            pixel_to_world, world_to_pixel)
-from astrodask.types import FAILED, SOLVED, Exposure, ExposureInfo, ExposureResult, SourceFlag, exposure_name
+from astrodask.types import (ARTEFACT_FLAGS, FAILED, SOLVED, Exposure, ExposureInfo, ExposureResult,
+                             FailureDiagnostics, SourceFlag, exposure_name)
 
 log = logging.getLogger(__name__)
 
-#: Source flags that keep a source out of the fits (its centroid is not trustworthy).
-UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED | SourceFlag.BLENDED)
+#: Source flags that keep a source out of the fits (its centroid is not trustworthy, or it is not a star).
+UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED | SourceFlag.BLENDED
+                  | ARTEFACT_FLAGS)
+#: Source flags that keep a source out of region matching.
+MATCH_FLAGS = UNFIT_FLAGS
 #: Systematic floor (mas) assumed for the weights before like_fit has measured one.
 INITIAL_FLOOR_MAS = 20.0
 #: Pairs needed per fitted parameter (per axis) before the full degree is fitted.
@@ -136,6 +141,8 @@ class RegionInputs:
         The region grid.
     min_good
         Regions that must agree.
+    coarse
+        The coarse alignment's attempts (for the diagnostics of a failed solve).
     """
 
     src: np.ndarray
@@ -144,6 +151,44 @@ class RegionInputs:
     guess: Affine
     regions: tuple
     min_good: int
+    coarse: tuple[CoarseAttempt, ...] = ()
+
+
+#: Stars per list in the coarse alignment's offset vote (brightest first).
+VOTE_STARS = 300
+#: Stars that verify each coarse-alignment attempt (brightest usable sources; references to the same depth).
+VERIFY_STARS = 1000
+
+
+def coarse_candidates(sources: Table, src: np.ndarray, tgt_inside: np.ndarray, *,
+                      config: PipelineConfig) -> list[CandidateList]:
+    """The lists the coarse alignment tries, in order.
+
+    1. astroalign on the brightest ``coarse_control_points`` sources (saturated and
+       blended ones included, artefacts not) and references: the usual case.
+    2. The offset vote on :data:`VOTE_STARS` star-like sources and references to the
+       same depth: it needs no agreement of flux ranks (plates, crowded fields), and
+       costs less than a failing astroalign.
+    3. astroalign on the brightest unsaturated star-like sources, and the references
+       past as many as there are saturated sources (a magnitude window: the brightest
+       references are the saturated, often unmeasurable, stars).
+    """
+    rc = config.regions
+    n = rc.coarse_control_points
+    flags = np.asarray(sources["flag"])
+    not_artefact = (flags & int(ARTEFACT_FLAGS)) == 0
+    everything = np.column_stack([np.asarray(sources["i"])[not_artefact], np.asarray(sources["j"])[not_artefact]])
+    n_saturated = int(np.count_nonzero((flags & int(SourceFlag.SATURATED)) != 0))
+    n_vote = min(VOTE_STARS, len(src))
+    n_vote_ref = int(math.ceil(rc.reference_excess * n_vote))
+    return [
+        CandidateList(f"brightest {min(n, len(everything))} sources and references", "astroalign",
+                      everything[:n], tgt_inside[:n]),
+        CandidateList(f"{n_vote} star-like sources and {min(n_vote_ref, len(tgt_inside))} references",
+                      "vote", src[:n_vote], tgt_inside[:n_vote_ref]),
+        CandidateList(f"brightest {min(n, len(src))} star-like unsaturated sources; references past the "
+                      f"{n_saturated} brightest", "astroalign", src[:n], tgt_inside[n_saturated: n_saturated + n]),
+    ]
 
 
 def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, config: PipelineConfig) -> RegionInputs:
@@ -152,33 +197,35 @@ def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, conf
     Raises
     ------
     MatchError
-        Too few stars, or no coarse alignment.
+        Too few stars, or no coarse alignment (``details`` lists the attempts).
     """
     rc = config.regions
-    usable = np.nonzero((np.asarray(sources["flag"]) & UNFIT_FLAGS) == 0)[0]
+    usable = np.nonzero((np.asarray(sources["flag"]) & MATCH_FLAGS) == 0)[0]
     n_ref = matching_depth(len(usable), np.asarray(refs["in_image"]), excess=rc.reference_excess)
     src = np.column_stack([np.asarray(sources["i"])[usable], np.asarray(sources["j"])[usable]])
     tgt = np.column_stack([np.asarray(refs["x"])[:n_ref], np.asarray(refs["y"])[:n_ref]])
     inside = np.asarray(refs["in_image"][:n_ref], dtype=bool)
     if len(src) < 3 or inside.sum() < 3:
         raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
-    # the coarse alignment ranks every source, saturated and blended ones included, as the
-    # brightest references are: their centroids are good enough at coarse_bin_factor
-    everything = np.column_stack([np.asarray(sources["i"]), np.asarray(sources["j"])])
-    guess = coarse_align(everything, tgt[inside], config=rc)
-    n_regions, min_good = adapted_grid(len(src), rc)
+    tgt_inside = tgt[inside]
+    scale = float(refs.meta.get("scale_arcsec") or config.pointing.plate_scale_arcsec)
+    n_verify_ref = int(math.ceil(rc.reference_excess * min(VERIFY_STARS, len(src))))
+    coarse = coarse_align(coarse_candidates(sources, src, tgt_inside, config=config), src[:VERIFY_STARS],
+                          tgt_inside[:n_verify_ref], shape=shape,
+                          max_shift_px=config.gaia.margin_deg * 3600.0 / scale, config=rc)
+    n_regions, min_good = adapted_grid(len(src), rc, shape)
     if n_regions != rc.n_regions:
-        log.info("sparse field (%d usable sources): %d regions instead of %d, %d must agree",
-                 len(src), n_regions, rc.n_regions, min_good)
+        log.info("small or sparse frame (%d x %d px, %d usable sources): %d regions instead of %d, %d must agree",
+                 shape[1], shape[0], len(src), n_regions, rc.n_regions, min_good)
     regions = region_grid(shape, n_regions=n_regions, nx=rc.nx, ny=rc.ny)
-    return RegionInputs(src, usable, tgt, guess, regions, min_good)
+    return RegionInputs(src, usable, tgt, coarse.affine, regions, min_good, coarse.attempts)
 
 
 def stage_region(inputs: RegionInputs, index: int, *, config: PipelineConfig) -> RegionMatch:
     """astroalign in one region (one task of the graph); source indices refer to the source table."""
     m = match_region(inputs.regions[index], inputs.src, inputs.tgt, guess=inputs.guess, config=config.regions)
     return RegionMatch(m.region, m.status, m.reason, m.affine, inputs.src_index[m.src_index], m.tgt_index,
-                       m.rms_px, m.n_sources, m.n_targets)
+                       m.rms_px, m.n_sources, m.n_targets, m.method)
 
 
 def reduce_regions(matches: tuple[RegionMatch, ...] | list[RegionMatch], sources: Table, inputs: RegionInputs, *,
@@ -191,7 +238,10 @@ def reduce_regions(matches: tuple[RegionMatch, ...] | list[RegionMatch], sources
         Too few regions agree.
     """
     src_all = np.column_stack([np.asarray(sources["i"]), np.asarray(sources["j"])])
-    return mean_affine(list(matches), src_all, inputs.tgt, config=config.regions, min_good=inputs.min_good)
+    try:
+        return mean_affine(list(matches), src_all, inputs.tgt, config=config.regions, min_good=inputs.min_good)
+    except MatchError as err:
+        raise MatchError(str(err), details={**err.details, "coarse": [a.as_dict() for a in inputs.coarse]}) from err
 
 
 def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
@@ -458,7 +508,7 @@ class _Clock:
 
 def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig | None = None,
                    pointing: dict[str, Any] | None = None, clock: _Clock | None = None,
-                   cache_url: str | None = None) -> ExposureResult:
+                   cache_url: str | None = None, trace: dict[str, Any] | None = None) -> ExposureResult:
     """Solve one exposure, stage by stage (ALGORITHM steps 1 to 6).
 
     Parameters
@@ -474,6 +524,9 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     pointing
         Pointing overrides for :func:`astrodask.exposure.get_pointing`
         (``ra_deg``, ``dec_deg``, ``scale_arcsec``, ``rotation_deg``, ``parity``).
+    trace
+        If given, filled as the stages run (``"sources"``, ``"references"``), so that the
+        caller can explain a failure (:class:`~astrodask.types.FailureDiagnostics`).
 
     Returns
     -------
@@ -488,7 +541,9 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     config = config or PipelineConfig()
     clock = clock or _Clock()
     clock.lap("detect")
+    trace = {} if trace is None else trace
     sources = stage_sources(exposure, config=config)
+    trace["sources"] = sources
     clock.lap("detect_depth")
     deep = stage_sources(exposure, config=config, depth=True)
     info = exposure.info
@@ -500,6 +555,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
         fill = functools.partial(fill_tiles, cache_url, config=config.gaia)
     wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
                                   fill=fill)
+    trace["references"] = refs
     clock.lap("regions")
     affine, matches = stage_regions(sources, refs, info.shape, config=config)
     return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
@@ -555,12 +611,15 @@ def solve_file(path: str | Path, *, catalog: Table | None = None, config: Pipeli
     config = config or PipelineConfig()
     clock = _Clock()
     name = Path(path).name
+    trace: dict[str, Any] = {}
+    details: dict[str, Any] = {}
     try:
         exposure = read_exposure(path, hdu=hdu)
         return solve_exposure(exposure, catalog=catalog, config=config, pointing=pointing, clock=clock,
-                              cache_url=cache_url)
+                              cache_url=cache_url, trace=trace)
     except AstrodaskError as err:
         reason = str(err)
+        details = dict(getattr(err, "details", {}))
     except Exception as err:  # noqa: BLE001 - the one place: a failed exposure must not stop a backlog
         log.error("%s: unexpected error in stage %s:\n%s", path, clock.stage, traceback.format_exc())
         reason = f"internal error ({type(err).__name__}: {err})"
@@ -568,5 +627,13 @@ def solve_file(path: str | Path, *, catalog: Table | None = None, config: Pipeli
     clock.lap("done")
     log.warning("%s: failed at %s: %s", name, stage, reason)
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason,
-                          stage=stage, timings=clock.timings, config=config.to_dict())
+                          stage=stage, timings=clock.timings, config=config.to_dict(),
+                          diagnostics=failure_diagnostics(stage, reason, details, trace.get("sources"),
+                                                          trace.get("references")))
+
+
+def failure_diagnostics(stage: str, reason: str, details: dict[str, Any] | None, sources: Table | None,
+                        references: Table | None) -> FailureDiagnostics:
+    """The diagnostics of a failed solve: the stage, the reason, what the matcher tried, the tables."""
+    return FailureDiagnostics({"stage": stage, "reason": reason, **(details or {})}, sources, references)
 

@@ -31,6 +31,13 @@ class SourceFlag(IntFlag):
     EDGE = 4  #: within ``detect.edge_margin_px`` of the image edge
     WINPOS_FAILED = 8  #: windowed centroid did not converge; isophotal barycentre kept
     SEP_TRUNCATED = 16  #: SEP's aperture or object truncated by the edge
+    SHARP = 32  #: sharper than the PSF (half-flux radius well below the stars'): a cosmic ray or hot pixel
+    EXTENDED = 64  #: larger than the PSF (half-flux radius well above the stars'): a galaxy or an unresolved blend
+    ELONGATED = 128  #: far more elongated than the PSF: a hot column, a trail (satellite, bleed) or a track
+
+
+#: Flags of sources that are not stars: kept in the source table, never matched or fitted.
+ARTEFACT_FLAGS = SourceFlag.SHARP | SourceFlag.EXTENDED | SourceFlag.ELONGATED
 
 
 class RefFlag(IntFlag):
@@ -54,6 +61,7 @@ SOURCE_COLUMNS: dict[str, str] = {
     "b_px": "pix",
     "theta_rad": "rad",
     "npix": "",
+    "r50_px": "pix",  # half-flux radius (NaN below detect.classify_snr_min)
     "flag": "",  # SourceFlag bits
 }
 
@@ -188,6 +196,26 @@ FAILED = "failed"
 
 
 @dataclass(frozen=True)
+class FailureDiagnostics:
+    """What a failed solve leaves to explain itself (written with ``--debug``).
+
+    Attributes
+    ----------
+    details
+        Plain values: the coarse alignment's attempts (``"coarse"``), each region's
+        outcome (``"regions"``), and whatever the failing stage recorded.
+    sources
+        The first-pass source table (with its flags), or None if detection did not run.
+    references
+        The reference stars with their approximate-WCS pixels ``x``/``y``, or None.
+    """
+
+    details: dict[str, Any] = field(default_factory=dict)
+    sources: Any = None
+    references: Any = None
+
+
+@dataclass(frozen=True)
 class ExposureResult:
     """The outcome of one exposure's solve: solved with its WCS and figures, or failed with a reason.
 
@@ -224,6 +252,8 @@ class ExposureResult:
     matched
         The entire matched list (astropy Table: pixel, sky, residuals in mas,
         normalised residual, kept in the final fit), or None.
+    diagnostics
+        Why a failed solve failed (:class:`FailureDiagnostics`), or None.
     """
 
     file: str
@@ -241,6 +271,7 @@ class ExposureResult:
     shape: tuple[int, int] = (0, 0)
     config: dict[str, Any] = field(default_factory=dict)
     matched: Any = None
+    diagnostics: FailureDiagnostics | None = None
 
     @property
     def ok(self) -> bool:

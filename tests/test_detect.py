@@ -153,3 +153,72 @@ def test_empty_image_warns_and_bad_input_raises() -> None:
         get_image_ij(np.zeros((3, 10, 10)))
     with pytest.raises(ImageError, match="every pixel"):
         get_image_ij(np.full((10, 10), np.nan))
+
+
+def test_artefacts_are_flagged_and_the_fwhm_comes_from_stars() -> None:
+    """Cosmic rays, a hot column and a galaxy beside Gaussian stars of known FWHM."""
+    rng = np.random.default_rng(11)
+    shape = (500, 700)
+    gx, gy = np.meshgrid(np.arange(35, 680, 45.0), np.arange(35, 480, 45.0))
+    x = gx.ravel() + rng.uniform(-4, 4, gx.size)
+    y = gy.ravel() + rng.uniform(-4, 4, gy.size)
+    flux = 10 ** rng.uniform(3.5, 4.8, x.size)
+    image = render(shape, x, y, flux, rng=rng)
+    # cosmic rays: single pixels and 2-pixel hits, bright, never blurred by the seeing, between the stars
+    hits = np.column_stack([rng.integers(10, shape[1] - 10, 120), rng.integers(10, shape[0] - 10, 120)])
+    far = cKDTree(np.column_stack([x, y])).query(hits)[0] > 12
+    hits = hits[far][:40]
+    for k, (hi, hj) in enumerate(hits):
+        image[hj, hi] += 3000.0
+        if k % 2:
+            image[hj, hi + 1] += 2000.0
+    # a hot column between two star columns, and a galaxy (a wide Gaussian)
+    column = int(round(gx[0, 3] + 22))
+    image[60:440, column] += 400.0
+    galaxy = render(shape, np.array([gx[0, 7] + 22.0]), np.array([gy[4, 0] + 22.0]), np.array([60000.0]),
+                    rng=rng, noise=False) - SKY
+    image += _blur(galaxy, 4.0)
+    table = get_image_ij(image)
+    flags = np.asarray(table["flag"])
+    tree_stars = cKDTree(np.column_stack([x, y]))
+    d_star, _ = tree_stars.query(np.column_stack([table["i"], table["j"]]))
+    stars = d_star < 1.0
+    # every star is found and none is called an artefact
+    assert stars.sum() == len(x)
+    assert not np.any(flags[stars] & (SourceFlag.SHARP | SourceFlag.ELONGATED | SourceFlag.EXTENDED))
+    # the cosmic rays are SHARP, the column ELONGATED, the galaxy EXTENDED
+    d_hit, _ = cKDTree(hits.astype(float)).query(np.column_stack([table["i"], table["j"]]))
+    on_hits = (d_hit < 1.5) & ~stars
+    assert on_hits.sum() >= 0.9 * len(hits)
+    assert np.all(flags[on_hits] & SourceFlag.SHARP)
+    on_column = (np.abs(np.asarray(table["i"]) - column) < 2) & ~stars
+    assert on_column.any() and np.all(flags[on_column] & SourceFlag.ELONGATED)
+    big = np.hypot(np.asarray(table["i"]) - gx[0, 7] - 22, np.asarray(table["j"]) - gy[4, 0] - 22) < 3
+    assert big.sum() == 1 and flags[big][0] & SourceFlag.EXTENDED
+    # the FWHM of the windowed centroids is the stars' (Gaussian: twice the half-flux radius, of the star
+    # integrated over its pixels), not the hits'
+    assert table.meta["winpos_fwhm_px"] == pytest.approx(2.3548 * np.sqrt(SIGMA_PX**2 + 1 / 12), rel=0.07)
+    assert table.meta["n_sharp"] == int(np.count_nonzero(flags & SourceFlag.SHARP))
+    assert np.all(np.isfinite(np.asarray(table["r50_px"])[stars]))
+
+
+def _blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(image, sigma_px)
+
+
+def test_a_saturation_level_missing_from_the_header_is_found_where_peaks_pile_up() -> None:
+    rng = np.random.default_rng(12)
+    shape = (300, 400)
+    gx, gy = np.meshgrid(np.arange(30, 380, 40.0), np.arange(30, 280, 40.0))
+    x, y = gx.ravel() + 0.3, gy.ravel() - 0.2
+    flux = np.where(np.arange(x.size) % 4 == 0, 4e6, 2e4)  # a quarter of the stars clip at the plate's 30000
+    image = render(shape, x, y, flux, rng=rng, saturation=30000.0)
+    table = get_image_ij(image)  # the header would say 65535 (the default)
+    assert table.meta["saturation_adu"] == pytest.approx(30000.0, rel=0.01)
+    d, k = cKDTree(np.column_stack([x, y])).query(np.column_stack([table["i"], table["j"]]))
+    assert np.all(d < 1.0) and len(table) == len(x)
+    bright = flux[k] > 1e6
+    assert np.all(np.asarray(table["flag"])[bright] & SourceFlag.SATURATED)
+    assert not np.any(np.asarray(table["flag"])[~bright] & SourceFlag.SATURATED)

@@ -7,8 +7,8 @@ import pytest
 
 from astrodask.config import RegionConfig
 from astrodask.errors import MatchError
-from astrodask.match import (Affine, adapted_grid, coarse_align, fit_affine, grid_shape, match_region,
-                             matching_depth, mean_affine, region_grid)
+from astrodask.match import (Affine, CandidateList, adapted_grid, coarse_align, fit_affine, grid_shape,
+                             match_region, matching_depth, mean_affine, region_grid)
 
 SHAPE = (6388, 9576)
 
@@ -36,6 +36,14 @@ def test_sparse_fields_get_fewer_regions() -> None:
     assert adapted_grid(20, RegionConfig(nx=6, ny=4)) == (24, 6)
 
 
+def test_small_frames_get_fewer_larger_regions() -> None:
+    config = RegionConfig()
+    assert adapted_grid(50_000, config, SHAPE) == (24, 6)  # a Condor frame keeps its 24
+    assert adapted_grid(5_000, config, (1059, 1059)) == (4, 2)  # a 1059 px plate: 2 x 2 of 530 px
+    assert adapted_grid(50_000, config, (2400, 2400)) == (12, 3)
+    assert adapted_grid(5_000, RegionConfig(nx=6, ny=4), (1059, 1059)) == (24, 6)
+
+
 def test_fit_affine_recovers_a_known_map() -> None:
     rng = np.random.default_rng(1)
     truth = Affine(np.array([[1.01, 0.02], [-0.03, 0.99]]), np.array([12.0, -7.5]))
@@ -59,18 +67,87 @@ def field(rng: np.random.Generator, n: int, transform: Affine, *, distortion: fl
     return src, tgt
 
 
+def rotation(angle_deg: float, scale: float = 1.0) -> np.ndarray:
+    angle = np.radians(angle_deg)
+    return scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+
+def in_frame(points: np.ndarray) -> np.ndarray:
+    ny, nx = SHAPE
+    return (points[:, 0] > 0) & (points[:, 0] < nx) & (points[:, 1] > 0) & (points[:, 1] < ny)
+
+
+def candidates(src: np.ndarray, tgt: np.ndarray, n: int = 60) -> list[CandidateList]:
+    return [CandidateList("brightest", "astroalign", src[:n], tgt[:n]),
+            CandidateList("vote", "vote", src[:300], tgt[:390])]
+
+
 def test_coarse_alignment_absorbs_pointing_rotation_scale_and_distortion() -> None:
     rng = np.random.default_rng(2)
-    angle = np.radians(2.0)
-    rot = 1.02 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    truth = Affine(rot, np.array([700.0, -450.0]))  # 10 arcmin at 0.85"/px
+    truth = Affine(rotation(2.0, 1.02), np.array([700.0, -450.0]))  # 10 arcmin at 0.85"/px
     src, tgt = field(rng, 3000, truth, distortion=15.0)
     # the references of the frame seen through the approximate WCS: most, not all, overlap
+    seen = tgt[in_frame(tgt)]
+    result = coarse_align(candidates(src, seen), src[:1000], seen[:1300], shape=SHAPE, max_shift_px=850.0,
+                          config=RegionConfig())
+    centre = np.array([[SHAPE[1] / 2, SHAPE[0] / 2]])
+    assert np.linalg.norm(result.affine.apply(centre) - truth.apply(centre)) < 20.0
+    accepted = [a for a in result.attempts if a.outcome == "accepted"]
+    assert len(accepted) == 1 and accepted[0].n_pairs > 10 * accepted[0].n_chance
+
+
+def test_offset_vote_aligns_when_flux_ranks_are_scrambled() -> None:
+    """A plate or a crowded field: the brightest of the image are not the brightest of the catalog."""
+    rng = np.random.default_rng(5)
+    truth = Affine(rotation(0.3, 0.995), np.array([-160.0, 95.0]))  # 3 arcmin and 0.3 deg off
+    src, tgt = field(rng, 4000, truth, distortion=6.0)
+    # the image ranks its stars by a flux that has little to do with Gaia's: shuffle within wide windows
+    order = np.argsort(np.arange(len(src)) + rng.normal(0, 800, len(src)))
+    src = src[order]
+    # and half its stars are lost to crowding and blends, half the references are not seen
+    src = src[rng.random(len(src)) < 0.5]
+    seen = tgt[in_frame(tgt) & (rng.random(len(tgt)) < 0.7)]
+    result = coarse_align(candidates(src, seen), src[:1000], seen[:1300], shape=SHAPE, max_shift_px=850.0,
+                          config=RegionConfig())
+    by_method = {a.method: a for a in result.attempts}
+    assert by_method["vote"].outcome == "accepted", result.attempts
+    grid = np.array([[0, 0], [SHAPE[1], 0], [0, SHAPE[0]], [SHAPE[1] / 2, SHAPE[0] / 2]])
+    assert np.max(np.linalg.norm(result.affine.apply(grid) - truth.apply(grid), axis=1)) < 10.0
+
+
+def test_coarse_alignment_of_unrelated_skies_fails_and_says_what_it_tried() -> None:
+    rng = np.random.default_rng(6)
     ny, nx = SHAPE
-    seen = (tgt[:, 0] > 0) & (tgt[:, 0] < nx) & (tgt[:, 1] > 0) & (tgt[:, 1] < ny)
-    guess = coarse_align(src, tgt[seen], config=RegionConfig())
-    centre = np.array([[nx / 2, ny / 2]])
-    assert np.linalg.norm(guess.apply(centre) - truth.apply(centre)) < 20.0
+    src = rng.uniform([0, 0], [nx, ny], size=(1500, 2))
+    tgt = rng.uniform([0, 0], [nx, ny], size=(2000, 2))
+    with pytest.raises(MatchError, match="the coarse alignment failed") as caught:
+        coarse_align(candidates(src, tgt), src[:1000], tgt[:1300], shape=SHAPE, max_shift_px=850.0,
+                     config=RegionConfig())
+    attempts = caught.value.details["coarse"]
+    assert [a["method"] for a in attempts] == ["astroalign", "vote"]
+    assert all(a["outcome"].startswith(("failed", "rejected")) for a in attempts)
+
+
+def test_a_region_astroalign_cannot_match_is_paired_by_proximity() -> None:
+    rng = np.random.default_rng(7)
+    truth = Affine(rotation(0.02), np.array([12.0, -9.0]))
+    src, tgt = field(rng, 6000, truth, distortion=4.0)
+    region = region_grid(SHAPE)[9]
+    inside = np.nonzero(region.contains(src))[0]
+    # in this region the brightest 50 sources are stars the catalog does not have
+    impostors = rng.uniform([region.i0, region.j0], [region.i1, region.j1], size=(50, 2))
+    src_seen = np.concatenate([impostors, src[inside]])
+    tgt_seen = tgt[inside]
+    config = RegionConfig()
+    guess = Affine(truth.matrix, truth.offset + [6.0, -5.0])  # the field's transform, a few px off here
+    match = match_region(region, src_seen, tgt_seen, guess=guess, config=config)
+    assert match.ok and match.method == "proximity", match.reason
+    assert np.all(match.src_index >= 50)  # no impostor paired
+    np.testing.assert_array_equal(match.src_index - 50, match.tgt_index)
+    # unrelated references: no region, and the reason says both methods failed
+    unrelated = rng.uniform([region.i0, region.j0], [region.i1, region.j1], size=(len(inside), 2))
+    miss = match_region(region, src_seen, truth.apply(unrelated), guess=truth, config=config)
+    assert miss.status == "no-match" and "astroalign" in miss.reason and "proximity" in miss.reason
 
 
 def test_regions_and_mean_affine_survive_bad_regions() -> None:

@@ -179,3 +179,34 @@ def test_references_with_a_close_gaia_neighbour_are_blends() -> None:
     # a bright pair: both blended; a star with a faint neighbour (0.5 %) is clean, the faint one is not
     assert blended.tolist() == [True, True, False, True, False]
     assert not blended_references(xy, flux, radius_px=0.0, flux_ratio=0.02).any()
+
+
+@pytest.mark.parametrize("where", ["cluster", "serial"])
+def test_a_failed_solve_explains_itself_with_debug(tmp_path: Path, where: str) -> None:
+    """A catalog that is not this sky: the solve fails, and --debug leaves why, beside the summary."""
+    import json
+
+    import matplotlib.image
+
+    field = simulate(tmp_path, "unrelated")
+    catalog = Table.read(field.catalog_path)
+    rng = np.random.default_rng(3)
+    catalog["ra"] = rng.uniform(catalog["ra"].min(), catalog["ra"].max(), len(catalog))
+    catalog["dec"] = rng.uniform(catalog["dec"].min(), catalog["dec"].max(), len(catalog))
+    catalog.write(tmp_path / "scrambled.ecsv")
+    out = tmp_path / "out"
+    args = ["solve", str(field.image_path), "--catalog", str(tmp_path / "scrambled.ecsv"), "--out", str(out), "--debug"]
+    result = CliRunner().invoke(main, args + (["--serial"] if where == "serial" else []))
+    assert result.exit_code != 0
+    assert "FAILED at regions: the coarse alignment failed" in result.output
+    diagnostics = json.loads((out / "unrelated.diagnostics.json").read_text())
+    assert diagnostics["stage"] == "regions" and diagnostics["reason"].startswith("the coarse alignment failed")
+    attempts = diagnostics["coarse"]
+    assert {a["method"] for a in attempts} == {"astroalign", "vote"} and len(attempts) == 3
+    assert all(a["outcome"].startswith(("failed:", "rejected:")) for a in attempts)
+    assert diagnostics["detection"]["n_sources"] > 100 and diagnostics["detection"]["winpos_fwhm_px"] > 1
+    assert diagnostics["references"]["n_in_image"] > 100
+    picture = matplotlib.image.imread(out / "unrelated.diagnostics.png")
+    assert picture.shape[0] > 300 and picture.shape[1] > 600
+    summary = Table.read(out / "summary.ecsv")
+    assert list(summary["status"]) == ["failed"]
