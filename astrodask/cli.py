@@ -191,23 +191,43 @@ def config_cmd(config_file: str | None, assignments: tuple[str, ...], as_yaml: b
 def info_cmd(files: tuple[str, ...], ra: float | None, dec: float | None, scale: float | None,
              rotation: float | None, parity: int | None, config_file: str | None,
              assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
-    """Show what astrodask reads from exposures: image HDU, shape, pointing, epoch, gain."""
-    from astrodask.exposure import get_pointing, read_exposure
+    """Show what astrodask reads from exposures, and where each value came from.
+
+    Image HDU, shape, pointing (header WCS, DSS plate solution, RA/DEC keywords or
+    --ra/--dec), plate scale, epoch, exposure time, gain and saturation level.
+    The pixels are not decoded.
+    """
+    from astrodask.exposure import get_pointing, read_exposure_info
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
 
     def one(path: str) -> None:
-        exposure = read_exposure(path)
-        pointing = get_pointing(exposure.header, path=path, config=config.pointing,
+        info = read_exposure_info(path)
+        pointing = get_pointing(info.header, path=path, config=config.pointing,
                                 **_pointing_overrides(ra, dec, scale, rotation, parity))
-        ny, nx = exposure.shape
-        click.echo(f"{path}: HDU {exposure.hdu_index}, {nx} x {ny} px")
+        ny, nx = info.shape
+        click.echo(f"{path}: HDU {info.hdu_index}, {nx} x {ny} px")
         click.echo(f"  pointing  RA {pointing.ra_deg:.6f}  Dec {pointing.dec_deg:+.6f} deg  "
                    f"scale {pointing.scale_arcsec:.4f}\"/px  rotation {pointing.rotation_deg:.3f} deg  "
                    f"parity {pointing.parity:+d}  (from {pointing.source})")
-        click.echo(f"  epoch     {exposure.epoch_yr if exposure.epoch_yr is None else f'{exposure.epoch_yr:.5f}'}"
-                   f"  exptime {exposure.exptime_s}  gain {exposure.gain}  saturate {exposure.saturate_adu}")
+        click.echo(f"  epoch     {info.epoch_yr if info.epoch_yr is None else f'{info.epoch_yr:.5f}'}"
+                   f"  exptime {info.exptime_s}  gain {info.gain}  saturate {info.saturate_adu}")
+        detect = config.detect
+        sources = {
+            "pointing": pointing.source + (f"; {pointing.detail}" if pointing.detail else ""),
+            "scale": pointing.scale_source,
+            "epoch": info.provenance["epoch"],
+            "exptime": info.provenance["exptime"],
+            "gain": info.provenance["gain"] if info.gain is not None
+            else f"{info.provenance['gain']}: config detect.default_gain = {detect.default_gain:g} e-/ADU",
+            "saturate": info.provenance["saturate"] if info.saturate_adu is not None
+            else f"{info.provenance['saturate']}: config detect.default_saturation_adu = "
+                 f"{detect.default_saturation_adu:g} ADU",
+        }
+        click.echo("  from")
+        for name, source in sources.items():
+            click.echo(f"    {name + ':':<10}{source}")
 
     _for_each(files, one)
 

@@ -4,13 +4,17 @@
 returns native-endian float32 pixels (FITS data is big-endian, and SEP refuses
 it) with the header facts the pipeline uses.  :func:`get_pointing` resolves the
 approximate pointing, in order: command-line overrides, an approximate WCS in the
-header, RA/DEC keywords with the configured plate scale and rotation.
+header, a TAN WCS fitted to a DSS plate solution (:mod:`astrodask.dss`), RA/DEC
+keywords or the DSS plate centre with the header's plate scale (PLTSCALE x
+XPIXELSZ) or the configured one.  Each result says where its values came from
+(:attr:`Pointing.source`, :attr:`Pointing.scale_source`, :attr:`ExposureInfo.provenance`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -20,9 +24,11 @@ from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
+from erfa import ErfaWarning
 
+from astrodask import dss
 from astrodask.config import PointingConfig
-from astrodask.errors import ImageError, InputFileError, PointingError
+from astrodask.errors import HeaderError, ImageError, InputFileError, PointingError
 from astrodask.types import Exposure, ExposureInfo, Pointing
 from astrodask.wcsutil import cd_to_scale_rotation_parity, tan_wcs
 
@@ -36,6 +42,14 @@ POINTING_KEYWORDS: tuple[tuple[str, str], ...] = (
     ("TELRA", "TELDEC"),
     ("CRVAL1", "CRVAL2"),
 )
+#: Source of a pointing read from a DSS plate solution (a TAN WCS fitted to it).
+DSS_SOURCE = "header-dss (AMDX/AMDY plate solution)"
+#: The old FITS date form 'dd/mm/yy' (years 1900-1999), still written by photographic plate scans.
+OLD_FITS_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")
+#: Century of the two-digit years of the old FITS date form.
+OLD_FITS_CENTURY = 1900
+#: Seconds per minute, for EXPOSURE keywords whose comment says minutes.
+SECONDS_PER_MINUTE = 60.0
 #: Keywords that inherit from the primary header when the image is in an extension.
 _IMAGE_ONLY = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND",
                "PCOUNT", "GCOUNT", "BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "EXTNAME",
@@ -83,7 +97,7 @@ def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
         epoch_yr=header_epoch(header, path=path),
         gain=_positive_float(header, "GAIN"),
         saturate_adu=_positive_float(header, "SATURATE"),
-        exptime_s=_positive_float(header, "EXPTIME"),
+        exptime_s=exposure_time(header)[0],
     )
 
 
@@ -106,9 +120,12 @@ def read_exposure_info(path: str | Path, *, hdu: int | None = None) -> ExposureI
         header = _merged_header(hdul, index)
     if min(shape) < 1:
         raise ImageError(f"{path}: HDU {index} has an empty image (shape {shape})")
-    return ExposureInfo(path, index, header, shape, header_epoch(header, path=path),
-                        _positive_float(header, "GAIN"), _positive_float(header, "SATURATE"),
-                        _positive_float(header, "EXPTIME"))
+    epoch, epoch_source = epoch_with_source(header, path=path)
+    exptime, exptime_source = exposure_time(header)
+    provenance = {"epoch": epoch_source, "exptime": exptime_source,
+                  "gain": _keyword_source(header, "GAIN"), "saturate": _keyword_source(header, "SATURATE")}
+    return ExposureInfo(path, index, header, shape, epoch, _positive_float(header, "GAIN"),
+                        _positive_float(header, "SATURATE"), exptime, provenance)
 
 
 def _check_file(path: str | Path) -> Path:
@@ -177,27 +194,96 @@ def header_epoch(header: fits.Header, *, path: str | Path = "") -> float | None:
     """Julian epoch of the observation from DATE-OBS (with TIME-OBS/UT) or MJD-OBS.
 
     Returns None when the header has neither; a malformed value is logged and ignored.
+    See :func:`epoch_with_source`.
+    """
+    return epoch_with_source(header, path=path)[0]
+
+
+def epoch_with_source(header: fits.Header, *, path: str | Path = "") -> tuple[float | None, str]:
+    """Julian epoch of the observation and where it came from.
+
+    DATE-OBS in ISO form (``'1990-12-22T13:49:00'``, or a date with the clock in
+    TIME-OBS or UT) or in the old FITS form ``'dd/mm/yy'`` (year 19yy, e.g.
+    ``'29/11/51'``, with TIME-OBS/UT when given); else MJD-OBS.
+
+    Returns
+    -------
+    epoch_yr, source
+        The Julian epoch (None when the header gives none) and a description of
+        the keywords read, e.g. ``"DATE-OBS '29/11/51' (old FITS dd/mm/yy, 19yy)"``
+        or ``"none: catalog epoch assumed"``.
     """
     date = header.get("DATE-OBS")
     if isinstance(date, str) and date.strip():
-        text = date.strip()
-        clock = header.get("TIME-OBS") or header.get("UT")
-        if "T" not in text and isinstance(clock, str) and clock.strip():
-            text = f"{text}T{clock.strip()}"
+        text, form = date.strip(), "ISO"
+        old = OLD_FITS_DATE.match(text)
+        if old:
+            day, month, year = (int(g) for g in old.groups())
+            text, form = f"{OLD_FITS_CENTURY + year:04d}-{month:02d}-{day:02d}", "old FITS dd/mm/yy, 19yy"
+        clock_key = "TIME-OBS" if _is_text(header.get("TIME-OBS")) else "UT" if _is_text(header.get("UT")) else ""
+        clock = str(header[clock_key]).strip() if clock_key else ""
+        if "T" not in text and clock:
+            text = f"{text}T{clock}"
+        else:
+            clock_key = ""
+        source = f"DATE-OBS {date!r} ({form})" + (f" + {clock_key} {clock!r}" if clock_key else "")
+        epoch = _julian_epoch(text)
+        if epoch is not None:
+            return epoch, source
+        log.warning("%s: DATE-OBS %r is not a date; trying MJD-OBS", path, date)
+    mjd = header.get("MJD-OBS")
+    if mjd is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ErfaWarning)  # as in _julian_epoch
+                return float(Time(float(mjd), format="mjd", scale="utc").jyear), f"MJD-OBS {mjd}"
+        except (TypeError, ValueError):
+            log.warning("%s: MJD-OBS %r is not a number", path, mjd)
+    return None, "none: catalog epoch assumed"
+
+
+def _julian_epoch(text: str) -> float | None:
+    """Julian epoch of a UTC date (ISO, or any form astropy's Time reads), None if it is not a date."""
+    with warnings.catch_warnings():
+        # UTC before 1960 has no leap-second table: ERFA calls the year "dubious"; the
+        # second-level error that remains is irrelevant for proper motions
+        warnings.simplefilter("ignore", ErfaWarning)
         try:
             return float(Time(text, format="isot" if "T" in text else "iso", scale="utc").jyear)
         except ValueError:
             try:
                 return float(Time(text, scale="utc").jyear)
             except ValueError:
-                log.warning("%s: DATE-OBS %r is not a date; trying MJD-OBS", path, date)
-    mjd = header.get("MJD-OBS")
-    if mjd is not None:
-        try:
-            return float(Time(float(mjd), format="mjd", scale="utc").jyear)
-        except (TypeError, ValueError):
-            log.warning("%s: MJD-OBS %r is not a number", path, mjd)
-    return None
+                return None
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def exposure_time(header: fits.Header) -> tuple[float | None, str]:
+    """Exposure time in seconds and where it came from.
+
+    EXPTIME (seconds); else EXPOSURE, in minutes when its comment says so (DSS
+    plate scans write ``EXPOSURE = 65.0 /Observation: Exposure Minutes``), else
+    seconds. ``(None, reason)`` when neither is a positive number.
+    """
+    exptime = _positive_float(header, "EXPTIME")
+    if exptime is not None:
+        return exptime, f"EXPTIME {exptime:g} s"
+    exposure = _positive_float(header, "EXPOSURE")
+    if exposure is None:
+        return None, "no EXPTIME or EXPOSURE keyword"
+    if "minute" in str(header.comments["EXPOSURE"]).lower():
+        return exposure * SECONDS_PER_MINUTE, f"EXPOSURE {exposure:g} minutes (its comment)"
+    return exposure, f"EXPOSURE {exposure:g} s"
+
+
+def _keyword_source(header: fits.Header, key: str) -> str:
+    value = _positive_float(header, key)
+    if value is not None:
+        return f"{key} {value:g}"
+    return f"no {key} keyword" if key not in header else f"{key} = {header[key]!r} is not a positive number"
 
 
 def get_pointing(
@@ -213,11 +299,23 @@ def get_pointing(
 ) -> Pointing:
     """The approximate pointing of an exposure.
 
-    In order of precedence: ``ra_deg``/``dec_deg`` given by the caller (command-line
-    overrides); an approximate celestial WCS in the header; RA/DEC keywords
-    (degrees, or sexagesimal hours/degrees; also OBJCTRA/OBJCTDEC, RA_OBJ/DEC_OBJ,
-    TELRA/TELDEC) with the configured plate scale, rotation and parity. Scale,
-    rotation and parity given by the caller override those of the header WCS.
+    In order of precedence:
+
+    1. ``ra_deg``/``dec_deg`` given by the caller (command-line overrides);
+    2. an approximate celestial FITS WCS in the header (CTYPE/CRVAL/CD...; a DSS
+       plate solution in the same header is ignored);
+    3. a DSS plate solution (PPO, AMDX/AMDY, PLTRA*/PLTDEC*, XPIXELSZ, CNPIX...):
+       a plain TAN WCS fitted to wcslib's evaluation of it over the image
+       (:func:`astrodask.dss.fit_plate_solution`), when NAXIS1/NAXIS2 give the shape;
+    4. RA/DEC keywords (degrees, or sexagesimal hours/degrees; also OBJCTRA/OBJCTDEC,
+       RA_OBJ/DEC_OBJ, TELRA/TELDEC);
+    5. the DSS plate centre PLTRA*/PLTDEC*, moved to a cutout's centre with
+       CNPIX1/2 and PPO3/PPO6 when they are there.
+
+    In cases 1, 4 and 5 the plate scale is the caller's, else PLTSCALE x XPIXELSZ
+    when the header has them, else the configured one; rotation and parity are the
+    caller's or the configured ones. Scale, rotation and parity given by the caller
+    override those of a header WCS (which is then dropped).
 
     Raises
     ------
@@ -229,62 +327,124 @@ def get_pointing(
         raise PointingError(f"{path}: give both --ra and --dec, or neither")
     if ra_deg is not None and dec_deg is not None:
         _check_dec(float(dec_deg), path, "--dec")
+        scale, scale_source = _plain_scale(header, config, scale_arcsec)
         return Pointing(
             ra_deg=float(ra_deg) % 360.0,
             dec_deg=float(dec_deg),
-            scale_arcsec=scale_arcsec or config.plate_scale_arcsec,
+            scale_arcsec=scale,
             rotation_deg=config.rotation_deg if rotation_deg is None else rotation_deg,
             parity=parity or config.parity,
             source="cli",
+            scale_source=scale_source,
         )
+    nx, ny = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+    overridden = scale_arcsec is not None or rotation_deg is not None or parity is not None
     wcs_header = _celestial_header(header, path)
     if wcs_header is not None:
         wcs = WCS(wcs_header)
-        scale0, rotation0, parity0 = cd_to_scale_rotation_parity(wcs.pixel_scale_matrix)
-        if scale_arcsec is not None or rotation_deg is not None or parity is not None:
-            wcs_header = None  # the caller's scale/rotation/parity replace the header's CD
-        nx, ny = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
-        if nx > 0 and ny > 0:
-            ra_c, dec_c = wcs.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]
+        return _pointing_from_wcs(wcs, wcs_header, (ny, nx), source="header-wcs", scale_source="header WCS (CD matrix)",
+                                  scale_arcsec=scale_arcsec, rotation_deg=rotation_deg, parity=parity,
+                                  overridden=overridden)
+    if dss.has_plate_solution(header):
+        try:
+            fit = dss.fit_plate_solution(header, (ny, nx), path=path)
+        except HeaderError as err:
+            log.warning("%s; trying RA/DEC keywords", err)
         else:
-            ra_c, dec_c = wcs.wcs.crval
-        return Pointing(
-            ra_deg=float(ra_c) % 360.0,
-            dec_deg=float(dec_c),
-            scale_arcsec=scale_arcsec or scale0,
-            rotation_deg=rotation0 if rotation_deg is None else rotation_deg,
-            parity=parity or parity0,
-            source="header-wcs",
-            wcs_header=wcs_header,
+            detail = (f"TAN WCS fitted to the DSS plate solution on {fit.n_points} points over the image: "
+                      f"max residual {fit.max_residual_arcsec:.3f}\", rms {fit.rms_residual_arcsec:.3f}\"")
+            return _pointing_from_wcs(fit.wcs, fit.wcs.to_header(relax=True), (ny, nx), source=DSS_SOURCE,
+                                      scale_source="DSS plate solution (CD matrix of the fitted TAN WCS)",
+                                      scale_arcsec=scale_arcsec, rotation_deg=rotation_deg, parity=parity,
+                                      overridden=overridden, detail=detail)
+    position = _keyword_position(header, (ny, nx), path)
+    if position is None:
+        raise PointingError(
+            f"{path}: cannot find the pointing: no celestial WCS, no DSS plate solution and none of the "
+            f"keyword pairs {', '.join(f'{a}/{b}' for a, b in POINTING_KEYWORDS[:-1])} or the DSS plate "
+            "centre PLTRAH../PLTDEC.. in the header; give it with --ra and --dec (degrees)"
         )
+    ra, dec, source = position
+    scale, scale_source = _plain_scale(header, config, scale_arcsec)
+    return Pointing(
+        ra_deg=ra,
+        dec_deg=dec,
+        scale_arcsec=scale,
+        rotation_deg=config.rotation_deg if rotation_deg is None else rotation_deg,
+        parity=parity or config.parity,
+        source=source,
+        scale_source=scale_source,
+    )
+
+
+def _pointing_from_wcs(wcs: WCS, wcs_header: fits.Header, shape: tuple[int, int], *, source: str,
+                       scale_source: str, scale_arcsec: float | None, rotation_deg: float | None,
+                       parity: int | None, overridden: bool, detail: str = "") -> Pointing:
+    """The pointing of a header WCS: its sky position at the image centre (0-based), scale and orientation."""
+    scale0, rotation0, parity0 = cd_to_scale_rotation_parity(wcs.pixel_scale_matrix)
+    ny, nx = shape
+    if nx > 0 and ny > 0:
+        ra_c, dec_c = wcs.all_pix2world([[(nx - 1) / 2.0, (ny - 1) / 2.0]], 0)[0]
+    else:
+        ra_c, dec_c = wcs.wcs.crval
+    return Pointing(
+        ra_deg=float(ra_c) % 360.0,
+        dec_deg=float(dec_c),
+        scale_arcsec=scale_arcsec or scale0,
+        rotation_deg=rotation0 if rotation_deg is None else rotation_deg,
+        parity=parity or parity0,
+        source=source,
+        # the caller's scale/rotation/parity replace the header's CD
+        wcs_header=None if overridden else wcs_header,
+        scale_source="cli --scale" if scale_arcsec else scale_source,
+        detail=detail,
+    )
+
+
+def _plain_scale(header: fits.Header, config: PointingConfig, scale_arcsec: float | None) -> tuple[float, str]:
+    """Plate scale (arcsec/px) without a header WCS: the caller's, PLTSCALE x XPIXELSZ, or the configured one."""
+    if scale_arcsec:
+        return float(scale_arcsec), "cli --scale"
+    plate = dss.plate_scale_arcsec(header)
+    if plate is not None:
+        return plate, (f"PLTSCALE x XPIXELSZ ({float(header['PLTSCALE']):g} arcsec/mm x "
+                       f"{float(header['XPIXELSZ']):g} um / 1000)")
+    return config.plate_scale_arcsec, "config pointing.plate_scale_arcsec"
+
+
+def _keyword_position(header: fits.Header, shape: tuple[int, int],
+                      path: str | Path) -> tuple[float, float, str] | None:
+    """(RA, Dec, source) from RA/DEC-like keyword pairs, else from the DSS plate centre; None if neither."""
     for ra_key, dec_key in POINTING_KEYWORDS[:-1]:
         if ra_key in header and dec_key in header:
             ra = parse_ra(header[ra_key], path=path, key=ra_key)
             dec = parse_dec(header[dec_key], path=path, key=dec_key)
-            return Pointing(
-                ra_deg=ra,
-                dec_deg=dec,
-                scale_arcsec=scale_arcsec or config.plate_scale_arcsec,
-                rotation_deg=config.rotation_deg if rotation_deg is None else rotation_deg,
-                parity=parity or config.parity,
-                source=f"header-keywords ({ra_key}/{dec_key})",
-            )
-    raise PointingError(
-        f"{path}: cannot find the pointing: no celestial WCS and none of the keyword pairs "
-        f"{', '.join(f'{a}/{b}' for a, b in POINTING_KEYWORDS[:-1])} in the header; "
-        "give it with --ra and --dec (degrees)"
-    )
+            return ra, dec, f"header-keywords ({ra_key}/{dec_key})"
+    try:
+        cutout = dss.cutout_centre_deg(header, shape, path=path)
+        if cutout is not None:
+            return (*cutout, "header-dss-centre (PLTRA*/PLTDEC* plate centre moved to the cutout centre "
+                    "by CNPIX, PPO3/PPO6, PLTSCALE; no AMDX/AMDY)")
+        centre = dss.plate_centre_deg(header, path=path)
+    except HeaderError as err:
+        raise PointingError(str(err)) from err
+    if centre is not None:
+        return (*centre, "header-dss-centre (PLTRA*/PLTDEC* plate centre)")
+    return None
 
 
 def _celestial_header(header: fits.Header, path: str | Path) -> fits.Header | None:
-    """The header's celestial WCS keywords if it has a usable one, else None."""
+    """The header's celestial FITS WCS keywords if it has a usable one, else None.
+
+    DSS plate solution keywords are left out: wcslib would prefer them to CTYPE/CRVAL/CD.
+    """
     ctype1 = str(header.get("CTYPE1", ""))
     if not ctype1.upper().startswith("RA") or "CRVAL1" not in header:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
-            wcs = WCS(header, naxis=2)
+            wcs = WCS(dss.without_plate_solution(header), naxis=2)
         except (ValueError, KeyError, MemoryError) as err:
             log.warning("%s: the header's WCS cannot be read (%s); using RA/DEC keywords", path, err)
             return None
@@ -336,7 +496,8 @@ def approximate_wcs(pointing: Pointing, shape: tuple[int, int]) -> WCS:
     """The approximate WCS of an exposure from its pointing.
 
     The header's own WCS when the pointing came from it (distortion terms
-    included), else a TAN projection centred on the image.
+    included), or the plain TAN WCS fitted to its DSS plate solution, else a TAN
+    projection centred on the image.
     """
     if pointing.wcs_header is not None:
         with warnings.catch_warnings():

@@ -96,9 +96,16 @@ class Pointing:
     parity
         +1 for the usual sky view (east left when north is up), -1 for flipped.
     source
-        Where it came from: "cli", "header-wcs", "header-keywords".
+        Where it came from: "cli", "header-wcs", "header-dss (AMDX/AMDY plate solution)",
+        "header-keywords (OBJCTRA/OBJCTDEC)", "header-dss-centre (...)".
     wcs_header
         The approximate WCS header when it came from the file, else None.
+    scale_source
+        Where the plate scale came from, e.g. "header WCS (CD matrix)",
+        "PLTSCALE x XPIXELSZ", "config pointing.plate_scale_arcsec", "cli --scale".
+    detail
+        How the pointing was derived, when there is more to say (e.g. the residual
+        of the TAN WCS fitted to a DSS plate solution); "" otherwise.
     """
 
     ra_deg: float
@@ -108,6 +115,8 @@ class Pointing:
     parity: int
     source: str
     wcs_header: Header | None = None
+    scale_source: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,16 @@ class Exposure:
 
 @dataclass(frozen=True)
 class ExposureInfo:
-    """An exposure without its pixels (see :class:`Exposure` for the attributes)."""
+    """An exposure without its pixels (see :class:`Exposure` for the attributes).
+
+    Attributes
+    ----------
+    provenance
+        Where each header fact came from, by name ("epoch", "exptime", "gain",
+        "saturate"): the keyword and its value, or why it is absent. Filled by
+        :func:`astrodask.exposure.read_exposure_info`; empty when not recorded
+        (e.g. from :attr:`Exposure.info`).
+    """
 
     path: Path
     hdu_index: int
@@ -173,6 +191,7 @@ class ExposureInfo:
     gain: float | None
     saturate_adu: float | None
     exptime_s: float | None
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

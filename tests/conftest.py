@@ -74,6 +74,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture()
+def dss_header(shared_data: Path):
+    """The real DSS plate header ``dss_plate_header/horsehead_dss.hdr`` (a fresh copy per test).
+
+    It carries both the DSS plate solution and a TAN WCS fitted to the same plate.
+    """
+    from astropy.io import fits
+
+    path = shared_data / "dss_plate_header" / "horsehead_dss.hdr"
+    if not path.is_file():
+        pytest.skip(f"real DSS plate header not found at {path} (it lives beside the repository, not in it)")
+    return fits.Header.fromtextfile(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``XDG_CACHE_HOME`` set to a temporary folder for the whole session.

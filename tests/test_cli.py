@@ -124,6 +124,42 @@ def test_info_reads_pointing_and_epoch(runner: CliRunner, exposure_file: Path) -
     assert "epoch     2025.16" in result.output
     flipped = runner.invoke(main, ["info", str(exposure_file), "--ra", "12.5", "--dec", "-3", "--flip"])
     assert "RA 12.500000  Dec -3.000000" in flipped.output and "parity -1" in flipped.output
+    # where each value came from
+    assert "    pointing: header-keywords (RA/DEC)" in result.output
+    assert "    scale:    config pointing.plate_scale_arcsec" in result.output
+    assert "    epoch:    DATE-OBS '2025-03-01T01:02:03' (ISO)" in result.output
+    assert "    exptime:  EXPTIME 60 s" in result.output
+    assert "    gain:     GAIN 1.2" in result.output and "    saturate: SATURATE 60000" in result.output
+    assert "    pointing: cli" in flipped.output
+
+
+def test_info_on_a_dss_plate_says_where_each_value_came_from(runner: CliRunner, dss_header: fits.Header,
+                                                              tmp_path: Path) -> None:
+    from test_exposure import TAN_PREFIXES, without, write_plate
+
+    plate = without(dss_header, TAN_PREFIXES)
+    plate["DATE-OBS"] = "29/11/51"
+    path = write_plate(tmp_path / "plate1951.fits", plate)
+    result = runner.invoke(main, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "HDU 0, 891 x 893 px" in result.output
+    assert "RA 85.274994  Dec -2.458295 deg  scale 1.0081\"/px" in result.output
+    assert "(from header-dss (AMDX/AMDY plate solution))" in result.output
+    assert "    pointing: header-dss (AMDX/AMDY plate solution); TAN WCS fitted to the DSS plate solution" \
+        in result.output
+    assert "    scale:    DSS plate solution (CD matrix of the fitted TAN WCS)" in result.output
+    assert "epoch     1951.90828  exptime 3900.0" in result.output
+    assert "    epoch:    DATE-OBS '29/11/51' (old FITS dd/mm/yy, 19yy)" in result.output
+    assert "    exptime:  EXPOSURE 65 minutes (its comment)" in result.output
+    assert "    gain:     no GAIN keyword: config detect.default_gain = 1 e-/ADU" in result.output
+    assert "    saturate: no SATURATE keyword: config detect.default_saturation_adu = 65535 ADU" in result.output
+    # without the plate solution and the date: OBJCTRA/OBJCTDEC, PLTSCALE x XPIXELSZ, no epoch
+    keywords = without(dss_header, (*TAN_PREFIXES, "AMDX", "AMDY", "PPO", "DATE-OBS"))
+    bare = runner.invoke(main, ["info", str(write_plate(tmp_path / "bare.fits", keywords))])
+    assert bare.exit_code == 0, bare.output
+    assert "scale 1.0100\"/px" in bare.output and "(from header-keywords (OBJCTRA/OBJCTDEC))" in bare.output
+    assert "    scale:    PLTSCALE x XPIXELSZ (67.2 arcsec/mm x 15.0295 um / 1000)" in bare.output
+    assert "epoch     None" in bare.output and "    epoch:    none: catalog epoch assumed" in bare.output
 
 
 def test_demo_runs_end_to_end_offline(runner: CliRunner, tmp_path: Path) -> None:

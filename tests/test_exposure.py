@@ -8,13 +8,35 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from astropy.wcs import WCS
+
 from astrodask.config import PointingConfig
 from astrodask.errors import ImageError, InputFileError, PointingError
-from astrodask.exposure import approximate_wcs, get_pointing, header_epoch, parse_dec, parse_ra, read_exposure
+from astrodask.exposure import (
+    DSS_SOURCE,
+    approximate_wcs,
+    epoch_with_source,
+    exposure_time,
+    get_pointing,
+    header_epoch,
+    parse_dec,
+    parse_ra,
+    read_exposure,
+    read_exposure_info,
+)
+from astrodask.gaia import angular_separation_deg
 from astrodask.types import exposure_name
-from astrodask.wcsutil import cd_matrix, cd_to_scale_rotation_parity, tan_wcs
+from astrodask.wcsutil import cd_matrix, cd_to_scale_rotation_parity, tan_wcs, wcs_error_mas
 
 SHAPE = (60, 90)
+#: Shape (ny, nx) of the horsehead DSS scan.
+DSS_SHAPE = (893, 891)
+#: The TAN WCS keywords of the horsehead DSS header (a TAN fitted to the same plate).
+TAN_PREFIXES = ("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_", "CDELT", "CROTA")
+#: The DSS plate solution's polynomial and scan keywords (the plate centre PLTRA*/PLTDEC* aside).
+AMD_PREFIXES = ("AMDX", "AMDY", "PPO")
+#: The plate centre keywords.
+PLATE_CENTRE_PREFIXES = ("PLTRA", "PLTDEC")
 
 
 @pytest.fixture()
@@ -165,3 +187,156 @@ def test_epoch_from_date_or_mjd() -> None:
 @pytest.mark.parametrize(("name", "stem"), [("a.fits.fz", "a"), ("b.v2.fits", "b.v2"), ("c.FITS", "c"), ("d", "d")])
 def test_exposure_name(name: str, stem: str) -> None:
     assert exposure_name(Path("/x") / name) == stem
+
+
+# --- real-world headers: a DSS photographic plate scan (horsehead_dss.hdr) ---------------------------
+
+
+def without(header: fits.Header, prefixes: tuple[str, ...]) -> fits.Header:
+    """A copy of the header without the keywords that start with any of the prefixes."""
+    stripped = header.copy()
+    for key in list(stripped.keys()):
+        if key.startswith(prefixes):
+            stripped.remove(key, remove_all=True)
+    return stripped
+
+
+def header_tan(header: fits.Header) -> WCS:
+    """The horsehead header's own TAN WCS, read without its DSS keywords."""
+    return WCS(fits.Header([card for card in header.cards if card.keyword.startswith((*TAN_PREFIXES, "CUNIT"))]))
+
+
+def write_plate(path: Path, header: fits.Header) -> Path:
+    """An 891 x 893 int16 image of zeros with the given header."""
+    fits.PrimaryHDU(np.zeros(DSS_SHAPE, dtype=np.int16), header=header).writeto(path)
+    return path
+
+
+def test_dss_plate_solution_gives_a_tan_wcs_agreeing_with_the_header_tan(dss_header: fits.Header,
+                                                                          tmp_path: Path) -> None:
+    truth = header_tan(dss_header)
+    info = read_exposure_info(write_plate(tmp_path / "plate.fits", without(dss_header, TAN_PREFIXES)))
+    pointing = get_pointing(info.header, path=info.path)
+    assert pointing.source == DSS_SOURCE == "header-dss (AMDX/AMDY plate solution)"
+    assert "max residual" in pointing.detail and pointing.scale_source.startswith("DSS plate solution")
+    wcs = approximate_wcs(pointing, info.shape)
+    assert list(wcs.wcs.ctype) == ["RA---TAN", "DEC--TAN"] and wcs.sip is None and not wcs.has_distortion
+    error_arcsec = wcs_error_mas(wcs, truth, info.shape, step_px=10.0) / 1000.0
+    assert error_arcsec.max() < 0.3  # README: the plate solution and the header TAN agree to 0.22" at most
+    # 0-based pixels: the header's CRPIX (446, 447) is the 0-based pixel (445, 446) of its CRVAL
+    ra0, dec0 = truth.wcs.crval
+    i0, j0 = wcs.world_to_pixel_values(ra0, dec0)
+    assert (float(i0), float(j0)) == pytest.approx((445.0, 446.0), abs=0.2)
+    assert wcs.wcs.crpix == pytest.approx(truth.wcs.crpix, abs=0.2)
+    # the pointing is the sky position of the image centre, scale and orientation those of the plate
+    centre = truth.pixel_to_world_values((DSS_SHAPE[1] - 1) / 2.0, (DSS_SHAPE[0] - 1) / 2.0)
+    assert angular_separation_deg(pointing.ra_deg, pointing.dec_deg, *centre) * 3600.0 < 0.3
+    assert pointing.scale_arcsec == pytest.approx(1.0082, abs=0.001) and pointing.parity == 1
+    assert abs(pointing.rotation_deg) < 0.2
+
+
+def test_a_header_with_both_keeps_its_fits_wcs(dss_header: fits.Header) -> None:
+    # wcslib prefers the DSS keywords to CTYPE/CRVAL/CD: the explicit FITS WCS must still win
+    pointing = get_pointing(dss_header)
+    assert pointing.source == "header-wcs" and pointing.scale_source == "header WCS (CD matrix)"
+    wcs = approximate_wcs(pointing, DSS_SHAPE)
+    assert list(wcs.wcs.crval) == pytest.approx([85.27497, -2.458265]) and list(wcs.wcs.crpix) == [446.0, 447.0]
+    assert wcs_error_mas(wcs, header_tan(dss_header), DSS_SHAPE).max() < 1e-3
+
+
+def test_command_line_wins_over_the_dss_plate_solution(dss_header: fits.Header) -> None:
+    plate = without(dss_header, TAN_PREFIXES)
+    cli = get_pointing(plate, ra_deg=85.0, dec_deg=-2.0)
+    assert (cli.ra_deg, cli.dec_deg, cli.source) == (85.0, -2.0, "cli")
+    assert cli.scale_arcsec == pytest.approx(1.0100, abs=1e-4) and cli.scale_source.startswith("PLTSCALE x XPIXELSZ")
+    scaled = get_pointing(plate, scale_arcsec=1.5)
+    assert scaled.source == DSS_SOURCE and scaled.scale_arcsec == 1.5 and scaled.wcs_header is None
+    assert scaled.scale_source == "cli --scale"
+
+
+def test_a_damaged_plate_solution_falls_back_to_keywords(dss_header: fits.Header, caplog) -> None:
+    damaged = without(dss_header, TAN_PREFIXES)
+    damaged["AMDY4"] = 1e308  # wcslib folds the absurd eta onto one point of the sky
+    pointing = get_pointing(damaged, path="damaged.fits")
+    assert pointing.source == "header-keywords (OBJCTRA/OBJCTDEC)"
+    assert pointing.scale_arcsec == pytest.approx(1.0100, abs=1e-4)
+    assert "damaged.fits: the DSS plate solution gives a pixel scale" in caplog.text
+    assert "trying RA/DEC keywords" in caplog.text
+
+
+def test_plate_scale_from_pltscale_and_xpixelsz(dss_header: fits.Header) -> None:
+    keywords = without(dss_header, (*TAN_PREFIXES, *AMD_PREFIXES, *PLATE_CENTRE_PREFIXES))
+    pointing = get_pointing(keywords, config=PointingConfig(plate_scale_arcsec=0.5))
+    assert pointing.source == "header-keywords (OBJCTRA/OBJCTDEC)"
+    assert pointing.scale_arcsec == pytest.approx(67.20 * 15.0295 / 1000.0) == pytest.approx(1.010, abs=5e-4)
+    assert pointing.scale_source == "PLTSCALE x XPIXELSZ (67.2 arcsec/mm x 15.0295 um / 1000)"
+    assert (pointing.ra_deg, pointing.dec_deg) == pytest.approx((85.275, -2.458333))
+    del keywords["XPIXELSZ"]
+    fallback = get_pointing(keywords, config=PointingConfig(plate_scale_arcsec=0.5))
+    assert fallback.scale_arcsec == 0.5 and fallback.scale_source == "config pointing.plate_scale_arcsec"
+
+
+def test_dss_plate_centre_and_cutout_centre(dss_header: fits.Header) -> None:
+    truth = header_tan(dss_header)
+    centre = truth.pixel_to_world_values((DSS_SHAPE[1] - 1) / 2.0, (DSS_SHAPE[0] - 1) / 2.0)
+    no_amd = without(dss_header, (*TAN_PREFIXES, "AMDX", "AMDY", "OBJCT"))
+    cutout = get_pointing(no_amd)
+    assert cutout.source.startswith("header-dss-centre") and "CNPIX" in cutout.source
+    # the plate centre moved by CNPIX: a few arcmin off (the AMD offsets, 292" and 316", are neglected)
+    assert angular_separation_deg(cutout.ra_deg, cutout.dec_deg, *centre) * 60.0 < 10.0
+    assert cutout.scale_arcsec == pytest.approx(1.010, abs=5e-4)
+    plate = get_pointing(without(no_amd, ("CNPIX",)))
+    assert plate.source == "header-dss-centre (PLTRA*/PLTDEC* plate centre)"
+    assert (plate.ra_deg, plate.dec_deg) == pytest.approx((85.5994167, -4.9466389))  # 5h42m23.86s -4d56m47.9s
+    assert angular_separation_deg(plate.ra_deg, plate.dec_deg, *centre) > 2.0  # the cutout is far from it
+
+
+@pytest.mark.parametrize(
+    ("cards", "epoch", "source"),
+    [
+        ({"DATE-OBS": "29/11/51"}, 1951.9083, "DATE-OBS '29/11/51' (old FITS dd/mm/yy, 19yy)"),
+        ({"DATE-OBS": "29/11/51", "UT": "12:00:00"}, 1951.9097, "DATE-OBS '29/11/51' (old FITS dd/mm/yy, 19yy) + UT"),
+        ({"DATE-OBS": "1/2/99", "TIME-OBS": "00:00:00"}, 1999.0842, "+ TIME-OBS '00:00:00'"),
+        ({"DATE-OBS": "1990-12-22T13:49:00", "UT": "01:00:00"}, 1990.9735, "DATE-OBS '1990-12-22T13:49:00' (ISO)"),
+        ({"DATE-OBS": "1990-12-22", "UT": "13:49:00"}, 1990.9735, "(ISO) + UT '13:49:00'"),
+        ({"MJD-OBS": 33979.0}, 1951.9083, "MJD-OBS 33979.0"),
+        ({"EXPTIME": 1.0}, None, "none: catalog epoch assumed"),
+    ],
+)
+def test_epoch_from_iso_and_old_fits_dates(cards: dict, epoch: float | None, source: str) -> None:
+    value, described = epoch_with_source(fits.Header(cards))
+    assert value == (None if epoch is None else pytest.approx(epoch, abs=1e-4))
+    assert source in described
+    assert header_epoch(fits.Header(cards)) == value
+
+
+def test_a_bad_date_is_logged_and_ignored(caplog) -> None:
+    assert header_epoch(fits.Header({"DATE-OBS": "32/13/51"}), path="bad.fits") is None
+    assert "bad.fits: DATE-OBS '32/13/51' is not a date" in caplog.text
+    fallback = fits.Header({"DATE-OBS": "yesterday", "MJD-OBS": 33979.0})
+    assert epoch_with_source(fallback) == (pytest.approx(1951.9083, abs=1e-4), "MJD-OBS 33979.0")
+
+
+def test_exposure_time_from_exptime_or_exposure(dss_header: fits.Header) -> None:
+    assert exposure_time(dss_header) == (3900.0, "EXPOSURE 65 minutes (its comment)")
+    seconds = fits.Header([("EXPOSURE", 30.0, "[s] exposure")])
+    assert exposure_time(seconds) == (30.0, "EXPOSURE 30 s")
+    both = fits.Header([("EXPTIME", 12.5, "seconds"), ("EXPOSURE", 65.0, "Exposure Minutes")])
+    assert exposure_time(both) == (12.5, "EXPTIME 12.5 s")
+    assert exposure_time(fits.Header()) == (None, "no EXPTIME or EXPOSURE keyword")
+
+
+def test_a_1951_plate_needs_no_options(dss_header: fits.Header, tmp_path: Path) -> None:
+    plate = without(dss_header, TAN_PREFIXES)
+    plate["DATE-OBS"] = ("29/11/51", "old FITS form dd/mm/yy")
+    path = write_plate(tmp_path / "plate1951.fits", plate)
+    exposure = read_exposure(path)
+    assert exposure.epoch_yr == pytest.approx(1951.91, abs=0.005) and exposure.exptime_s == 3900.0
+    info = read_exposure_info(path)
+    assert info.epoch_yr == exposure.epoch_yr
+    assert info.provenance == {"epoch": "DATE-OBS '29/11/51' (old FITS dd/mm/yy, 19yy)",
+                               "exptime": "EXPOSURE 65 minutes (its comment)",
+                               "gain": "no GAIN keyword", "saturate": "no SATURATE keyword"}
+    pointing = get_pointing(info.header, path=path)
+    assert pointing.source == DSS_SOURCE
+    assert (pointing.ra_deg, pointing.dec_deg) == pytest.approx((85.27499, -2.45829), abs=1e-4)
