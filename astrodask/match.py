@@ -573,7 +573,7 @@ PROXIMITY_BIN_PX = 2.0
 
 
 def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, guess: Affine,
-                 config: RegionConfig) -> RegionMatch:
+                 config: RegionConfig, wide_ij: np.ndarray | None = None) -> RegionMatch:
     """Match one region's sources to their references: astroalign, else proximity.
 
     astroalign pairs the region's brightest sources and references by their
@@ -598,11 +598,16 @@ def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, gues
         references fall in this region.
     config
         Region settings.
+    wide_ij
+        Sources (K, 2) for the proximity match, brightest first, when they differ from
+        ``src_ij`` (saturated stars included: the brightest references often are saturated
+        in the image, and their centroids are good enough to pair); None: ``src_ij``.
 
     Returns
     -------
     RegionMatch
         Status "ok" with the region's affine, pairs and method, or the reason it is left out.
+        The source indices of a "proximity" match refer to ``wide_ij`` when given.
     """
     in_src = np.nonzero(region.contains(src_ij))[0]
     predicted = guess.inverse().apply(tgt_xy)
@@ -621,6 +626,9 @@ def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, gues
         return RegionMatch(region, "ok", "", affine, in_src[si], in_tgt[ti], rms, method="astroalign", **counts)
     except MatchError as err:
         astroalign_error = str(err)
+    if wide_ij is not None:
+        in_src = np.nonzero(region.contains(wide_ij))[0]
+        src = wide_ij[in_src]
     try:
         affine, si, ti, rms = proximity_affine(region, src, tgt, guess=guess, config=config)
     except MatchError as err:

@@ -52,8 +52,12 @@ log = logging.getLogger(__name__)
 #: Source flags that keep a source out of the fits (its centroid is not trustworthy, or it is not a star).
 UNFIT_FLAGS = int(SourceFlag.SATURATED | SourceFlag.EDGE | SourceFlag.WINPOS_FAILED | SourceFlag.BLENDED
                   | ARTEFACT_FLAGS)
-#: Source flags that keep a source out of region matching.
+#: Source flags that keep a source out of region matching by astroalign and of the coarse vote.
 MATCH_FLAGS = UNFIT_FLAGS
+#: Source flags that keep a source out of the regions' proximity match: saturated and blended stars
+#: take part (their centroids are good enough to pair, and the brightest references often are
+#: saturated in the image); their pairs only seed the first TPV fit, never the final ones.
+WIDE_MATCH_FLAGS = int(SourceFlag.EDGE | SourceFlag.WINPOS_FAILED | ARTEFACT_FLAGS)
 #: Systematic floor (mas) assumed for the weights before like_fit has measured one.
 INITIAL_FLOOR_MAS = 20.0
 #: Pairs needed per fitted parameter (per axis) before the full degree is fitted.
@@ -143,6 +147,9 @@ class RegionInputs:
         Regions that must agree.
     coarse
         The coarse alignment's attempts (for the diagnostics of a failed solve).
+    wide, wide_index
+        Sources for the regions' proximity match (saturated and blended ones included,
+        artefacts not), brightest first, and their rows in the source table.
     """
 
     src: np.ndarray
@@ -152,6 +159,8 @@ class RegionInputs:
     regions: tuple
     min_good: int
     coarse: tuple[CoarseAttempt, ...] = ()
+    wide: np.ndarray | None = None
+    wide_index: np.ndarray | None = None
 
 
 #: Stars per list in the coarse alignment's offset vote (brightest first).
@@ -218,13 +227,17 @@ def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, conf
         log.info("small or sparse frame (%d x %d px, %d usable sources): %d regions instead of %d, %d must agree",
                  shape[1], shape[0], len(src), n_regions, rc.n_regions, min_good)
     regions = region_grid(shape, n_regions=n_regions, nx=rc.nx, ny=rc.ny)
-    return RegionInputs(src, usable, tgt, coarse.affine, regions, min_good, coarse.attempts)
+    wide_index = np.nonzero((np.asarray(sources["flag"]) & WIDE_MATCH_FLAGS) == 0)[0]
+    wide = np.column_stack([np.asarray(sources["i"])[wide_index], np.asarray(sources["j"])[wide_index]])
+    return RegionInputs(src, usable, tgt, coarse.affine, regions, min_good, coarse.attempts, wide, wide_index)
 
 
 def stage_region(inputs: RegionInputs, index: int, *, config: PipelineConfig) -> RegionMatch:
     """astroalign in one region (one task of the graph); source indices refer to the source table."""
-    m = match_region(inputs.regions[index], inputs.src, inputs.tgt, guess=inputs.guess, config=config.regions)
-    return RegionMatch(m.region, m.status, m.reason, m.affine, inputs.src_index[m.src_index], m.tgt_index,
+    m = match_region(inputs.regions[index], inputs.src, inputs.tgt, guess=inputs.guess, config=config.regions,
+                     wide_ij=inputs.wide)
+    rows = inputs.wide_index if m.method == "proximity" and inputs.wide_index is not None else inputs.src_index
+    return RegionMatch(m.region, m.status, m.reason, m.affine, rows[m.src_index], m.tgt_index,
                        m.rms_px, m.n_sources, m.n_targets, m.method)
 
 
