@@ -252,9 +252,9 @@ def refine_affine(src: np.ndarray, tgt: np.ndarray, initial: Affine, *, radius_p
 
 #: Pairs a transform needs beyond chance (and its sigmas) to be trusted. The chance count is
 #: that of one fixed transform; a transform searched for and refitted pairs more by chance
-#: (random skies, benchmarks of this test: up to 5 times the fixed-transform count at 10-15 pairs),
+#: (random skies: up to 5 times the fixed-transform count at 10-15 pairs),
 #: hence the margins below.
-MIN_COARSE_PAIRS = 10
+MIN_COARSE_PAIRS = 8
 #: Control points astroalign must pair for its transform to be verified.
 MIN_ASTROALIGN_PAIRS = 6
 #: A transform must pair this many Poisson sigmas more stars than chance would, plus ``MIN_COARSE_PAIRS``.
