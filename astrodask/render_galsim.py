@@ -944,11 +944,23 @@ def _cosmic_rays(shape: tuple[int, int], n: int, rng: np.random.Generator) -> tu
 # --------------------------------------------------------------------------
 
 
+def cd_header(wcs: WCS) -> fits.Header:
+    """A TAN WCS as header keywords with a CD matrix (CDi_j), as telescopes write them, not PCi_j/CDELTi."""
+    header = wcs.to_header()
+    cd = wcs.wcs.get_pc() * wcs.wcs.get_cdelt()[:, None]
+    for key in [k for k in header if k.startswith(("PC1_", "PC2_", "CDELT"))]:
+        del header[key]
+    for a in range(2):
+        for b in range(2):
+            header[f"CD{a + 1}_{b + 1}"] = (float(cd[a, b]), "[deg/px] linear transformation")
+    return header
+
+
 def image_header(scene: Scene, *, saturate_adu: float) -> fits.Header:
     """The exposure's header: the approximate pointing in the scene's style, exposure and detector keywords."""
     ny, nx = scene.shape
     if scene.header_style == "tan":
-        header = approximate_model(scene, distortion=False).to_header()
+        header = cd_header(approximate_model(scene, distortion=False))
         t = Time(scene.date_obs, scale="utc")
         header["DATE-OBS"] = (t.isot, "exposure start (UTC)")
         header["MJD-OBS"] = (float(t.mjd), "exposure start, MJD (UTC)")
