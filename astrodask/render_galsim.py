@@ -588,12 +588,18 @@ def shared_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def _real_field(path: str, scene: Scene, radius_deg: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A real catalog's stars recentred onto the scene and tiled over ``radius_deg``.
+def _real_field(path: str, scene: Scene) -> tuple[dict[str, np.ndarray], tuple[float, float]]:
+    """A real catalog's stars recentred onto the scene (used once: never tiled).
 
-    The real field's tangent-plane box (about its own centre) is repeated on a grid over
-    the cone, each copy flipped in xi and/or eta at random (so the copies are not one
-    pattern repeated), and deprojected about the scene centre.
+    The real field's inner tangent-plane box (about its own centre) is moved to the scene's
+    centre. Repeating it to cover a larger frame would repeat its asterisms, which a
+    pattern matcher can lock onto (a wrong solution one copy away): outside the box the stars
+    are synthetic (:func:`make_stars`).
+
+    Returns
+    -------
+    columns, (half_width_deg, half_height_deg)
+        ``ra``, ``dec``, ``mag``, ``pmra``, ``pmdec``, ``parallax``, and the box's half sizes.
     """
     real = read_catalog(path)
     ra, dec = np.asarray(real["ra"], float), np.asarray(real["dec"], float)
@@ -605,26 +611,10 @@ def _real_field(path: str, scene: Scene, radius_deg: float, rng: np.random.Gener
     y_lo, y_hi = np.quantile(eta, [0.002, 0.998])
     inside = (xi >= x_lo) & (xi < x_hi) & (eta >= y_lo) & (eta < y_hi)
     xi, eta = xi[inside] - 0.5 * (x_lo + x_hi), eta[inside] - 0.5 * (y_lo + y_hi)
-    wx, wy = x_hi - x_lo, y_hi - y_lo
-    cols = {k: np.nan_to_num(np.asarray(real[k], float)[inside]) for k in ("pmra", "pmdec", "parallax")}
-    mag = np.asarray(real["phot_g_mean_mag"], float)[inside]
-    nx_t, ny_t = int(math.ceil(radius_deg / wx + 0.5)), int(math.ceil(radius_deg / wy + 0.5))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xi", "eta", "mag", "pmra", "pmdec", "parallax")}
-    for ty in range(-ny_t, ny_t + 1):
-        for tx in range(-nx_t, nx_t + 1):
-            fx, fy = rng.choice([-1.0, 1.0], 2) if (tx, ty) != (0, 0) else (1.0, 1.0)
-            parts["xi"].append(fx * xi + tx * wx)
-            parts["eta"].append(fy * eta + ty * wy)
-            parts["mag"].append(mag)
-            parts["pmra"].append(fx * cols["pmra"])
-            parts["pmdec"].append(fy * cols["pmdec"])
-            parts["parallax"].append(cols["parallax"])
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    keep = np.hypot(out["xi"], out["eta"]) <= radius_deg
-    out = {k: v[keep] for k, v in out.items()}
-    out["ra"], out["dec"] = _inverse_gnomonic(np.radians(out.pop("xi")), np.radians(out.pop("eta")),
-                                              scene.ra_deg, scene.dec_deg)
-    return out
+    out = {k: np.nan_to_num(np.asarray(real[k], float)[inside]) for k in ("pmra", "pmdec", "parallax")}
+    out["mag"] = np.asarray(real["phot_g_mean_mag"], float)[inside]
+    out["ra"], out["dec"] = _inverse_gnomonic(np.radians(xi), np.radians(eta), scene.ra_deg, scene.dec_deg)
+    return out, (0.5 * (x_hi - x_lo), 0.5 * (y_hi - y_lo))
 
 
 def make_stars(scene: Scene, *, rng: np.random.Generator) -> Table:
@@ -645,21 +635,26 @@ def make_stars(scene: Scene, *, rng: np.random.Generator) -> Table:
     r_frame = _half_diagonal_deg(scene) + 0.01
     r_cat = _half_diagonal_deg(scene) + scene.catalog_margin_deg
     wanted = rng.poisson(scene.star_density_per_deg2 * _cap_area_deg2(r_cat))
-    cols: dict[str, np.ndarray]
+    ra, dec = _cone_positions(scene.ra_deg, scene.dec_deg, r_cat, wanted, rng)
+    mag = _power_law_mags(wanted, scene.bright_mag, scene.faint_mag, scene.lf_slope, rng)
+    cols = {k: np.zeros(0) for k in ("ra", "dec", "mag", "pmra", "pmdec", "parallax")}
     seeded = False
     if scene.seed_catalog is not None and Path(scene.seed_catalog).is_file():
-        cols = _real_field(scene.seed_catalog, scene, r_cat, rng)
+        # real stars in their box at the centre; there, synthetic stars only fainter than the real ones
+        cols, (half_w, half_h) = _real_field(scene.seed_catalog, scene)
         cols = {k: v[cols["mag"] <= scene.faint_mag] for k, v in cols.items()}
-        n_top = max(0, wanted - len(cols["mag"]))
-        top_bright = float(np.max(cols["mag"])) if len(cols["mag"]) else scene.bright_mag
+        xi, eta = (np.degrees(v) for v in _gnomonic(ra, dec, scene.ra_deg, scene.dec_deg))
+        in_box = (np.abs(xi) < half_w) & (np.abs(eta) < half_h)
+        top_up = in_box & (mag > float(np.max(cols["mag"], initial=scene.bright_mag)))
+        # top the box up to the wanted density (to faint_mag) only, not beyond
+        wanted_box = scene.star_density_per_deg2 * 4.0 * half_w * half_h
+        fraction = np.clip((wanted_box - len(cols["mag"])) / max(int(top_up.sum()), 1), 0.0, 1.0)
+        keep = ~in_box | (top_up & (rng.uniform(0.0, 1.0, len(mag)) < fraction))
+        ra, dec, mag = ra[keep], dec[keep], mag[keep]
         seeded = True
-    else:
-        if scene.seed_catalog is not None:
-            log.warning("scene %s: seed catalog %s not found; all stars synthetic", scene.name, scene.seed_catalog)
-        cols = {k: np.zeros(0) for k in ("ra", "dec", "mag", "pmra", "pmdec", "parallax")}
-        n_top, top_bright = wanted, scene.bright_mag
-    ra, dec = _cone_positions(scene.ra_deg, scene.dec_deg, r_cat, n_top, rng)
-    mag = _power_law_mags(n_top, top_bright, scene.faint_mag, scene.lf_slope, rng)
+    elif scene.seed_catalog is not None:
+        log.warning("scene %s: seed catalog %s not found; all stars synthetic", scene.name, scene.seed_catalog)
+    n_top = len(mag)
     n_faint = rng.poisson(scene.star_density_per_deg2 * _cap_area_deg2(r_frame)
                           * (10.0 ** (scene.lf_slope * scene.extra_depth_mag) - 1.0))
     ra_f, dec_f = _cone_positions(scene.ra_deg, scene.dec_deg, r_frame, n_faint, rng)
