@@ -16,7 +16,19 @@ Our wall time is around ``solve_file`` (reading the catalog and the image and de
 included); SCAMP's is decompression + SExtractor + reference catalog + SCAMP.
 See ``benchmarks/peers.py`` for the peer's settings.
 
-Usage: python benchmarks/bench_solve.py [--cases dense,sparse,...] [--no-peer] [--no-ours]
+Second renderer: cases named ``gs-<case>`` (``gs-crowded``, ``gs-messy``, ``gs-plate``,
+``gs-sparse``, ``gs-condor``, ``gs-offset3x``, ``gs-scale20``) are rendered by
+:mod:`astrodask.render_galsim` (GalSim; other PSF, noise, scene and distortion models, TAN-SIP
+truth) at their bench size, cached in --work like the others. The DSS plate case has no FITS
+WCS: SCAMP starts from a TAN fitted to its DSS plate solution (``peers.tan_guess_from_wcs``).
+
+Real data: ``panoptes`` is the real PANOPTES frame ``../shared/data/panoptes_cygnus/unsolved.fits``
+with its G < 10 Gaia DR3 stars. It has no exact truth: it is scored against astrometry.net's
+solution (``solve-field_tycho2_unsolved.wcs``, itself about 0.14 px rms against Gaia). It has
+no WCS: both solvers get the same pointing (centre, scale, rotation), ours through
+``solve_file(pointing=...)`` and the config overrides of the README's PANOPTES paragraph.
+
+Usage: python benchmarks/bench_solve.py [--cases dense,sparse,gs-crowded,panoptes,...] [--no-peer] [--no-ours]
                                         [--work DIR] [--step-px 100]
 """
 
@@ -35,9 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS
+from astropy.time import Time
+from astropy.wcs import WCS, FITSFixedWarning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (beside this script)
@@ -106,8 +121,110 @@ class CaseFiles:
 
     image: Path
     catalog: Path
-    truth_wcs: Path
-    truth_table: Path
+    truth_wcs: Path | None
+    truth_table: Path | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A case ready to solve: its files, the WCS it is scored against and what each solver is given."""
+
+    name: str
+    about: str
+    files: CaseFiles
+    truth: WCS
+    truth_note: str = ""  #: said in the output when the truth is not exact
+    overrides: dict[str, Any] = field(default_factory=dict)  #: PipelineConfig.from_dict for our solve
+    pointing: dict[str, Any] | None = None  #: get_pointing overrides for our solve
+    scamp_guess: fits.Header | None = None  #: WCS keywords SCAMP starts from instead of the image's
+    approx: WCS | None = None  #: the approximate WCS the solvers start from (scored as a sanity check)
+
+
+#: Prefix of the GalSim cases (astrodask.render_galsim.CASES at their bench size).
+GS_PREFIX = "gs-"
+#: The real-data case.
+PANOPTES = "panoptes"
+#: Its pointing (both solvers): the field centre, scale and rotation of the neighbouring exposure's
+#: astrometry.net solution (solved.fits.fz, two minutes later), rounded.
+PANOPTES_POINTING = {"ra_deg": 303.21, "dec_deg": 46.02, "scale_arcsec": 10.32, "rotation_deg": 90.0, "parity": 1}
+#: The config our solve of it needs today (README, PANOPTES paragraph).
+PANOPTES_OVERRIDES = {"regions": {"n_regions": 4, "min_good_regions": 2, "min_stars": 5},
+                      "fit": {"tpv_degree": 2, "min_matches": 20}}
+
+
+def known_cases() -> list[str]:
+    from astrodask.render_galsim import CASES as GS_CASES
+
+    return [*CASES, *(GS_PREFIX + n for n in GS_CASES), PANOPTES]
+
+
+def prepare_simulated(work: Path, name: str) -> Prepared:
+    from astrodask.simulate import read_truth_wcs
+
+    files = simulate_case(work, CASES[name])
+    return Prepared(name=name, about=CASES[name].about, files=files, truth=read_truth_wcs(files.truth_wcs),
+                    approx=header_wcs(files.image))
+
+
+def prepare_galsim(work: Path, name: str) -> Prepared:
+    """A GalSim case at its bench size, rendered when any of its files is absent."""
+    from astrodask.render_galsim import case_scene, render_scene
+    from astrodask.simulate import read_truth_wcs
+
+    scene = case_scene(name[len(GS_PREFIX):], "bench")
+    base = work / scene.name
+    files = CaseFiles(image=base.with_name(base.name + ".fits.fz"), catalog=base.with_name(base.name + "_gaia.ecsv"),
+                      truth_wcs=base.with_name(base.name + ".truth.wcs.fits"),
+                      truth_table=base.with_name(base.name + ".truth.ecsv"))
+    if not all(p.is_file() for p in (files.image, files.catalog, files.truth_wcs, files.truth_table)):
+        rendered = render_scene(scene, work, rng=np.random.default_rng(scene.seed))
+        print(f"  rendered {scene.name} with GalSim in {rendered.render_s:.1f} s", flush=True)
+    approx = header_wcs(files.image)
+    guess = None
+    if scene.header_style == "dss":
+        ny, nx = scene.shape
+        guess = peers.tan_guess_from_wcs(approx, (ny, nx))
+        guess["MJD-OBS"] = (float(Time(scene.date_obs, scale="tt").mjd), "exposure start (from the DSS DATE-OBS)")
+        guess["EXPTIME"] = (scene.exptime_s, "[s] from EXPOSURE (minutes)")
+    return Prepared(name=name, about=scene.about, files=files, truth=read_truth_wcs(files.truth_wcs),
+                    scamp_guess=guess, approx=approx)
+
+
+def prepare_panoptes() -> Prepared:
+    """The real PANOPTES frame, scored against astrometry.net's solution (no exact truth)."""
+    from astrodask.render_galsim import cd_header, shared_data_dir
+    from astrodask.wcsutil import tan_wcs
+
+    root = shared_data_dir()
+    if root is None or not (root / "panoptes_cygnus").is_dir():
+        raise SystemExit("the panoptes case needs ../shared/data/panoptes_cygnus (or $ASTRODASK_SHARED_DATA)")
+    folder = root / "panoptes_cygnus"
+    image = folder / "unsolved.fits"
+    header = fits.getheader(image)
+    shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        truth = WCS(fits.getheader(folder / "solve-field_tycho2_unsolved.wcs"))
+    truth.pixel_shape = (shape[1], shape[0])
+    p = PANOPTES_POINTING
+    approx = tan_wcs(p["ra_deg"], p["dec_deg"], shape=shape, scale_arcsec=p["scale_arcsec"],
+                     rotation_deg=p["rotation_deg"], parity=p["parity"])
+    guess = cd_header(approx)
+    guess["MJD-OBS"] = (float(Time(header["DATE-OBS"], scale="utc").mjd), "exposure start")
+    return Prepared(name=PANOPTES, about="real PANOPTES DSLR frame (700 x 700 px at 10.3\"/px, Cygnus), "
+                    "131 Gaia G < 10 stars", files=CaseFiles(image=image, catalog=folder / "gaia_dr3_G10_cygnus.ecsv",
+                                                             truth_wcs=None, truth_table=None),
+                    truth=truth, truth_note="no exact truth: scored against astrometry.net's solution "
+                    "(solve-field_tycho2_unsolved.wcs, ~0.14 px rms against Gaia itself)",
+                    overrides=PANOPTES_OVERRIDES, pointing=dict(PANOPTES_POINTING), scamp_guess=guess, approx=approx)
+
+
+def prepare(work: Path, name: str) -> Prepared:
+    if name == PANOPTES:
+        return prepare_panoptes()
+    if name.startswith(GS_PREFIX):
+        return prepare_galsim(work, name)
+    return prepare_simulated(work, name)
 
 
 def case_files(work: Path, case: Case) -> CaseFiles:
@@ -231,7 +348,9 @@ def header_wcs(image_path: Path) -> WCS:
         header = hdu.header.copy()
     for key in ("NAXIS", "NAXIS1", "NAXIS2"):
         header.remove(key, ignore_missing=True)
-    return WCS(header)
+    with warnings.catch_warnings():  # a DSS header: astropy fixes its dd/mm/yy DATE-OBS, and says so
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header)
 
 
 # --------------------------------------------------------------------------
@@ -241,7 +360,7 @@ def header_wcs(image_path: Path) -> WCS:
 
 OURS_CHILD = r"""
 import json, pickle, sys, time
-image, catalog_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+image, catalog_path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 try:
     from astrodask.solve import solve_file
 except ImportError as err:
@@ -251,7 +370,8 @@ from astrodask.config import PipelineConfig
 from astrodask.gaia import read_catalog
 started = time.perf_counter()
 try:
-    result = solve_file(image, catalog=read_catalog(catalog_path), config=PipelineConfig())
+    result = solve_file(image, catalog=read_catalog(catalog_path),
+                        config=PipelineConfig.from_dict(options["overrides"] or None), pointing=options["pointing"])
 except Exception as err:  # the benchmark reports a crash as a failed case and goes on
     print(json.dumps({"status": "crashed", "reason": f"{type(err).__name__}: {err}",
                       "time_s": time.perf_counter() - started}))
@@ -283,13 +403,15 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_ours(files: CaseFiles, scratch: Path, truth: WCS, shape: tuple[int, int], step_px: float) -> Outcome:
-    """astrodask's solve_file in a fresh Python process."""
+def run_ours(case: Prepared, scratch: Path, truth: WCS, shape: tuple[int, int], step_px: float) -> Outcome:
+    """astrodask's solve_file in a fresh Python process, with the case's config overrides and pointing."""
+    files = case.files
     scratch.mkdir(parents=True, exist_ok=True)
     wcs_out = scratch / "ours.wcs.pickle"
     wcs_out.unlink(missing_ok=True)
-    run = peers.run_tool([sys.executable, "-c", OURS_CHILD, str(files.image), str(files.catalog), str(wcs_out)],
-                         cwd=scratch, timeout_s=SOLVE_TIMEOUT_S)
+    options = json.dumps({"overrides": case.overrides, "pointing": case.pointing})
+    run = peers.run_tool([sys.executable, "-c", OURS_CHILD, str(files.image), str(files.catalog), str(wcs_out),
+                          options], cwd=scratch, timeout_s=SOLVE_TIMEOUT_S)
     stdout = (scratch / f"{Path(sys.executable).name}.stdout").read_text(errors="replace").strip()
     try:
         info = json.loads(stdout.splitlines()[-1])
@@ -303,9 +425,10 @@ def run_ours(files: CaseFiles, scratch: Path, truth: WCS, shape: tuple[int, int]
     return out
 
 
-def run_peer(files: CaseFiles, scratch: Path, truth: WCS, shape: tuple[int, int], step_px: float) -> Outcome:
-    """SourceExtractor + SCAMP (benchmarks/peers.py)."""
-    res = peers.solve_with_scamp(files.image, files.catalog, scratch)
+def run_peer(case: Prepared, scratch: Path, truth: WCS, shape: tuple[int, int], step_px: float) -> Outcome:
+    """SourceExtractor + SCAMP (benchmarks/peers.py), from the case's WCS guess when it has one."""
+    files = case.files
+    res = peers.solve_with_scamp(files.image, files.catalog, scratch, wcs_guess=case.scamp_guess)
     out = Outcome(status=res.status, reason=res.reason, n_matches=res.n_matches, chi2_dof=res.chi2_dof,
                   time_s=res.times_s.get("total"), maxrss_mb=max(res.maxrss_mb.values(), default=None),
                   extra={"times": res.times_s, "rss": res.maxrss_mb, "n_sources": res.n_sources,
@@ -383,7 +506,8 @@ def tool_versions() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated cases (default all: {','.join(CASES)})")
+                        help=f"comma-separated cases (default the simulate cases: {','.join(CASES)}; also "
+                             f"GalSim cases gs-<name> and the real-data case {PANOPTES}: {','.join(known_cases())})")
     parser.add_argument("--no-peer", action="store_true", help="skip SourceExtractor + SCAMP")
     parser.add_argument("--no-ours", action="store_true", help="skip astrodask's solver")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "astrodask-bench-solve",
@@ -391,9 +515,9 @@ def main() -> None:
     parser.add_argument("--step-px", type=float, default=DEFAULT_STEP_PX, help="grid step of the scorer, px")
     args = parser.parse_args()
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES]
+    unknown = [n for n in names if n not in known_cases()]
     if unknown:
-        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known_cases())}")
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; {tool_versions()}")
@@ -401,32 +525,43 @@ def main() -> None:
 
     from astropy.table import Table
 
-    from astrodask.simulate import read_truth_wcs
+    from astrodask.gaia import read_catalog
 
     rows = []
-    for k, name in enumerate(names):
-        case = CASES[name]
+    self_tested = False
+    for name in names:
+        case = prepare(args.work, name)
+        files, truth = case.files, case.truth
         print(f"[{name}] {case.about}", flush=True)
-        files = simulate_case(args.work, case)
-        truth = read_truth_wcs(files.truth_wcs)
         nx, ny = truth.pixel_shape
         shape = (ny, nx)
-        if k == 0:
+        if not self_tested and files.truth_wcs is not None:
             self_test_scorer(files.truth_wcs, shape)
-        table = Table.read(files.truth_table, format="ascii.ecsv")
-        in_frame = np.asarray(table["in_frame"], bool)
-        mag_limit = Table.read(files.catalog, format="ascii.ecsv").meta.get("mag_limit", 20.0)
-        stars = int(np.count_nonzero(in_frame & (np.asarray(table["phot_g_mean_mag"]) <= mag_limit)))
-        approx = score_wcs(header_wcs(files.image), truth, shape, step_px=args.step_px)
-        print(f"  {nx} x {ny} px, {stars} reference stars in frame (G <= {mag_limit:g}), "
+            self_tested = True
+        if case.truth_note:
+            print(f"  NOTE: {case.truth_note}", flush=True)
+        if files.truth_table is not None:
+            table = Table.read(files.truth_table, format="ascii.ecsv")
+            in_frame = np.asarray(table["in_frame"], bool)
+            mag_limit = Table.read(files.catalog, format="ascii.ecsv").meta.get("mag_limit", 20.0)
+            stars = int(np.count_nonzero(in_frame & (np.asarray(table["phot_g_mean_mag"]) <= mag_limit)))
+        else:  # real data: the catalog's stars that the reference WCS puts on the image
+            cat = read_catalog(files.catalog)
+            mag_limit = float(np.nanmax(cat["phot_g_mean_mag"]))
+            ci, cj = truth.world_to_pixel_values(np.asarray(cat["ra"]), np.asarray(cat["dec"]))
+            stars = int(np.count_nonzero((ci >= -0.5) & (ci < nx - 0.5) & (cj >= -0.5) & (cj < ny - 0.5)))
+        approx = score_wcs(case.approx, truth, shape, step_px=args.step_px)
+        print(f"  {nx} x {ny} px, {stars} reference stars in frame (G <= {mag_limit:.3g}), "
               f"{sky_extent(truth, shape)}; approximate header error rms/p95/max "
-              f"{approx.rms_mas / 1e3:.0f}/{approx.p95_mas / 1e3:.0f}/{approx.max_mas / 1e3:.0f} arcsec", flush=True)
-        ours = None if args.no_ours else run_ours(files, args.work / f"{name}.ours", truth, shape, args.step_px)
+              f"{approx.rms_mas / 1e3:.0f}/{approx.p95_mas / 1e3:.0f}/{approx.max_mas / 1e3:.0f} arcsec"
+              + (f"; our config overrides {case.overrides}" if case.overrides else "")
+              + (f"; pointing given {case.pointing}" if case.pointing else ""), flush=True)
+        ours = None if args.no_ours else run_ours(case, args.work / f"{name}.ours", truth, shape, args.step_px)
         if ours is not None:
             print(f"  ours: {ours.status}{' (' + ours.reason + ')' if ours.reason else ''}; "
                   f"{_fmt(ours.n_matches)} matched, chi2/dof {_fmt(ours.chi2_dof, 2)}; " + (f"error {ours.score.text()} mas; " if ours.score else "")
                   + f"{_fmt(ours.time_s, 1)} s; peak MB {_fmt(ours.maxrss_mb)}", flush=True)
-        peer = None if args.no_peer else run_peer(files, args.work / f"{name}.scamp", truth, shape, args.step_px)
+        peer = None if args.no_peer else run_peer(case, args.work / f"{name}.scamp", truth, shape, args.step_px)
         if peer is not None:
             t, r = peer.extra["times"], peer.extra["rss"]
             print(f"  SCAMP: {peer.status}; {_fmt(peer.extra['n_sources'])} SExtractor sources, "
@@ -438,6 +573,8 @@ def main() -> None:
                   f"peak MB SExtractor {_fmt(r.get('sextractor'))}, SCAMP {_fmt(r.get('scamp'))}", flush=True)
         rows.append((name, stars, ours, peer))
     print_table(rows)
+    if PANOPTES in names:
+        print(f"  {PANOPTES}: the errors are against astrometry.net's solution, not an exact truth")
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
 
 

@@ -184,8 +184,21 @@ def last_error(run: ToolRun) -> str:
 # --------------------------------------------------------------------------
 
 
-def decompress(image_path: Path, out_path: Path) -> fits.Header:
-    """Write the image of ``image_path`` (first HDU with data) as a plain FITS file; its header."""
+#: Keywords of a DSS plate solution (SCAMP does not read them; removed when a WCS guess replaces them).
+DSS_KEYWORDS = ("PPO", "AMDX", "AMDY", "PLTRA", "PLTDEC", "CNPIX", "XPIXELSZ", "YPIXELSZ", "PLTSCALE")
+#: Celestial WCS keywords replaced by a WCS guess.
+WCS_KEYWORDS = ("CTYPE", "CRVAL", "CRPIX", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "CROTA", "CUNIT", "PV1_", "PV2_",
+                "A_", "B_", "AP_", "BP_", "LONPOLE", "LATPOLE", "RADESYS", "EQUINOX", "WCSAXES")
+#: Grid points per axis when fitting a TAN guess to another WCS (a DSS plate solution).
+TAN_GUESS_GRID = 15
+
+
+def decompress(image_path: Path, out_path: Path, *, wcs_guess: fits.Header | None = None) -> fits.Header:
+    """Write the image of ``image_path`` (first HDU with data) as a plain FITS file; its header.
+
+    With ``wcs_guess``, the header's own WCS and DSS plate-solution keywords are replaced by
+    the guess's keywords (a TAN WCS SCAMP can start from, and MJD-OBS/EXPTIME if given).
+    """
     with fits.open(image_path) as hdus:
         hdu = next(h for h in hdus if h.data is not None and h.data.ndim == 2)
         header = hdu.header.copy()
@@ -194,13 +207,45 @@ def decompress(image_path: Path, out_path: Path) -> fits.Header:
                     "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZNAME1", "ZVAL1", "ZNAME2", "ZVAL2", "ZQUANTIZ",
                     "CHECKSUM", "DATASUM"):
             header.remove(key, ignore_missing=True)
+        if wcs_guess is not None:
+            for key in [k for k in header if k.startswith(DSS_KEYWORDS + WCS_KEYWORDS)]:
+                header.remove(key, ignore_missing=True, remove_all=True)
+            for card in wcs_guess.cards:
+                if card.keyword not in ("", "COMMENT", "HISTORY"):
+                    header[card.keyword] = (card.value, card.comment)
         fits.PrimaryHDU(data=data, header=header).writeto(out_path, overwrite=True)
     return header
 
 
+def tan_guess_from_wcs(wcs: WCS, shape: tuple[int, int]) -> fits.Header:
+    """A plain TAN header fitted (astropy ``fit_wcs_from_points``) to any WCS over an (ny, nx) image.
+
+    For SCAMP, which reads no DSS plate solution: the DSS keywords are evaluated by astropy
+    (wcslib), the TAN is fitted to them on a TAN_GUESS_GRID grid of 0-based pixels.
+    """
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs.utils import fit_wcs_from_points
+
+    ny, nx = shape
+    gi, gj = np.meshgrid(np.linspace(0, nx - 1, TAN_GUESS_GRID), np.linspace(0, ny - 1, TAN_GUESS_GRID))
+    ra, dec = wcs.pixel_to_world_values(gi.ravel(), gj.ravel())
+    centre = SkyCoord(*wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0), unit="deg")
+    fitted = fit_wcs_from_points((gi.ravel(), gj.ravel()), SkyCoord(ra, dec, unit="deg"), proj_point=centre,
+                                 projection="TAN")
+    from astrodask.render_galsim import cd_header
+
+    return cd_header(fitted)
+
+
 def exposure_epoch_yr(header: fits.Header) -> float:
-    """Mid-exposure Julian epoch from MJD-OBS (start) and EXPTIME, years."""
-    mjd = float(header["MJD-OBS"]) + float(header.get("EXPTIME", 0.0)) / 2.0 / 86400.0
+    """Mid-exposure Julian epoch from MJD-OBS (else ISO DATE-OBS) at the start and EXPTIME, years."""
+    if "MJD-OBS" in header:
+        start = float(header["MJD-OBS"])
+    else:
+        from astropy.time import Time
+
+        start = float(Time(str(header["DATE-OBS"]), scale="utc").mjd)
+    mjd = start + float(header.get("EXPTIME", 0.0)) / 2.0 / 86400.0
     return 2000.0 + (mjd - J2000_MJD) / DAYS_PER_JULIAN_YEAR
 
 
@@ -292,6 +337,9 @@ def wcs_from_head(image_header: fits.Header, head: fits.Header) -> WCS:
     merged = image_header.copy()
     for key in ("NAXIS", "NAXIS1", "NAXIS2"):
         merged.remove(key, ignore_missing=True)
+    if "CD1_1" in head:  # wcslib prefers PCi_j/CDELTi over CDi_j: the guess's PC form must not survive
+        for key in [k for k in merged if k.startswith(("PC1_", "PC2_", "CDELT"))]:
+            merged.remove(key, ignore_missing=True, remove_all=True)
     for card in head.cards:
         if card.keyword in ("", "COMMENT", "HISTORY", "END"):
             continue
@@ -334,7 +382,7 @@ def read_scamp_xml(xml_path: Path) -> dict[str, float]:
 
 
 def solve_with_scamp(image_path: str | Path, catalog_path: str | Path, scratch: str | Path, *,
-                     keep: bool = False) -> PeerResult:
+                     keep: bool = False, wcs_guess: fits.Header | None = None) -> PeerResult:
     """Solve one exposure with SExtractor + SCAMP; never raises for a tool's failure.
 
     Parameters
@@ -347,6 +395,10 @@ def solve_with_scamp(image_path: str | Path, catalog_path: str | Path, scratch: 
         A folder for the decompressed image, the catalogs and the tools' files (emptied first).
     keep
         Keep the decompressed image (it is deleted otherwise: a full Condor frame is 120 MB).
+    wcs_guess
+        WCS keywords (and MJD-OBS, EXPTIME) to start from instead of the image header's own:
+        a TAN pointing for an exposure without WCS, or a TAN fitted to a DSS plate solution
+        (:func:`tan_guess_from_wcs`).
     """
     image_path, catalog_path, scratch = Path(image_path), Path(catalog_path), Path(scratch)
     if scratch.exists():
@@ -360,7 +412,7 @@ def solve_with_scamp(image_path: str | Path, catalog_path: str | Path, scratch: 
     rss: dict[str, float] = {}
     t0 = time.perf_counter()
     plain = scratch / "image.fits"
-    header = decompress(image_path, plain)
+    header = decompress(image_path, plain, wcs_guess=wcs_guess)
     write_config_files(scratch)
     times["prep"] = time.perf_counter() - t0
 

@@ -213,3 +213,29 @@ def close_s3fs_instances() -> None:
         if fs.asynchronous:
             sync(close(fs))
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def galsim_scene(tmp_path_factory: pytest.TempPathFactory):
+    """A factory ``galsim_scene(name)`` of the small (test-size) GalSim cases' files.
+
+    Each case of :data:`astrodask.render_galsim.CASES` is rendered once per session, seeded
+    by its own seed, into a session folder, and its
+    :class:`astrodask.render_galsim.SceneFiles` returned (image, catalog, truth_wcs,
+    truth_table). Skips when GalSim is not installed.
+    """
+    pytest.importorskip("galsim")
+    import numpy as np
+
+    from astrodask.render_galsim import case_scene, render_scene
+
+    folder = tmp_path_factory.mktemp("galsim-scenes")
+    rendered: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in rendered:
+            scene = case_scene(name, "test")
+            rendered[name] = render_scene(scene, folder / name, rng=np.random.default_rng(scene.seed))
+        return rendered[name]
+
+    return get
