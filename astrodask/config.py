@@ -192,6 +192,9 @@ class DetectConfig(_Section):
                                    "cosmic rays and hot pixels", unit="px", lo=0.1, hi=50.0)
     sharp_ratio: float = param(0.65, "a source whose half-flux radius is below this fraction of the stars' "
                                "(and below their spread) is SHARP: a cosmic ray or hot pixel", lo=0.05, hi=1.0)
+    sharp_peak_ratio: float = param(2.0, "a source whose peak holds this many times more of its flux than the "
+                                    "stars' peaks do (and beyond their spread) is SHARP: a cosmic-ray track",
+                                    lo=1.01, hi=100.0)
     extended_ratio: float = param(1.6, "a source whose half-flux radius is above this multiple of the stars' "
                                   "(and above their spread) is EXTENDED: a galaxy or a blend", lo=1.0, hi=100.0)
     max_elongation: float = param(2.0, "a source with a/b above this (and above the stars' by the same factor "

@@ -349,6 +349,8 @@ LOCUS_BIN_DEX = 0.02
 LOCUS_SMOOTH_BINS = 5
 #: Members of the locus lie within this of its peak, dex.
 LOCUS_HALF_WIDTH_DEX = 0.2
+#: The stars' peaks are measured on the core of the locus: within this many of its robust sigmas.
+LOCUS_CORE_SIGMAS = 2.0
 #: Cuts sit at least this many robust sigmas of the locus away from it.
 LOCUS_CUT_SIGMAS = 4.0
 #: Robust sigma per median absolute deviation.
@@ -357,6 +359,8 @@ MAD_TO_SIGMA = 1.4826
 R50_APERTURE_A = 6.0
 #: Smallest half-flux radius aperture, px.
 R50_MIN_APERTURE_PX = 3.0
+#: The peak's share of the flux is measured in an aperture of this many times the stars' half-flux radius.
+PEAK_APERTURE_R50 = 2.0
 #: Sources at the highest peak level that reveal a saturation level absent from the header.
 SATURATION_PILEUP_MIN = 5
 #: Peaks within this fraction of the highest count as piled up there.
@@ -445,7 +449,9 @@ def classify_sources(image: np.ndarray, objects: np.ndarray, *, snr: np.ndarray,
     The half-flux radius (``sep.flux_radius``) of every source at
     ``classify_snr_min`` or above is compared with the stars' (:func:`stellar_locus`
     over the unsaturated ones): much smaller is ``SHARP`` (a cosmic ray or hot
-    pixel, not blurred by the atmosphere), much larger ``EXTENDED`` (a galaxy or
+    pixel, not blurred by the atmosphere), and so is a source whose peak pixel holds
+    ``sharp_peak_ratio`` times the share of its flux that the stars' peaks hold (a
+    cosmic-ray track as long as a star is wide); much larger is ``EXTENDED`` (a galaxy or
     a blend); an axis ratio a/b far above the stars' is ``ELONGATED`` (hot
     columns, satellite and bleed trails, cosmic-ray tracks). Each cut sits at
     the configured ratio or :data:`LOCUS_CUT_SIGMAS` robust sigmas of the
@@ -492,10 +498,22 @@ def classify_sources(image: np.ndarray, objects: np.ndarray, *, snr: np.ndarray,
     spread = LOCUS_CUT_SIGMAS * sigma
     low = centre - max(-np.log10(config.sharp_ratio), spread)
     high = centre + max(np.log10(config.extended_ratio), spread)
-    with np.errstate(invalid="ignore"):
-        sharp = good & (logr < low)
-        extended = good & (logr > high) & ~np.asarray(saturated)[bright]
+    with np.errstate(invalid="ignore", divide="ignore"):
         stars = unsat & (np.abs(logr - centre) <= LOCUS_HALF_WIDTH_DEX)
+        # the share of the flux (in an aperture of twice the stars' r50) in the peak pixel: a
+        # cosmic-ray track as wide as a star is still far more peaked (the seeing never blurred it)
+        aperture_flux, _, _ = sep.sum_circle(image, obj["x"].astype(np.float64), obj["y"].astype(np.float64),
+                                             PEAK_APERTURE_R50 * 10.0**centre, mask=mask)
+        peakiness = np.log10(np.asarray(obj["peak"], dtype=np.float64) / np.asarray(aperture_flux))
+        peak_limit = np.inf
+        core = unsat & (np.abs(logr - centre) <= max(LOCUS_CORE_SIGMAS * sigma, LOCUS_BIN_DEX))
+        if np.count_nonzero(core) >= MIN_LOCUS_SOURCES:
+            star_peak = peakiness[core]
+            peak_centre = float(np.median(star_peak))
+            peak_sigma = float(MAD_TO_SIGMA * np.median(np.abs(star_peak - peak_centre)))
+            peak_limit = peak_centre + max(np.log10(config.sharp_peak_ratio), LOCUS_CUT_SIGMAS * peak_sigma)
+        sharp = good & ((logr < low) | ((peakiness > peak_limit) & ~np.asarray(saturated)[bright]))
+        extended = good & (logr > high) & ~np.asarray(saturated)[bright] & ~sharp
     star_elongation = float(np.median(elongation[stars])) if stars.any() else 1.0
     too_long = elongation > max(config.max_elongation, star_elongation * config.max_elongation)
     flags[bright[sharp]] |= SourceFlag.SHARP

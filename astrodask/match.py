@@ -471,7 +471,10 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
     ``verify_radius_px`` (at most :data:`VERIFY_RADIUS_DIAGONAL_FRACTION` of the frame's
     diagonal), against the pairs chance alone would give. The first
     proposal pairing :data:`COARSE_ACCEPT_FRACTION` of them is taken at once;
-    otherwise the proposal pairing most stars, if that is significant.
+    otherwise the proposal pairing most stars, if that is significant. A proposal
+    that moves the image centre farther than ``max_shift_px`` (the search radius) is
+    refused: the references were not looked for that far, so it matched a repeated
+    pattern, not this field.
 
     Raises
     ------
@@ -481,6 +484,7 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
     ny, nx = shape
     area = float(nx) * float(ny)
     radius = min(config.verify_radius_px, VERIFY_RADIUS_DIAGONAL_FRACTION * math.hypot(nx, ny))
+    centre = np.array([[(nx - 1) / 2.0, (ny - 1) / 2.0]])
     need_accept = COARSE_ACCEPT_FRACTION * min(len(verify_src), len(verify_tgt))
     attempts: list[CoarseAttempt] = []
     best: CoarseAttempt | None = None
@@ -488,7 +492,7 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
         head = {"name": cand.name, "method": cand.method, "n_sources": len(cand.src), "n_targets": len(cand.tgt)}
         try:
             if cand.method == "vote":
-                proposal = vote_transform(cand.src, cand.tgt, centre=np.array([(nx - 1) / 2.0, (ny - 1) / 2.0]),
+                proposal = vote_transform(cand.src, cand.tgt, centre=centre[0],
                                           max_shift_px=max_shift_px, max_rotation_deg=config.search_rotation_deg,
                                           max_scale_frac=config.search_scale_frac)
             else:
@@ -502,9 +506,12 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
             continue
         affine, n_pairs, chance, rms = verify_transform(proposal, verify_src, verify_tgt, radius_px=radius,
                                                         area_px2=area)
-        ok = significant(n_pairs, chance)
-        attempt = CoarseAttempt(**head, n_pairs=n_pairs, n_chance=chance, rms_px=rms,
-                                outcome="ok" if ok else f"rejected: {n_pairs} pairs, {chance:.1f} by chance",
+        shift = float(np.linalg.norm(affine.apply(centre) - centre))
+        ok = significant(n_pairs, chance) and shift <= max_shift_px
+        outcome = "ok" if ok else (f"rejected: {n_pairs} pairs, {chance:.1f} by chance" if shift <= max_shift_px
+                                   else f"rejected: moves the centre {shift:.0f} px, beyond the search radius "
+                                        f"{max_shift_px:.0f} px")
+        attempt = CoarseAttempt(**head, n_pairs=n_pairs, n_chance=chance, rms_px=rms, outcome=outcome,
                                 affine=affine)
         attempts.append(attempt)
         if ok and (best is None or n_pairs > best.n_pairs):

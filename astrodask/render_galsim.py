@@ -1184,7 +1184,7 @@ CASES: dict[str, Scene] = {s.name: s for s in (
           photographic=True, bleed=False, header_style="dss", pointing_error_arcmin=1.5, rotation_error_deg=0.2,
           scale_error_frac=0.003),
     Scene("sparse", f"{SPARSE_EXPTIME_S:g} s exposure of a thin field (a few hundred stars detected)", seed=204,
-          shape=CONDOR_SHAPE, test_shape=(1600, 2400), ra_deg=205.0, dec_deg=48.0, rotation_deg=179.5,
+          shape=CONDOR_SHAPE, test_shape=(3194, 4788), ra_deg=205.0, dec_deg=48.0, rotation_deg=179.5,
           exptime_s=SPARSE_EXPTIME_S, sky_adu=DEFAULT_SKY_ADU * SPARSE_EXPTIME_S / DEFAULT_EXPTIME_S,
           star_density_per_deg2=800.0, fwhm_px=3.0, cosmic_rays_per_mpix=CONDOR_CR_PER_MPIX / 4.0,
           pointing_error_arcmin=3.0),

@@ -486,9 +486,29 @@ def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, so
     return table
 
 
+def pointing_offset_deg(solution: TPVSolution, wcs0: Any, shape: tuple[int, int]) -> float:
+    """Angular distance between the image centre through the solution and through the approximate WCS, degrees."""
+    from astrodask.gaia import angular_separation_deg
+
+    ny, nx = shape
+    ci, cj = np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0])
+    ra, dec = pixel_to_world(solution, ci, cj)
+    ra0, dec0 = wcs0.pixel_to_world_values(ci, cj)
+    return float(angular_separation_deg(float(ra[0]), float(dec[0]), float(ra0[0]), float(dec0[0])))
+
+
 def quality_gates(*, n_kept: int, rms_arcsec: tuple[float, float], quality: Any, model: ErrorModel,
-                  scale_arcsec: float, config: FitConfig) -> str:
-    """The reason a solve fails its quality gates, or "" when it passes (limits in pixels of this camera)."""
+                  scale_arcsec: float, config: FitConfig, offset_deg: float = 0.0,
+                  search_radius_deg: float = math.inf) -> str:
+    """The reason a solve fails its quality gates, or "" when it passes (limits in pixels of this camera).
+
+    Beyond the fit's figures, a solution whose centre lies farther from the header's pointing
+    than the search radius (``gaia.margin_deg``) is refused: the reference stars were only looked
+    for that far, so such a match can only be a repeated pattern of the sky, not this field.
+    """
+    if offset_deg > search_radius_deg:
+        return (f"the solution's centre is {offset_deg:.3f} deg from the header's pointing, beyond the "
+                f"search radius gaia.margin_deg = {search_radius_deg} deg")
     if n_kept < config.min_matches:
         return f"{n_kept} matches kept, at least {config.min_matches} needed"
     rms_px = max(rms_arcsec) / scale_arcsec
@@ -599,7 +619,9 @@ def finish_solve(info: ExposureInfo, sources: Table, deep: Table, wcs0: Any, ref
     final = residuals_mas(deep, refs, kept.subset(keep), solution) / 1000.0
     rms = (float(np.sqrt(np.mean(final[:, 0] ** 2))), float(np.sqrt(np.mean(final[:, 1] ** 2))))
     reason = quality_gates(n_kept=counts["matches"], rms_arcsec=rms, quality=quality, model=model,
-                           scale_arcsec=solution.scale_arcsec, config=config.fit)
+                           scale_arcsec=solution.scale_arcsec, config=config.fit,
+                           offset_deg=pointing_offset_deg(solution, wcs0, shape),
+                           search_radius_deg=config.gaia.margin_deg)
     matched_table = matched_list(deep, refs, kept, keep, solution, model)
     clock.lap("done")
     return ExposureResult(
