@@ -265,7 +265,7 @@ class Score:
     n_points: int
 
     def text(self) -> str:
-        return f"{_fmt(self.rms_mas)}/{_fmt(self.p95_mas)}/{_fmt(self.max_mas)}"
+        return f"{_err(self.rms_mas)}/{_err(self.p95_mas)}/{_err(self.max_mas)}"
 
 
 def pixel_grid(shape: tuple[int, int], step_px: float) -> tuple[np.ndarray, np.ndarray]:
@@ -453,12 +453,19 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:.{digits}f}"
 
 
+def _err(value_mas: float | None) -> str:
+    """A WCS error, mas: one decimal below 100 mas (the targets compare to SCAMP's + 0.5 mas)."""
+    if value_mas is not None and math.isfinite(value_mas) and abs(value_mas) < 100:
+        return _fmt(value_mas, 1)
+    return _fmt(value_mas)
+
+
 def _cells(o: Outcome | None) -> list[str]:
     if o is None:
         return ["skipped"] + [""] * 7
     s = o.score
-    return [o.status, _fmt(o.n_matches), _fmt(s.rms_mas) if s else "-", _fmt(s.p95_mas) if s else "-",
-            _fmt(s.max_mas) if s else "-", _fmt(o.chi2_dof, 2), _fmt(o.time_s, 1), _fmt(o.maxrss_mb)]
+    return [o.status, _fmt(o.n_matches), _err(s.rms_mas) if s else "-", _err(s.p95_mas) if s else "-",
+            _err(s.max_mas) if s else "-", _fmt(o.chi2_dof, 2), _fmt(o.time_s, 1), _fmt(o.maxrss_mb)]
 
 
 def print_table(rows: list[tuple[str, int, Outcome | None, Outcome | None]]) -> None:
