@@ -359,6 +359,8 @@ MAD_TO_SIGMA = 1.4826
 R50_APERTURE_A = 6.0
 #: Smallest half-flux radius aperture, px.
 R50_MIN_APERTURE_PX = 3.0
+#: Largest half-flux radius aperture: this many times the median semi-major axis of the classified sources.
+R50_MAX_APERTURE_A = 8.0
 #: The peak's share of the flux is measured in an aperture of this many times the stars' half-flux radius.
 PEAK_APERTURE_R50 = 2.0
 #: Sources at the highest peak level that reveal a saturation level absent from the header.
@@ -482,8 +484,11 @@ def classify_sources(image: np.ndarray, objects: np.ndarray, *, snr: np.ndarray,
     if len(bright) == 0:
         return Morphology(flags, r50, float("nan"), 0.0, 0)
     obj = objects[bright]
-    radius, rflag = sep.flux_radius(image, obj["x"].astype(np.float64), obj["y"].astype(np.float64),
-                                    np.maximum(R50_APERTURE_A * obj["a"], R50_MIN_APERTURE_PX).astype(np.float64),
+    # the aperture grows with the source, up to a few times the typical size (a hot column or a
+    # bleed trail thousands of pixels long would otherwise cost seconds, and is ELONGATED anyway)
+    cap = max(R50_MIN_APERTURE_PX, R50_MAX_APERTURE_A * float(np.median(obj["a"])))
+    aperture = np.clip(R50_APERTURE_A * np.asarray(obj["a"], dtype=np.float64), R50_MIN_APERTURE_PX, cap)
+    radius, rflag = sep.flux_radius(image, obj["x"].astype(np.float64), obj["y"].astype(np.float64), aperture,
                                     0.5, subpix=5, mask=mask)
     good = (rflag == 0) & np.isfinite(radius) & (radius > 0)
     r50[bright[good]] = radius[good]

@@ -323,9 +323,9 @@ def plot_failure(result: ExposureResult, out_dir: str | Path) -> Path:
     thumb, factor = _thumbnail(result.file)
     fig, (ax, text_ax) = plt.subplots(1, 2, figsize=(17, 8), width_ratios=(1.6, 1), constrained_layout=True)
     if thumb is not None:
-        lo, hi = np.nanpercentile(thumb, [5, 99.5])
+        lo, hi = np.nanpercentile(thumb, [50, 99.7])  # the sky level white, the stars dark
         ny, nx = thumb.shape[0] * factor, thumb.shape[1] * factor
-        ax.imshow(np.arcsinh((thumb - lo) / max(hi - lo, 1e-9) * 10), origin="lower", cmap="gray_r",
+        ax.imshow(np.arcsinh(np.clip((thumb - lo) / max(hi - lo, 1e-9), 0, None) * 10), origin="lower", cmap="gray_r",
                   extent=(-0.5, nx - 0.5, -0.5, ny - 0.5), interpolation="nearest")
     elif result.shape != (0, 0):
         ny, nx = result.shape
