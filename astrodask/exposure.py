@@ -101,6 +101,39 @@ def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
     )
 
 
+def exposure_from_array(data: np.ndarray, header: fits.Header, *, name: str = "image") -> Exposure:
+    """An exposure already in memory: a 2-D image and its FITS header (a pipeline's own frame).
+
+    Parameters
+    ----------
+    data
+        Image pixels, shape (ny, nx); converted to native-endian float32 (the input is not modified).
+    header
+        Its FITS header: the pointing, epoch, gain and saturation are read from it as from a file's.
+    name
+        The exposure's name in results and output files (there is no file).
+
+    Raises
+    ------
+    ImageError
+        ``data`` is not a non-empty 2-D array.
+    """
+    array = np.asarray(data)
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise ImageError(f"{name}: an exposure needs a non-empty 2-D image, got shape {array.shape}")
+    header = fits.Header(header)
+    return Exposure(
+        path=Path(name),
+        hdu_index=0,
+        data=np.ascontiguousarray(array, dtype=np.float32),
+        header=header,
+        epoch_yr=header_epoch(header, path=name),
+        gain=_positive_float(header, "GAIN"),
+        saturate_adu=_positive_float(header, "SATURATE"),
+        exptime_s=exposure_time(header)[0],
+    )
+
+
 def read_exposure_info(path: str | Path, *, hdu: int | None = None) -> ExposureInfo:
     """An exposure's header facts without decoding its pixels (cheap, for planning).
 

@@ -643,13 +643,31 @@ def solve_file(path: str | Path, *, catalog: Table | None = None, config: Pipeli
     exposure is reported and a backlog goes on; unexpected errors are logged
     with their traceback.
     """
+    return _solve_guarded(path, lambda: read_exposure(path, hdu=hdu), catalog=catalog, config=config,
+                          pointing=pointing, cache_url=cache_url)
+
+
+def solve_array(data: np.ndarray, header: Any, *, name: str = "image", catalog: Table | None = None,
+                config: PipelineConfig | None = None, pointing: dict[str, Any] | None = None,
+                cache_url: str | None = None) -> ExposureResult:
+    """Solve an exposure already in memory (image and FITS header), as :func:`solve_file` does a file."""
+    from astrodask.exposure import exposure_from_array
+
+    return _solve_guarded(name, lambda: exposure_from_array(data, header, name=name), catalog=catalog,
+                          config=config, pointing=pointing, cache_url=cache_url)
+
+
+def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: Table | None,
+                   config: PipelineConfig | None, pointing: dict[str, Any] | None,
+                   cache_url: str | None) -> ExposureResult:
+    """Load and solve one exposure, turning any failure into a failed result (see :func:`solve_file`)."""
     config = config or PipelineConfig()
     clock = _Clock()
     name = Path(path).name
     trace: dict[str, Any] = {}
     details: dict[str, Any] = {}
     try:
-        exposure = read_exposure(path, hdu=hdu)
+        exposure = load()
         return solve_exposure(exposure, catalog=catalog, config=config, pointing=pointing, clock=clock,
                               cache_url=cache_url, trace=trace)
     except AstrodaskError as err:
