@@ -1,4 +1,4 @@
-"""Region matching and the mean affine (ALGORITHM step 2).
+"""Region matching and the mean affine (docs/algorithm.md, step 2).
 
 The image is divided into 24 regions (6 x 4 on a Condor frame: the grid follows
 the aspect ratio). In each region, image sources are matched to their Gaia

@@ -1,4 +1,4 @@
-"""One exposure, serially, stage by stage: the Condor solve (ALGORITHM steps 1 to 6).
+"""One exposure, serially, stage by stage: the Condor solve (docs/algorithm.md, steps 1 to 6).
 
 Each stage is a pure function of arrays and tables, so the Dask graph
 (``astrodask.graph``) can call the same functions as tasks:
@@ -542,7 +542,7 @@ class _Clock:
 def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig | None = None,
                    pointing: dict[str, Any] | None = None, clock: _Clock | None = None,
                    cache_url: str | None = None, trace: dict[str, Any] | None = None) -> ExposureResult:
-    """Solve one exposure, stage by stage (ALGORITHM steps 1 to 6).
+    """Solve one exposure, stage by stage (docs/algorithm.md, steps 1 to 6).
 
     Parameters
     ----------
