@@ -24,7 +24,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +331,7 @@ def write_status(row: dict[str, Any], out_dir: str | Path) -> Path:
     if not name or os.sep in name or "status" not in row:
         raise ValueError(f"a status record needs a file name in 'name' and a 'status', got {row!r}")
     record = {key: _plain(value) for key, value in row.items()}
-    record.setdefault("finished_utc", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record.setdefault("finished_utc", datetime.now(UTC).isoformat(timespec="seconds"))
     text = json.dumps(record, indent=1)
     return atomic_write(status_path(out_dir, name), lambda tmp: _write_text(tmp, text))
 
@@ -505,8 +505,8 @@ def format_status(status: BacklogStatus, *, max_listed: int = MAX_LISTED,
 def assemble_summary(out_dir: str | Path) -> Path:
     """Rebuild ``DIR/summary.ecsv`` from every status record, one row per exposure sorted by name.
 
-    The columns are :data:`astrodask.output.SUMMARY_COLUMNS` and the ``t_<stage>_s`` timings; values missing from a record
-    are empty (``""``, 0 or NaN).  The file is replaced atomically.
+    The columns are :data:`astrodask.output.SUMMARY_COLUMNS` and the ``t_<stage>_s`` timings; values missing
+    from a record are empty (``""``, 0 or NaN).  The file is replaced atomically.
     """
     names = list(SUMMARY_COLUMNS) + [f"t_{stage}_s" for stage in STAGES]
     template = summary_row(ExposureResult(file="", name="", status=FAILED))

@@ -607,7 +607,8 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
 @config_options
 @logging_options
 def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
-              serial: bool, cache_url: str | None, no_cache: bool, scheduler: str | None, scheduler_file: str | None, workers: int | None,
+              serial: bool, cache_url: str | None, no_cache: bool, scheduler: str | None, scheduler_file: str | None,
+              workers: int | None,
               ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
               config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Solve exposures: TAN + TPV WCS against Gaia DR3, with an error model and a chi-square.
@@ -738,7 +739,8 @@ def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignm
     try:
         task = json.loads(message)
     except json.JSONDecodeError as err:
-        raise click.ClickException(f"the task message is not JSON ({err.msg} at column {err.colno}): {message!r}") from None
+        raise click.ClickException(f"the task message is not JSON ({err.msg} at column {err.colno}): "
+                                   f"{message!r}") from None
     if not isinstance(task, dict) or task.get("task") != "astrometer":
         raise click.ClickException(f"unknown task {task.get('task') if isinstance(task, dict) else task!r}: "
                                    "only 'astrometer' is supported")
@@ -827,7 +829,8 @@ def cache_info_cmd(cache_url: str | None, config_file: str | None, assignments: 
 @click.option("--dec", "field_dec", type=float, default=None, help="Centre of a field to fill, Dec in degrees.")
 @click.option("--radius", "field_radius", type=float, default=None, help="Radius of the field, degrees.")
 @click.option("--recursive", is_flag=True, help="Search directories and ** globs recursively.")
-@click.option("--retries", type=int, default=2, show_default=True, help="Retries of a tile task after an unexpected error.")
+@click.option("--retries", type=int, default=2, show_default=True,
+              help="Retries of a tile task after an unexpected error.")
 @_cache_url_option
 @cluster_options
 @config_options
@@ -840,8 +843,8 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
 
     The tiles come from a field (--ra --dec --radius) and/or from ITEMS, exposures
     (files, globs, directories, @LIST files) whose footprints plus gaia.margin_deg
-    come from their headers' pointing (as 'astrodask solve' finds it). Each missing, half-written, damaged, partial or too
-    shallow tile is filled by one archive query in a task keyed
+    come from their headers' pointing (as 'astrodask solve' finds it). Each missing,
+    half-written, damaged, partial or too shallow tile is filled by one archive query in a task keyed
     gaia-tile-<level>-<pixel>, at most gaia.max_queries at once across the cluster;
     complete tiles are left alone. Then 'astrodask submit --cache URL' reads them.
     """

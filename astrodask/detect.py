@@ -135,8 +135,8 @@ def get_image_ij(
     saturation = effective_saturation(raw_peak, saturation, back_level=back_level, back_rms=back_rms)
     flux0 = np.asarray(objects["flux"], dtype=np.float64)
     snr = flux0 / np.sqrt(np.maximum(flux0, 0.0) / gain + objects["npix"] * back_rms**2)
-    morphology = classify_sources(image, objects, snr=snr, saturated=raw_peak >= config.saturation_fraction * saturation,
-                                  config=config, mask=sep_mask)
+    saturated = raw_peak >= config.saturation_fraction * saturation
+    morphology = classify_sources(image, objects, snr=snr, saturated=saturated, config=config, mask=sep_mask)
     fwhm = config.winpos_fwhm_px or morphology.fwhm_px or estimate_fwhm(image, objects, mask=sep_mask)
     sig = np.full(len(objects), fwhm * FWHM_TO_SIGMA)
     xwin, ywin, winflag = sep.winpos(image, x, y, sig, mask=sep_mask)

@@ -1168,7 +1168,8 @@ def get_gaia_xy(
     stars["x"] = np.asarray(x, dtype=np.float64)
     stars["y"] = np.asarray(y, dtype=np.float64)
     stars["x"].unit = stars["y"].unit = "pix"
-    stars["in_image"] = (stars["x"] >= -0.5) & (stars["x"] <= nx - 0.5) & (stars["y"] >= -0.5) & (stars["y"] <= ny - 0.5)
+    stars["in_image"] = ((stars["x"] >= -0.5) & (stars["x"] <= nx - 0.5)
+                         & (stars["y"] >= -0.5) & (stars["y"] <= ny - 0.5))
     stars.meta.update({"origin": origin, "footprint_ra_deg": ra_c, "footprint_dec_deg": dec_c,
                        "footprint_radius_deg": radius, "epoch": epoch_yr,
                        "scale_arcsec": float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0),

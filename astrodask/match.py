@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import astroalign
 import numpy as np
@@ -510,7 +510,7 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
         ok = significant(n_pairs, chance) and shift <= max_shift_px
         outcome = "ok" if ok else (f"rejected: {n_pairs} pairs, {chance:.1f} by chance" if shift <= max_shift_px
                                    else f"rejected: moves the centre {shift:.0f} px, beyond the search radius "
-                                        f"{max_shift_px:.0f} px")
+                                        f"{max_shift_px:.0f} px (gaia.margin_deg)")
         attempt = CoarseAttempt(**head, n_pairs=n_pairs, n_chance=chance, rms_px=rms, outcome=outcome,
                                 affine=affine)
         attempts.append(attempt)
@@ -522,7 +522,7 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
         raise MatchError("the coarse alignment failed: " + "; ".join(f"{a.name} ({a.method}): {a.outcome}"
                                                                        for a in attempts),
                          details={"coarse": [a.as_dict() for a in attempts]})
-    attempts = [CoarseAttempt(**{**a.__dict__, "outcome": "accepted"}) if a is best else a for a in attempts]
+    attempts = [replace(a, outcome="accepted") if a is best else a for a in attempts]
     log.debug("coarse alignment: %s (%s) pairs %d stars (%.1f by chance)", best.name, best.method, best.n_pairs,
               best.n_chance)
     assert best.affine is not None

@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def solution_header(result: ExposureResult) -> fits.Header:
     cards: list[tuple[str, Any, str]] = [
         ("ASTSTAT", result.status.upper(), "astrodask solve status"),
         ("ASTVERS", __version__, "astrodask version"),
-        ("ASTDATE", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of the solve"),
+        ("ASTDATE", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of the solve"),
         ("ASTFILE", Path(result.file).name, "exposure solved"),
         ("TPVDEG", int(result.solution.degree), "degree of the TPV polynomial"),
         ("NSOURCE", int(result.counts.get("depth_sources", 0)), "sources of the depth pass"),

@@ -908,7 +908,8 @@ def photographic_response(exposure: np.ndarray, scene: Scene, *, rng: np.random.
     return np.clip(density, 0.0, scene.plate_max_density) / scene.plate_max_density * PLATE_SCAN_MAX_ADU
 
 
-def _cosmic_rays(shape: tuple[int, int], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _cosmic_rays(shape: tuple[int, int], n: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cosmic-ray pixels (i, j, level ADU, event index): points and short worms, not PSF-convolved."""
     ny, nx = shape
     out_i, out_j, out_v, out_k = [], [], [], []

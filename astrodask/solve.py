@@ -508,12 +508,14 @@ def quality_gates(*, n_kept: int, rms_arcsec: tuple[float, float], quality: Any,
     """
     if offset_deg > search_radius_deg:
         return (f"the solution's centre is {offset_deg:.3f} deg from the header's pointing, beyond the "
-                f"search radius gaia.margin_deg = {search_radius_deg} deg")
+                f"search radius gaia.margin_deg = {search_radius_deg} deg (raise it, e.g. --set gaia.margin_deg=0.5, "
+                f"if headers can be that far off)")
     if n_kept < config.min_matches:
         return f"{n_kept} matches kept, at least {config.min_matches} needed"
     rms_px = max(rms_arcsec) / scale_arcsec
     if rms_px > config.max_rms_px:
-        return f"residual rms ({rms_arcsec[0]:.3f}, {rms_arcsec[1]:.3f}) arcsec = {rms_px:.3f} px above {config.max_rms_px} px"
+        return (f"residual rms ({rms_arcsec[0]:.3f}, {rms_arcsec[1]:.3f}) arcsec = {rms_px:.3f} px above "
+                f"{config.max_rms_px} px")
     if not np.isfinite(quality.chi2_dof) or quality.chi2_dof > config.max_chi2_dof:
         return f"chi-square/dof {quality.chi2_dof:.3g} above {config.max_chi2_dof}"
     floor_px = model.floor_mas / 1000.0 / scale_arcsec

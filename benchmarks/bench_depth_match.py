@@ -71,7 +71,7 @@ def main() -> None:
     print(f"{args.sources} sources x {args.targets} targets, radius {radius:.2f} px")
     for window in (0, 100, 1000, 10_000):
         seconds, match = best_time(
-            lambda: depth_match(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=radius, window=window),
+            lambda window=window: depth_match(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=radius, window=window),
             args.repeat,
         )
         right = np.count_nonzero(truth[match.src_index] == match.tgt_index)
@@ -84,11 +84,12 @@ def main() -> None:
     src_xy, src_flux, tgt_xy, tgt_flux, _ = simulate(n_small, n_tgt_small, rng)
     for window in (0, 100):
         fast_s, fast = best_time(
-            lambda: depth_match(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=radius, window=window),
+            lambda window=window: depth_match(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=radius, window=window),
             args.repeat,
         )
         slow_s, slow = best_time(
-            lambda: depth_match_literal(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=radius, window=window),
+            lambda window=window: depth_match_literal(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=radius,
+                                                      window=window),
             1,
         )
         same = np.array_equal(fast.pairs(), slow.pairs())

@@ -129,7 +129,7 @@ def main() -> None:
         best = min(runs, key=lambda r: r["total_s"])
         print(f"{'depth' if depth else 'first'} pass: {best['n']} sources, FWHM {best['fwhm']:.2f} px; "
               f"read + detect {best['total_s']:.2f} s (best of {args.repeat}; read {best['read_s']:.2f} s; "
-              f"all runs {', '.join('%.2f' % r['total_s'] for r in runs)} s); "
+              f"all runs {', '.join(format(r['total_s'], '.2f') for r in runs)} s); "
               f"peak memory {max(r['maxrss_mb'] for r in runs):.0f} MB")
         centroid_report(out, args.work / image.name.replace(".fits.fz", ".truth.ecsv"))
 

@@ -55,7 +55,7 @@ from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402  (beside this script)
+import peers
 
 #: Grid step of the scorer, pixels (the last row and column are always included).
 DEFAULT_STEP_PX = 100
@@ -287,7 +287,8 @@ def great_circle_mas(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: n
         ra, dec = np.radians(ra), np.radians(dec)
         return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
-    p1, p2 = unit(np.asarray(ra1, float), np.asarray(dec1, float)), unit(np.asarray(ra2, float), np.asarray(dec2, float))
+    p1 = unit(np.asarray(ra1, float), np.asarray(dec1, float))
+    p2 = unit(np.asarray(ra2, float), np.asarray(dec2, float))
     cross = np.linalg.norm(np.cross(p1, p2, axis=0), axis=0)
     return np.degrees(np.arctan2(cross, np.sum(p1 * p2, axis=0))) * MAS_PER_DEG
 
@@ -566,7 +567,8 @@ def main() -> None:
         ours = None if args.no_ours else run_ours(case, args.work / f"{name}.ours", truth, shape, args.step_px)
         if ours is not None:
             print(f"  ours: {ours.status}{' (' + ours.reason + ')' if ours.reason else ''}; "
-                  f"{_fmt(ours.n_matches)} matched, chi2/dof {_fmt(ours.chi2_dof, 2)}; " + (f"error {ours.score.text()} mas; " if ours.score else "")
+                  f"{_fmt(ours.n_matches)} matched, chi2/dof {_fmt(ours.chi2_dof, 2)}; "
+                  + (f"error {ours.score.text()} mas; " if ours.score else "")
                   + f"{_fmt(ours.time_s, 1)} s; peak MB {_fmt(ours.maxrss_mb)}", flush=True)
         peer = None if args.no_peer else run_peer(case, args.work / f"{name}.scamp", truth, shape, args.step_px)
         if peer is not None:

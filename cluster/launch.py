@@ -238,7 +238,7 @@ def launch(*, scheduler_file: str | os.PathLike[str], n_workers: int = DEFAULT_W
 
 def _start(name: str, command: list[str], *, env: dict[str, str], logs: Path | None) -> subprocess.Popen[bytes]:
     """Start one process in its own session (a terminal's Ctrl-C reaches the launcher only)."""
-    output: IO[bytes] | None = open(logs / f"{name}.log", "ab") if logs is not None else None  # noqa: SIM115
+    output: IO[bytes] | None = open(logs / f"{name}.log", "ab") if logs is not None else None
     try:
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=output,
                                 stderr=subprocess.STDOUT if output is not None else None, start_new_session=True)

@@ -143,7 +143,7 @@ class RecordedTapServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass  # keep the test output clean
 
             def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
@@ -162,7 +162,7 @@ class RecordedTapServer:
                 parts = path[len(TAP_PATH) + len("/async/"):].split("/", 1)
                 return server.jobs.get(parts[0]), (parts[1] if len(parts) > 1 else "")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 path = urlsplit(self.path).path
                 server.requests.append(("POST", path))
                 length = int(self.headers.get("Content-Length", 0))
@@ -192,7 +192,7 @@ class RecordedTapServer:
                     return self._send(303, headers={"Location": f"{server.base}/async/{path.rsplit('/', 2)[-2]}"})
                 return self._send(404, b"not found")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 server.requests.append(("GET", path))
                 if not path.startswith(f"{TAP_PATH}/async/"):

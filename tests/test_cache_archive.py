@@ -30,7 +30,7 @@ from astrodask.errors import ArchiveError
 from astrodask.healpix import healpix_nested_index
 
 sys.path.insert(0, str(RECORDING))
-import make_recording as rec  # noqa: E402
+import make_recording as rec
 
 TILES = RECORDING / "tiles"
 RECORDED_PIXELS = C.tiles_for_field(rec.TILE_SKY_RA, rec.TILE_SKY_DEC, rec.TILE_FIELD_RADIUS).tolist()

@@ -75,7 +75,8 @@ def test_config_precedence_env_file_set(runner: CliRunner, tmp_path: Path, monke
     monkeypatch.setenv("DASK_ASTRODASK__FIT__RMS_CLIP_ROUNDS", "7")
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("astrodask:\n  fit:\n    rms_clip_rounds: 2\n    CLIPPING_THRESHOLD: 1.0\n")
-    result = runner.invoke(main, ["config", "--yaml", "--config", str(yaml_file), "--set", "fit.CLIPPING_THRESHOLD=0.5"])
+    result = runner.invoke(main, ["config", "--yaml", "--config", str(yaml_file),
+                                  "--set", "fit.CLIPPING_THRESHOLD=0.5"])
     assert result.exit_code == 0, result.output
     assert "tpv_degree: 5" in result.output  # environment
     assert "rms_clip_rounds: 2" in result.output  # file beats environment

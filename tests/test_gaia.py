@@ -50,7 +50,7 @@ from astrodask.gaia import (
 )
 from astrodask.types import REFERENCE_COLUMNS, RefFlag
 
-from archive_server import RECORDING, TAP_PATH, RecordedTapServer  # noqa: E402 - tests/ is on sys.path
+from archive_server import RECORDING, TAP_PATH, RecordedTapServer
 #: The recorded cone (see tests/data/gaia_archive/make_recording.py).
 REC_RA, REC_DEC, REC_RADIUS, REC_MAG = 359.97, 30.0, 0.1, 20.0
 REC_ROWS = 80

@@ -20,10 +20,10 @@ from scipy.spatial import cKDTree
 
 pytest.importorskip("galsim")
 
-from astrodask import render_galsim as rg  # noqa: E402
-from astrodask.exposure import read_exposure  # noqa: E402
-from astrodask.gaia import angular_separation_deg, propagate_table, read_catalog  # noqa: E402
-from astrodask.simulate import read_truth_wcs  # noqa: E402
+from astrodask import render_galsim as rg
+from astrodask.exposure import read_exposure
+from astrodask.gaia import angular_separation_deg, propagate_table, read_catalog
+from astrodask.simulate import read_truth_wcs
 
 #: Windowed-centroid agreement with the truth, px rms (per axis).
 CENTROID_TOLERANCE_PX = 0.05

@@ -494,7 +494,7 @@ def test_galaxies_present_and_extended() -> None:
     assert galaxies.shape == (8, 4)
     data = image.astype(np.float64) - 550.0
     peak_fractions = []
-    for gi, gj, flux, _ in galaxies:
+    for gi, gj, _flux, _ in galaxies:
         ic, jc = round(gi), round(gj)
         if not (12 <= ic < shape[1] - 12 and 12 <= jc < shape[0] - 12):
             continue
