@@ -12,8 +12,8 @@ Three calls cover it, in the style of astropy and distributed:
   hold, returning its futures (each resolves to the exposure's summary row; solutions
   and status records are written into ``out_dir`` by the workers), printing nothing.
 
-The command line is built on the same functions (``astrodask.solve.solve_file``,
-``astrodask.graph.backlog_graph``).
+The command line is built on the same functions (``astrodask.solve.pipeline.solve_file``,
+``astrodask.run.graph.backlog_graph``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from astrodask.types import ExposureResult
 def _catalog(catalog: Table | str | Path | None, config: PipelineConfig) -> Table | None:
     if catalog is None or isinstance(catalog, Table):
         return catalog
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     return read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch)
 
@@ -52,7 +52,7 @@ def solve_exposure(exposure: str | Path | np.ndarray, *, header: fits.Header | N
     header
         The image's FITS header (pointing, epoch, gain, saturation), for an array.
     catalog
-        Reference stars: a table from :func:`astrodask.gaia.read_catalog` or a catalog file;
+        Reference stars: a table from :func:`astrodask.reference.gaia.read_catalog` or a catalog file;
         None: the Gaia tile cache at ``cache_url`` (filled from the archive when tiles are
         missing), else the Gaia archive.
     config
@@ -82,13 +82,13 @@ def solve_exposure(exposure: str | Path | np.ndarray, *, header: fits.Header | N
     config = config or PipelineConfig()
     stars = _catalog(catalog, config)
     if isinstance(exposure, (str, Path)):
-        from astrodask.solve import solve_file
+        from astrodask.solve.pipeline import solve_file
 
         return solve_file(exposure, catalog=stars, config=config, pointing=pointing, hdu=hdu, cache_url=cache_url)
     if header is None:
         raise ConfigError("astrodask.solve_exposure: an image array needs its FITS header (header=...): the pointing, "
                           "epoch and gain are read from it")
-    from astrodask.solve import solve_array
+    from astrodask.solve.pipeline import solve_array
 
     return solve_array(np.asarray(exposure), header, name=name, catalog=stars, config=config, pointing=pointing,
                        cache_url=cache_url)
@@ -102,7 +102,7 @@ def solution_header(result: ExposureResult) -> fits.Header:
     ValueError
         The exposure has no solution.
     """
-    from astrodask.output import solution_header as header_of
+    from astrodask.io.output import solution_header as header_of
 
     return header_of(result)
 
@@ -134,7 +134,7 @@ def solve_backlog(exposures: Sequence[str | Path], *, client: Any, out_dir: str 
     debug
         Also write the matched lists, plots and failure diagnostics.
     """
-    from astrodask.graph import backlog_graph
+    from astrodask.run.graph import backlog_graph
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     graph = backlog_graph([str(p) for p in exposures], out_dir=out_dir, config=config or PipelineConfig(),

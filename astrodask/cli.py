@@ -197,7 +197,7 @@ def info_cmd(files: tuple[str, ...], ra: float | None, dec: float | None, scale:
     --ra/--dec), plate scale, epoch, exposure time, gain and saturation level.
     The pixels are not decoded.
     """
-    from astrodask.exposure import get_pointing, read_exposure_info
+    from astrodask.io.exposure import get_pointing, read_exposure_info
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -250,8 +250,8 @@ def detect_cmd(files: tuple[str, ...], out: str | None, fmt: str, depth: bool, h
     var_i, var_j, var_ij (px^2), flux_adu and flags (1 saturated, 2 blended,
     4 edge, 8 windowed centroid failed); its metadata records the effective config.
     """
-    from astrodask.detect import detect_exposure
-    from astrodask.exposure import read_exposure
+    from astrodask.solve.detect import detect_exposure
+    from astrodask.io.exposure import read_exposure
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -300,7 +300,7 @@ def catalog_import_cmd(files: tuple[str, ...], out: str | None, config_file: str
     """
     from astropy.table import vstack
 
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -343,8 +343,8 @@ def gaia_cmd(file: str, catalog: str | None, out: str | None, ra: float | None, 
     Writes the stars with their positions propagated to the exposure's epoch and
     their pixel positions x, y (0-based) through the approximate WCS.
     """
-    from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
-    from astrodask.gaia import get_gaia_xy, read_catalog
+    from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
+    from astrodask.reference.gaia import get_gaia_xy, read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -397,7 +397,7 @@ def simulate_cmd(out_dir: str, name: str, ra_deg: float, dec_deg: float, width: 
     reference catalog, Gaia archive columns), <name>.truth.wcs.fits (the exact
     WCS) and <name>.truth.ecsv (every rendered star's true pixel position).
     """
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
     from astrodask.simulate import simulate_field
 
     _configure_logging(verbose, quiet)
@@ -440,8 +440,8 @@ def demo_cmd(out_dir: str, serial: bool, workers: int | None, config_file: str |
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
-    from astrodask.cache import TileCache, import_catalog
-    from astrodask.exposure import read_exposure_info
+    from astrodask.reference.cache import TileCache, import_catalog
+    from astrodask.io.exposure import read_exposure_info
     from astrodask.simulate import make_demo, read_truth_wcs
     from astrodask.types import exposure_name
     from astrodask.wcsutil import wcs_error_mas
@@ -481,9 +481,9 @@ def demo_cmd(out_dir: str, serial: bool, workers: int | None, config_file: str |
 def _solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, out: Path,
                      pointing: dict[str, Any], write_header: bool, debug: bool, cache_url: str | None = None) -> list:
     """Solve files one after the other; write each solution, the summary and (debug) matched lists and plots."""
-    from astrodask.backlog import assemble_summary, write_status
-    from astrodask.output import summary_row, write_debug_products, write_header_copy, write_solution
-    from astrodask.solve import solve_file
+    from astrodask.run.backlog import assemble_summary, write_status
+    from astrodask.io.output import summary_row, write_debug_products, write_header_copy, write_solution
+    from astrodask.solve.pipeline import solve_file
 
     results = []
     for index, path in enumerate(files, start=1):
@@ -540,7 +540,7 @@ def _cache_for_solve(catalog: str | None, cache_url: str | None, no_cache: bool,
 
 def _cache_location(url: str | None, config: PipelineConfig | None) -> str:
     """--cache URL, else gaia.cache_url, else the user cache folder: canonical (see cache_location)."""
-    from astrodask.cache import cache_location
+    from astrodask.reference.cache import cache_location
 
     return cache_location(url or (config.gaia.cache_url if config else "") or None)
 
@@ -570,8 +570,8 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
                     pointing: dict[str, Any], debug: bool, write_header: bool, scheduler: str | None,
                     scheduler_file: str | None, workers: int | None, detach: bool, retries: int,
                     cache_url: str | None = None) -> list[dict]:
-    from astrodask.backlog import assemble_summary
-    from astrodask.runner import connect, submit_backlog
+    from astrodask.run.backlog import assemble_summary
+    from astrodask.run.client import connect, submit_backlog
 
     out.mkdir(parents=True, exist_ok=True)
     with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
@@ -621,7 +621,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     per stage). A failed exposure is reported and the others go on; the exit status
     is 3 when some failed.
     """
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -634,7 +634,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
                                    write_header=write_header, debug=debug, cache_url=cache_url)
         statuses = [r.status for r in results]
     else:
-        from astrodask.backlog import expand_inputs
+        from astrodask.run.backlog import expand_inputs
 
         paths = expand_inputs(files)
         rows = _run_on_cluster(paths, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
@@ -677,7 +677,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     in --out are skipped (--redo solves them again). Waits with progress and a
     final summary, or --detach. Follow a backlog with 'astrodask status --out DIR'.
     """
-    from astrodask.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
+    from astrodask.run.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
                                    write_manifest)
 
     _configure_logging(verbose, quiet)
@@ -707,7 +707,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
 @logging_options
 def status_cmd(out_dir: str, verbose: int, quiet: bool) -> None:
     """Summarise a backlog from its output folder: done, failed (with reasons), pending."""
-    from astrodask.backlog import assemble_summary, backlog_status, format_status, read_manifest
+    from astrodask.run.backlog import assemble_summary, backlog_status, format_status, read_manifest
 
     _configure_logging(verbose, quiet)
     out = Path(out_dir)
@@ -733,7 +733,7 @@ def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignm
     """
     import json
 
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     _configure_logging(verbose, quiet)
     try:
@@ -764,7 +764,7 @@ def cache_group() -> None:
 
 
 def _cache(url: str | None, config: PipelineConfig | None = None):
-    from astrodask.cache import TileCache
+    from astrodask.reference.cache import TileCache
 
     return TileCache(_cache_location(url, config))
 
@@ -787,8 +787,8 @@ def cache_import_cmd(files: tuple[str, ...], cache_url: str | None, overwrite: b
 
     Tiles the files cover only in part are marked partial; a later complete fill replaces them.
     """
-    from astrodask.cache import import_catalog
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.cache import import_catalog
+    from astrodask.reference.gaia import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -848,11 +848,11 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
     gaia-tile-<level>-<pixel>, at most gaia.max_queries at once across the cluster;
     complete tiles are left alone. Then 'astrodask submit --cache URL' reads them.
     """
-    from astrodask.backlog import expand_inputs
-    from astrodask.cache import tiles_for_field
-    from astrodask.exposure import read_exposure_info
-    from astrodask.runner import connect, prefetch_tiles
-    from astrodask.solve import footprint_tiles
+    from astrodask.run.backlog import expand_inputs
+    from astrodask.reference.cache import tiles_for_field
+    from astrodask.io.exposure import read_exposure_info
+    from astrodask.run.client import connect, prefetch_tiles
+    from astrodask.solve.pipeline import footprint_tiles
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)

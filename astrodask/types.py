@@ -179,7 +179,7 @@ class ExposureInfo:
     provenance
         Where each header fact came from, by name ("epoch", "exptime", "gain",
         "saturate"): the keyword and its value, or why it is absent. Filled by
-        :func:`astrodask.exposure.read_exposure_info`; empty when not recorded
+        :func:`astrodask.io.exposure.read_exposure_info`; empty when not recorded
         (e.g. from :attr:`Exposure.info`).
     """
 
@@ -251,11 +251,11 @@ class ExposureResult:
     stage
         The last stage reached.
     solution
-        The TAN + TPV solution (:class:`astrodask.tpv.TPVSolution`), None when failed early.
+        The TAN + TPV solution (:class:`astrodask.solve.tpv.TPVSolution`), None when failed early.
     error_model
-        The ``like_fit`` error model (:class:`astrodask.errmodel.ErrorModel`), or None.
+        The ``like_fit`` error model (:class:`astrodask.solve.errmodel.ErrorModel`), or None.
     quality
-        Chi-square over the entire matched list (:class:`astrodask.errmodel.FitQuality`), or None.
+        Chi-square over the entire matched list (:class:`astrodask.solve.errmodel.FitQuality`), or None.
     counts
         Sources, references, regions, matches and clipped points by stage.
     rms_arcsec
@@ -307,6 +307,6 @@ class ExposureResult:
         """The solution as an astropy WCS (None when there is no solution)."""
         if self.solution is None:
             return None
-        from astrodask.tpv import to_astropy_wcs
+        from astrodask.solve.tpv import to_astropy_wcs
 
         return to_astropy_wcs(self.solution)

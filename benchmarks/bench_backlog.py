@@ -33,7 +33,7 @@ def simulate(work: Path, n: int, scale: float) -> tuple[list[Path], Path]:
     from astrodask.simulate import simulate_field
 
     shape = (int(6388 * scale), int(9576 * scale))
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     paths, catalog, sky = [], None, None
     for k in range(n):  # dithered pointings on one sky, so the first catalog serves them all
@@ -67,7 +67,7 @@ def worker_peak_rss_mb() -> float:
 
 def run_cluster(paths: list[Path], catalog: Path, workers: int, out: Path) -> tuple[float, dict[str, float], int]:
     from astrodask.config import PipelineConfig
-    from astrodask.runner import connect, submit_backlog
+    from astrodask.run.client import connect, submit_backlog
 
     with connect(n_workers=workers, memory_limit=None) as connection:
         connection.client.run(lambda: None)  # workers up before the clock starts
@@ -91,8 +91,8 @@ def main() -> None:
     paths, catalog = simulate(args.work, args.n, args.scale)
 
     from astrodask.config import PipelineConfig
-    from astrodask.gaia import read_catalog
-    from astrodask.solve import solve_file
+    from astrodask.reference.gaia import read_catalog
+    from astrodask.solve.pipeline import solve_file
 
     # the serial backlog reads the catalog once, as the cluster's catalog task does
     started = time.perf_counter()

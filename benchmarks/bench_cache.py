@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from astrodask import cache as C
-from astrodask.gaia import read_catalog
+from astrodask.reference import cache as C
+from astrodask.reference.gaia import read_catalog
 from astrodask.simulate import synthetic_gaia_catalog
-from astrodask.tpv import tangent_plane_to_sky
+from astrodask.solve.tpv import tangent_plane_to_sky
 
 FIELD = (150.0, 2.0)
 WIDTH_DEG, HEIGHT_DEG, MARGIN_DEG = 2.3, 1.5, 0.2

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from astrodask.depth import depth_match, depth_match_literal
+from astrodask.solve.depth import depth_match, depth_match_literal
 
 FRAME_PX = (9576.0, 6388.0)
 SCALE_ARCSEC = 0.85

@@ -39,8 +39,8 @@ def peak_mb():
 
 
 t0 = time.perf_counter()
-from astrodask.detect import detect_exposure
-from astrodask.exposure import read_exposure
+from astrodask.solve.detect import detect_exposure
+from astrodask.io.exposure import read_exposure
 t_import = time.perf_counter() - t0
 path, depth, out = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 t0 = time.perf_counter()

@@ -363,12 +363,12 @@ OURS_CHILD = r"""
 import json, pickle, sys, time
 image, catalog_path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 try:
-    from astrodask.solve import solve_file
+    from astrodask.solve.pipeline import solve_file
 except ImportError as err:
     print(json.dumps({"status": "n/a", "reason": f"astrodask solver not available yet ({err})"}))
     raise SystemExit(0)
 from astrodask.config import PipelineConfig
-from astrodask.gaia import read_catalog
+from astrodask.reference.gaia import read_catalog
 started = time.perf_counter()
 try:
     result = solve_file(image, catalog=read_catalog(catalog_path),
@@ -533,7 +533,7 @@ def main() -> None:
 
     from astropy.table import Table
 
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     rows = []
     self_tested = False

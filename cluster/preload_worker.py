@@ -2,16 +2,16 @@
 
 distributed imports this file in each worker process and calls :func:`dask_setup` as the worker
 starts, before it registers with the scheduler, so the worker is ready for astrodask tasks from
-its first one.  The code lives in :mod:`astrodask.cluster_plugins`.
+its first one.  The code lives in :mod:`astrodask.run.plugins`.
 """
 
 from __future__ import annotations
 
 from distributed import Worker
 
-from astrodask.cluster_plugins import PLUGIN_NAME, AstrodaskWorkerPlugin
+from astrodask.run.plugins import PLUGIN_NAME, AstrodaskWorkerPlugin
 
 
 async def dask_setup(worker: Worker) -> None:
-    """Register :class:`~astrodask.cluster_plugins.AstrodaskWorkerPlugin` on ``worker``."""
+    """Register :class:`~astrodask.run.plugins.AstrodaskWorkerPlugin` on ``worker``."""
     await worker.plugin_add(plugin=AstrodaskWorkerPlugin(), name=PLUGIN_NAME)

@@ -14,7 +14,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from astrodask.backlog import (
+from astrodask.run.backlog import (
     BacklogStatus,
     assemble_summary,
     backlog_status,
@@ -29,7 +29,7 @@ from astrodask.backlog import (
     write_status,
 )
 from astrodask.errors import InputFileError
-from astrodask.output import STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, solution_path, summary_row
+from astrodask.io.output import STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, solution_path, summary_row
 from astrodask.types import FAILED, SOLVED, ExposureResult
 
 
@@ -205,7 +205,7 @@ def test_status_records_round_trip_and_partial_json_is_ignored(tmp_path: Path,
 
     assert path == tmp_path / ".astrodask" / "alpha.json"
     assert sorted(p.name for p in path.parent.iterdir()) == ["alpha.json", "beta.json", "gamma.json"]
-    with caplog.at_level(logging.WARNING, logger="astrodask.backlog"):
+    with caplog.at_level(logging.WARNING, logger="astrodask.run.backlog"):
         records = read_statuses(tmp_path)
 
     assert [r["name"] for r in records] == ["alpha", "beta"]

@@ -11,9 +11,9 @@ import pytest
 import zarr
 from astropy.table import Table
 
-from astrodask import cache as C
+from astrodask.reference import cache as C
 from astrodask.errors import CatalogError
-from astrodask.gaia import limit_depth, select_footprint
+from astrodask.reference.gaia import limit_depth, select_footprint
 from astrodask.simulate import healpix_nested_index, synthetic_gaia_catalog
 from astrodask.types import REFERENCE_COLUMNS
 
@@ -22,7 +22,7 @@ FIELD_CENTRE = (10.0, 20.0)
 
 
 def _corners(ra: float, dec: float, width: float = 2.3, height: float = 1.5) -> np.ndarray:
-    from astrodask.tpv import tangent_plane_to_sky
+    from astrodask.solve.tpv import tangent_plane_to_sky
 
     xi = np.array([-1, 1, 1, -1]) * width / 2
     eta = np.array([-1, -1, 1, 1]) * height / 2
@@ -249,7 +249,7 @@ def test_processes_write_different_tiles_at_once(tmp_path, catalog):
     Repeated on fresh stores, since the race is in creating the store: every process
     opens it while others create its root and level groups. Two writers of the *same*
     tile would race on its arrays (zarr has no locks); that is prevented upstream by
-    the Dask key ``gaia-tile-<level>-<pixel>`` (:func:`astrodask.cache.tile_task_key`).
+    the Dask key ``gaia-tile-<level>-<pixel>`` (:func:`astrodask.reference.cache.tile_task_key`).
     """
     tiles = C.tile_of(catalog)
     parts = [(int(p), {n: np.asarray(catalog[n])[tiles == p] for n in REFERENCE_COLUMNS}) for p in np.unique(tiles)]

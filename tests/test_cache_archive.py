@@ -23,11 +23,11 @@ from astropy.wcs import WCS
 from click.testing import CliRunner
 
 from archive_server import RECORDING, RecordedTapServer, load_recordings  # tests/ is on sys.path
-from astrodask import cache as C
+from astrodask.reference import cache as C
 from astrodask.cli import main
 from astrodask.config import GaiaConfig, PipelineConfig
 from astrodask.errors import ArchiveError
-from astrodask.healpix import healpix_nested_index
+from astrodask.reference.healpix import healpix_nested_index
 
 sys.path.insert(0, str(RECORDING))
 import make_recording as rec
@@ -196,7 +196,7 @@ def test_prefetch_fills_tiles_as_tasks_then_only_repairs(archive, sky, tmp_path)
 @pytest.mark.slow
 def test_two_prefetches_at_once_query_each_tile_once(archive, sky, tmp_path) -> None:
     """Two clients prefetch the same tiles on one cluster: the tile task keys make one writer per tile."""
-    from astrodask.runner import connect, prefetch_tiles
+    from astrodask.run.client import connect, prefetch_tiles
 
     store = C.cache_location(tmp_path / "tiles")
     config = PipelineConfig.from_dict({"gaia": {"tap_url": archive.base, "mag_limit": rec.TILE_MAG_LIMIT,
@@ -250,9 +250,9 @@ SHAPE = (1000, 1500)
 @pytest.fixture(scope="module")
 def field_backlog(tmp_path_factory) -> tuple[list[Path], dict[str, str], dict[str, np.ndarray]]:
     """Two exposures of one field, and the archive's recorded answers for every tile they need."""
-    from astrodask.exposure import read_exposure_info
+    from astrodask.io.exposure import read_exposure_info
     from astrodask.simulate import simulate_field
-    from astrodask.solve import footprint_tiles
+    from astrodask.solve.pipeline import footprint_tiles
 
     folder = tmp_path_factory.mktemp("field")
     sky = rec.tile_sky(*FIELD, 1.9, density=6000.0, mag_limit=20.0, seed=7)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from astrodask import cache as C
+from astrodask.reference import cache as C
 from astrodask.errors import CatalogError
-from astrodask.gaia import limit_depth, select_cone
+from astrodask.reference.gaia import limit_depth, select_cone
 from astrodask.simulate import synthetic_gaia_catalog
 from astrodask.types import REFERENCE_COLUMNS
 

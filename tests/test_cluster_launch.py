@@ -17,7 +17,7 @@ import pytest
 from distributed import Client
 
 import astrodask
-from astrodask.cluster_plugins import PLUGIN_NAME, setup_client
+from astrodask.run.plugins import PLUGIN_NAME, setup_client
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 #: Seconds a forwarded log record may take to reach the client.

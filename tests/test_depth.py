@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from astrodask.depth import (METHOD_DEPTH, METHOD_FAILSAFE, DepthMatch, depth_match, depth_match_literal,
+from astrodask.solve.depth import (METHOD_DEPTH, METHOD_FAILSAFE, DepthMatch, depth_match, depth_match_literal,
                              failsafe_match, flux_rank_order)
 
 #: (n_sources, n_targets, field side px, rounded positions, integer fluxes) of the random cases
@@ -217,7 +217,7 @@ def test_depth_match_switches_to_the_failsafe_when_sources_outnumber_targets(
         caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(9)
     src_xy, src_flux, tgt_xy, tgt_flux = _random_case(rng, 60, 20, 20.0, False, False)
-    with caplog.at_level(logging.INFO, logger="astrodask.depth"):
+    with caplog.at_level(logging.INFO, logger="astrodask.solve.depth"):
         match = depth_match(src_xy, src_flux, tgt_xy, tgt_flux, radius_px=2.0, window=5)
     assert match.method == METHOD_FAILSAFE
     assert "60 sources outnumber 20 targets" in caplog.text

@@ -8,7 +8,7 @@ from scipy.special import erf
 from scipy.spatial import cKDTree
 
 from astrodask.config import DetectConfig, DetectPassConfig
-from astrodask.detect import get_image_ij
+from astrodask.solve.detect import get_image_ij
 from astrodask.errors import AstrodaskWarning, ImageError
 from astrodask.types import SOURCE_COLUMNS, SourceFlag
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrodask.errmodel import (MAS_PER_DEG, ErrorModel, chi_square, error_clip, like_fit, normalized_residuals,
+from astrodask.solve.errmodel import (MAS_PER_DEG, ErrorModel, chi_square, error_clip, like_fit, normalized_residuals,
                                 sky_covariance)
 
 SCALE = 1.3

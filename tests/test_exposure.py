@@ -12,7 +12,7 @@ from astropy.wcs import WCS
 
 from astrodask.config import PointingConfig
 from astrodask.errors import ImageError, InputFileError, PointingError
-from astrodask.exposure import (
+from astrodask.io.exposure import (
     DSS_SOURCE,
     approximate_wcs,
     epoch_with_source,
@@ -24,7 +24,7 @@ from astrodask.exposure import (
     read_exposure,
     read_exposure_info,
 )
-from astrodask.gaia import angular_separation_deg
+from astrodask.reference.gaia import angular_separation_deg
 from astrodask.types import exposure_name
 from astrodask.wcsutil import cd_matrix, cd_to_scale_rotation_parity, tan_wcs, wcs_error_mas
 

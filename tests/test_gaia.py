@@ -1,4 +1,4 @@
-"""Tests of astrodask.gaia: catalog files, selections, the archive client, proper motions.
+"""Tests of astrodask.reference.gaia: catalog files, selections, the archive client, proper motions.
 
 The Gaia archive is played back by :class:`RecordedTapServer`, a loopback HTTP
 server that speaks enough of TAP's asynchronous (UWS) protocol for astroquery's
@@ -29,10 +29,10 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 import astrodask
-from astrodask import gaia
+from astrodask.reference import gaia
 from astrodask.config import GaiaConfig
 from astrodask.errors import ArchiveError, AstrodaskWarning, CatalogError, InputFileError
-from astrodask.gaia import (
+from astrodask.reference.gaia import (
     GAIA_G_ZERO_POINT,
     GAIA_MAXREC,
     angular_separation_deg,
@@ -224,7 +224,7 @@ def test_recorded_uws_job_document_is_read_by_astroquery(archive: RecordedTapSer
 def test_importing_astrodask_never_imports_astroquery_gaia() -> None:
     code = (
         "import json, sys\n"
-        "import astrodask, astrodask.gaia\n"
+        "import astrodask, astrodask.reference.gaia\n"
         "after_import = {'astroquery': 'astroquery' in sys.modules,"
         " 'astroquery.gaia': 'astroquery.gaia' in sys.modules}\n"
         "import astroquery.utils.tap.core\n"  # what query_gaia_archive imports lazily
@@ -878,8 +878,8 @@ def test_live_archive_across_ra_zero() -> None:
 
 def test_get_gaia_xy_predicts_truth_pixels_at_the_exposure_epoch(tmp_path: Path) -> None:
     from astrodask.config import GaiaConfig
-    from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
-    from astrodask.gaia import get_gaia_xy, read_catalog
+    from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
+    from astrodask.reference.gaia import get_gaia_xy, read_catalog
     from astrodask.simulate import make_demo, read_truth_wcs
 
     field = make_demo(tmp_path)

@@ -13,11 +13,11 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from click.testing import CliRunner
 
-from astrodask.backlog import read_statuses
+from astrodask.run.backlog import read_statuses
 from astrodask.cli import EXIT_PARTIAL, main
 from astrodask.config import PipelineConfig
-from astrodask.graph import TASK_STAGES, backlog_graph, exposure_graph
-from astrodask.runner import connect, submit_backlog
+from astrodask.run.graph import TASK_STAGES, backlog_graph, exposure_graph
+from astrodask.run.client import connect, submit_backlog
 from astrodask.simulate import read_truth_wcs, simulate_field
 from astrodask.wcsutil import wcs_error_mas
 
@@ -27,7 +27,7 @@ SHAPE = (1000, 1500)
 @pytest.fixture(scope="module")
 def backlog(tmp_path_factory) -> tuple[list[Path], Path]:
     """Four simulated exposures of one field and the field's catalog."""
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     folder = tmp_path_factory.mktemp("night")
     paths = []
@@ -184,7 +184,7 @@ def test_an_exposure_that_kills_workers_is_reported_and_the_backlog_goes_on(back
 
 def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
     """`astrodask cache import` a wide catalog, then `submit --cache`: every worker reads the one store."""
-    from astrodask.cache import TileCache
+    from astrodask.reference.cache import TileCache
     from astrodask.simulate import synthetic_gaia_catalog
 
     rng = np.random.default_rng(11)

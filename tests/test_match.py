@@ -7,7 +7,7 @@ import pytest
 
 from astrodask.config import RegionConfig
 from astrodask.errors import MatchError
-from astrodask.match import (Affine, CandidateList, adapted_grid, coarse_align, fit_affine, grid_shape,
+from astrodask.solve.match import (Affine, CandidateList, adapted_grid, coarse_align, fit_affine, grid_shape,
                              match_region, matching_depth, mean_affine, region_grid)
 
 SHAPE = (6388, 9576)

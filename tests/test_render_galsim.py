@@ -21,8 +21,8 @@ from scipy.spatial import cKDTree
 pytest.importorskip("galsim")
 
 from astrodask import render_galsim as rg
-from astrodask.exposure import read_exposure
-from astrodask.gaia import angular_separation_deg, propagate_table, read_catalog
+from astrodask.io.exposure import read_exposure
+from astrodask.reference.gaia import angular_separation_deg, propagate_table, read_catalog
 from astrodask.simulate import read_truth_wcs
 
 #: Windowed-centroid agreement with the truth, px rms (per axis).

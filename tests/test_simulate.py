@@ -19,13 +19,13 @@ from astropy.time import Time
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from astrodask import gaia
+from astrodask.reference import gaia
 from astrodask import simulate as sim
 from astrodask.config import GaiaConfig
-from astrodask.detect import get_image_ij
+from astrodask.solve.detect import get_image_ij
 from astrodask.errors import CatalogError, ConfigError, InputFileError
-from astrodask.healpix import healpix_nested_index
-from astrodask.exposure import read_exposure
+from astrodask.reference.healpix import healpix_nested_index
+from astrodask.io.exposure import read_exposure
 from astrodask.types import REFERENCE_COLUMNS
 from astrodask.wcsutil import cd_to_scale_rotation_parity
 
@@ -540,7 +540,7 @@ def test_detections_land_on_truth_positions(tmp_path) -> None:
 def test_render_real_gaia_catalog(shared_data) -> None:
     read_catalog = getattr(gaia, "read_catalog", None)
     if read_catalog is None:
-        pytest.skip("astrodask.gaia.read_catalog (VizieR to archive names) is not written yet")
+        pytest.skip("astrodask.reference.gaia.read_catalog (VizieR to archive names) is not written yet")
     stars = read_catalog(shared_data / "gaia_dr3_ngc103" / "ngc103_field_gaiadr3.csv")
     assert {"ra", "dec", "phot_g_mean_mag", "pmra", "pmdec"} <= set(stars.colnames)
     shape = (1600, 1000)  # 0.24 x 0.38 deg inside the 0.33 x 0.53 deg field

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from astrodask.cli import EXIT_PARTIAL, main
 from astrodask.config import PipelineConfig
-from astrodask.gaia import read_catalog
+from astrodask.reference.gaia import read_catalog
 from astrodask.simulate import read_truth_wcs, simulate_field
-from astrodask.solve import solve_file
-from astrodask.tpv import pixel_to_world
+from astrodask.solve.pipeline import solve_file
+from astrodask.solve.tpv import pixel_to_world
 from astrodask.wcsutil import wcs_error_mas
 
 SHAPE = (1600, 2400)  # a quarter of a Condor frame on each side: fast, but the same physics
@@ -183,7 +183,7 @@ def test_panoptes_real_frame_without_wcs_from_a_rough_pointing(shared_data: Path
 
 
 def test_references_with_a_close_gaia_neighbour_are_blends() -> None:
-    from astrodask.solve import blended_references
+    from astrodask.solve.pipeline import blended_references
 
     xy = np.array([[0.0, 0.0], [2.0, 0.0], [100.0, 100.0], [103.0, 100.0], [300.0, 300.0]])
     flux = np.array([1000.0, 500.0, 1000.0, 5.0, 10.0])

@@ -13,10 +13,10 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from astrodask.config import PipelineConfig
-from astrodask.exposure import read_exposure_info
-from astrodask.gaia import read_catalog
+from astrodask.io.exposure import read_exposure_info
+from astrodask.reference.gaia import read_catalog
 from astrodask.simulate import read_truth_wcs
-from astrodask.solve import solve_file
+from astrodask.solve.pipeline import solve_file
 from astrodask.wcsutil import wcs_error_mas
 
 pytestmark = pytest.mark.slow
@@ -51,8 +51,8 @@ def test_a_1951_plate_solves_from_its_dss_header_alone(galsim_scene) -> None:
 
 
 def test_messy_detection_finds_the_stars_fwhm_not_the_cosmic_rays(galsim_scene) -> None:
-    from astrodask.detect import detect_exposure
-    from astrodask.exposure import read_exposure
+    from astrodask.solve.detect import detect_exposure
+    from astrodask.io.exposure import read_exposure
     from astrodask.render_galsim import case_scene
     from astrodask.types import ARTEFACT_FLAGS, SourceFlag
 
@@ -76,7 +76,7 @@ def test_messy_detection_finds_the_stars_fwhm_not_the_cosmic_rays(galsim_scene) 
     classified = np.isfinite(np.asarray(sources["r50_px"]))
     assert np.mean((flags[on_star] & int(SourceFlag.SHARP | SourceFlag.ELONGATED)) != 0) < 0.03
     assert np.mean((flags[on_hit & classified] & int(ARTEFACT_FLAGS)) != 0) > 0.65
-    from astrodask.solve import MATCH_FLAGS
+    from astrodask.solve.pipeline import MATCH_FLAGS
 
     leaned_on = np.nonzero((flags & MATCH_FLAGS) == 0)[0][:100]
     assert np.mean(d_star[leaned_on] < 1.5) > 0.9

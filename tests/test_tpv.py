@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from astrodask import simulate as sim
-from astrodask import tpv
+from astrodask.solve import tpv
 from astrodask.errors import AstrodaskWarning
 from astrodask.wcsutil import cd_matrix
 
@@ -505,7 +505,7 @@ def test_fit_rejects_degenerate_and_bad_inputs() -> None:
 
 def test_fit_logs_its_condition_number(caplog: pytest.LogCaptureFixture) -> None:
     truth, i, j, ra, dec = _noiseless_pairs(100, 13)
-    with caplog.at_level(logging.DEBUG, logger="astrodask.tpv"):
+    with caplog.at_level(logging.DEBUG, logger="astrodask.solve.tpv"):
         fit = tpv.fit_tpv(i, j, ra, dec, crpix=CENTRE, crval0=truth.crval, cd0=truth.cd)
     assert fit.info is not None and np.isfinite(fit.info.condition_number)
     assert any("condition number" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,7 @@
 returns native-endian float32 pixels (FITS data is big-endian, and SEP refuses
 it) with the header facts the pipeline uses.  :func:`get_pointing` resolves the
 approximate pointing, in order: command-line overrides, an approximate WCS in the
-header, a TAN WCS fitted to a DSS plate solution (:mod:`astrodask.dss`), RA/DEC
+header, a TAN WCS fitted to a DSS plate solution (:mod:`astrodask.io.dss`), RA/DEC
 keywords or the DSS plate centre with the header's plate scale (PLTSCALE x
 XPIXELSZ) or the configured one.  Each result says where its values came from
 (:attr:`Pointing.source`, :attr:`Pointing.scale_source`, :attr:`ExposureInfo.provenance`).
@@ -26,7 +26,7 @@ from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 from erfa import ErfaWarning
 
-from astrodask import dss
+from astrodask.io import dss
 from astrodask.config import PointingConfig
 from astrodask.errors import HeaderError, ImageError, InputFileError, PointingError
 from astrodask.types import Exposure, ExposureInfo, Pointing
@@ -339,7 +339,7 @@ def get_pointing(
        plate solution in the same header is ignored);
     3. a DSS plate solution (PPO, AMDX/AMDY, PLTRA*/PLTDEC*, XPIXELSZ, CNPIX...):
        a plain TAN WCS fitted to wcslib's evaluation of it over the image
-       (:func:`astrodask.dss.fit_plate_solution`), when NAXIS1/NAXIS2 give the shape;
+       (:func:`astrodask.io.dss.fit_plate_solution`), when NAXIS1/NAXIS2 give the shape;
     4. RA/DEC keywords (degrees, or sexagesimal hours/degrees; also OBJCTRA/OBJCTDEC,
        RA_OBJ/DEC_OBJ, TELRA/TELDEC);
     5. the DSS plate centre PLTRA*/PLTDEC*, moved to a cutout's centre with

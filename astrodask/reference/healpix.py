@@ -1,7 +1,7 @@
 """HEALPix (nested scheme) pixel numbers of sky positions, in numpy.
 
 Gaia's ``source_id`` encodes the level-12 nested pixel of a source (``source_id // 2**35``); the
-Gaia tile cache (:mod:`astrodask.cache`) uses the same scheme at a coarser level. ``healpy`` and
+Gaia tile cache (:mod:`astrodask.reference.cache`) uses the same scheme at a coarser level. ``healpy`` and
 ``astropy-healpix`` are not dependencies: this is the standard ang2pix_nest of Gorski et al.
 (2005) for the few calls astrodask needs.
 """

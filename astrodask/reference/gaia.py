@@ -821,7 +821,7 @@ def build_source_id_query(ranges: list[tuple[int, int]], *, mag_limit: float,
     """The ADQL selecting reference stars by ``source_id`` ranges (HEALPix tiles), without ``TOP``.
 
     Gaia's ``source_id`` is indexed and ordered by HEALPix pixel, so a tile's ranges
-    (:func:`astrodask.cache.tile_source_id_ranges`) make a fast query.
+    (:func:`astrodask.reference.cache.tile_source_id_ranges`) make a fast query.
 
     Parameters
     ----------

@@ -80,15 +80,15 @@ def _failed_input(*values: Any) -> Failed | None:
 
 def task_catalog(path: str, default_ref_epoch: float) -> Any:
     """Read a reference catalog file once for the whole backlog."""
-    from astrodask.gaia import read_catalog
+    from astrodask.reference.gaia import read_catalog
 
     return read_catalog(path, default_ref_epoch=default_ref_epoch)
 
 
 def task_detect(path: str, config: PipelineConfig) -> Any:
     """Read the exposure and run both detection passes; returns (info, sources, deep, timings)."""
-    from astrodask.exposure import read_exposure
-    from astrodask.solve import stage_sources
+    from astrodask.io.exposure import read_exposure
+    from astrodask.solve.pipeline import stage_sources
 
     started = time.perf_counter()
     try:
@@ -110,7 +110,7 @@ def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointin
     With a tile cache, tiles it lacks are filled by ``gaia-tile`` tasks (when
     ``gaia.fetch_missing_tiles``) that this task waits for, out of the worker's thread pool.
     """
-    from astrodask.solve import stage_references
+    from astrodask.solve.pipeline import stage_references
 
     failed = _failed_input(detected, catalog)
     if failed:
@@ -131,12 +131,12 @@ def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointin
 def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> dict[str, Any]:
     """Fill one Gaia tile from the archive unless the cache already holds it, complete and deep enough.
 
-    Run under the key :func:`astrodask.cache.tile_task_key`. Returns a record
+    Run under the key :func:`astrodask.reference.cache.tile_task_key`. Returns a record
     ``{"tile", "state": "present"|"filled"|"failed", "rows", "reason", "seconds"}``;
     an expected failure (the archive unreachable...) is a "failed" record, not an
     exception, so that a prefetch reports it and goes on.
     """
-    from astrodask.cache import TileCache, fill_tile_from_archive, tiles_to_fill
+    from astrodask.reference.cache import TileCache, fill_tile_from_archive, tiles_to_fill
 
     started = time.perf_counter()
     record: dict[str, Any] = {"tile": int(pixel), "state": "present", "rows": 0, "reason": "", "seconds": 0.0}
@@ -181,7 +181,7 @@ def tile_tasks(client: Any, cache_url: str, pixels: Sequence[int], *, config: Pi
     A tile already being filled (by a prefetch, or for another exposure) is the same
     task: its key dedupes it.
     """
-    from astrodask.cache import TILE_LEVEL, tile_task_key
+    from astrodask.reference.cache import TILE_LEVEL, tile_task_key
 
     return [client.submit(task_fill_tile, cache_url, int(p), config, pure=False, retries=retries,
                           key=tile_task_key(int(p), level=TILE_LEVEL, store=cache_url)) for p in pixels]
@@ -209,7 +209,7 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
 
 def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:
     """The coarse alignment and the region grid; returns (inputs, seconds) or the failure."""
-    from astrodask.solve import failure_diagnostics, prepare_regions
+    from astrodask.solve.pipeline import failure_diagnostics, prepare_regions
 
     failed = _failed_input(detected, references)
     if failed:
@@ -227,7 +227,7 @@ def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:
 
 def task_region(prepared: Any, index: int, config: PipelineConfig) -> Any:
     """astroalign in one region; None when the (sparse-field) grid has fewer regions than tasks."""
-    from astrodask.solve import stage_region
+    from astrodask.solve.pipeline import stage_region
 
     if isinstance(prepared, Failed):
         return prepared
@@ -242,7 +242,7 @@ def task_region(prepared: Any, index: int, config: PipelineConfig) -> Any:
 def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: PipelineConfig,
                 references: Any = None) -> Any:
     """The reducer: the mean affine of the agreeing regions."""
-    from astrodask.solve import failure_diagnostics, reduce_regions
+    from astrodask.solve.pipeline import failure_diagnostics, reduce_regions
 
     failed = _failed_input(detected, prepared, regions)
     if failed:
@@ -263,7 +263,7 @@ def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: Pipeli
 
 def task_solve(detected: Any, references: Any, reduced: Any, config: PipelineConfig) -> Any:
     """TPV, depth match, ``like_fit`` and the chi-square: the exposure's result."""
-    from astrodask.solve import _Clock, failure_diagnostics, finish_solve
+    from astrodask.solve.pipeline import _Clock, failure_diagnostics, finish_solve
 
     failed = _failed_input(detected, references, reduced)
     if failed:
@@ -285,8 +285,8 @@ def task_solve(detected: Any, references: Any, reduced: Any, config: PipelineCon
 def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, debug: bool,
                write_header: bool = False) -> dict[str, Any]:
     """Write the solution (when solved) and the exposure's status record; returns the summary row."""
-    from astrodask.backlog import write_status
-    from astrodask.output import summary_row, write_debug_products, write_header_copy, write_solution
+    from astrodask.run.backlog import write_status
+    from astrodask.io.output import summary_row, write_debug_products, write_header_copy, write_solution
 
     if isinstance(result, Failed):
         result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings,
@@ -306,7 +306,7 @@ def failed_result(path: str, stage: str, reason: str, *, config: PipelineConfig,
                   timings: dict[str, float] | None = None,
                   diagnostics: FailureDiagnostics | None = None) -> ExposureResult:
     """A failed :class:`ExposureResult` for an exposure that stopped at ``stage``."""
-    from astrodask.solve import failure_diagnostics
+    from astrodask.solve.pipeline import failure_diagnostics
 
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason, stage=stage,
                           timings=dict(timings or {}), config=config.to_dict(),
@@ -345,7 +345,7 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
     catalog
         The backlog's catalog task (:func:`catalog_task`); None: the tile cache, else the Gaia archive.
     pointing
-        Pointing overrides (see :func:`astrodask.exposure.get_pointing`).
+        Pointing overrides (see :func:`astrodask.io.exposure.get_pointing`).
     debug
         Also write matched lists and plots.
     write_header

@@ -73,7 +73,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from astrodask.config import GaiaConfig
 from astrodask.errors import ArchiveError, CatalogError, ConfigError, InputFileError
-from astrodask.gaia import (
+from astrodask.reference.gaia import (
     REFERENCE_UNITS,
     angular_separation_deg,
     build_source_id_query,
@@ -85,7 +85,7 @@ from astrodask.gaia import (
     select_cone,
     select_footprint,
 )
-from astrodask.healpix import GAIA_HEALPIX_LEVEL, healpix_nested_index
+from astrodask.reference.healpix import GAIA_HEALPIX_LEVEL, healpix_nested_index
 from astrodask.types import REFERENCE_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -233,13 +233,13 @@ def tiles_for_footprint(corners_deg: Any, *, margin_deg: float = DEFAULT_MARGIN_
 
     A tile is kept when it contains a corner of the footprint or a point of its
     sampled boundary lies in the footprint or within ``margin_deg`` plus the
-    sampling step of it (:func:`astrodask.gaia.select_footprint`'s exact test).
+    sampling step of it (:func:`astrodask.reference.gaia.select_footprint`'s exact test).
 
     Parameters
     ----------
     corners_deg
         (ra, dec) of the footprint's corners in order around it, degrees, shape (N, 2)
-        (:func:`astrodask.gaia.footprint_corners`).
+        (:func:`astrodask.reference.gaia.footprint_corners`).
     margin_deg
         Margin around the footprint, degrees.
     level
@@ -769,7 +769,7 @@ def _tile_columns(table: Table, *, where: str) -> dict[str, np.ndarray]:
     missing = [name for name in TILE_DTYPES if name not in table.colnames]
     if missing:
         raise CatalogError(f"{where}: the table lacks column(s) {', '.join(missing)}; a tile holds "
-                           f"{', '.join(TILE_DTYPES)} (normalise it with astrodask.gaia.normalise_catalog)")
+                           f"{', '.join(TILE_DTYPES)} (normalise it with astrodask.reference.gaia.normalise_catalog)")
     out: dict[str, np.ndarray] = {}
     for name, dtype in TILE_DTYPES.items():
         column = table[name]
@@ -869,7 +869,7 @@ def import_catalog(cache: TileCache, catalog: Table | str | Path, *,
     cache
         The tile cache.
     catalog
-        A table of :data:`REFERENCE_COLUMNS` (:func:`astrodask.gaia.read_catalog`
+        A table of :data:`REFERENCE_COLUMNS` (:func:`astrodask.reference.gaia.read_catalog`
         output) or a catalog file to read with it.
     cover_deg
         (ra, dec, radius) of the cone the catalog is complete within, degrees
@@ -1045,7 +1045,7 @@ def fill_tiles(cache: TileCache | str | Path, pixels: Iterable[int], *, config: 
     """Fill tiles from the Gaia archive one after the other, in this process (no Dask).
 
     For a single process (``astrodask solve --serial``); a cluster fills tiles as
-    Dask tasks instead (:mod:`astrodask.graph`), one writer per tile.
+    Dask tasks instead (:mod:`astrodask.run.graph`), one writer per tile.
 
     Returns
     -------
@@ -1124,13 +1124,13 @@ def read_field(cache: TileCache, field: Any, *, margin_deg: float = DEFAULT_MARG
         The tile cache.
     field
         The footprint's corners (N, 2) as (ra, dec) degrees, in order around it
-        (:func:`astrodask.gaia.footprint_corners`), or a cone (ra, dec, radius) in degrees.
+        (:func:`astrodask.reference.gaia.footprint_corners`), or a cone (ra, dec, radius) in degrees.
     margin_deg
         Stars up to this far outside the footprint are kept, degrees.
     mag_limit
         Faintest G kept, mag (None: all).
     epoch_yr
-        Propagate the stars to this Julian epoch (:func:`astrodask.gaia.propagate_table`);
+        Propagate the stars to this Julian epoch (:func:`astrodask.reference.gaia.propagate_table`);
         None: keep the catalog epoch.
     missing
         ``"error"``: a tile that is absent, incomplete, partial without covering the

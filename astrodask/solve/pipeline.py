@@ -1,11 +1,11 @@
 """One exposure, serially, stage by stage: the Condor solve (docs/algorithm.md, steps 1 to 6).
 
 Each stage is a pure function of arrays and tables, so the Dask graph
-(``astrodask.graph``) can call the same functions as tasks:
+(``astrodask.run.graph``) can call the same functions as tasks:
 
 1. :func:`stage_sources` and :func:`stage_references`: ``get_image_ij`` and ``get_gaia_xy``.
 2. :func:`stage_regions`: a coarse alignment, astroalign in each of the 24 regions,
-   and the reducer :func:`astrodask.match.mean_affine`.
+   and the reducer :func:`astrodask.solve.match.mean_affine`.
 3. :func:`stage_initial_tpv`: pairs clipped at ``CLIPPING_THRESHOLD``, the TPV fit.
 4. :func:`stage_depth`: the relaxed detection pass, ``depth_match``, rounds of RMS clipping and refits.
 5. :func:`stage_error_model`: ``like_fit`` with ``ERROR_THRESHOLD`` clipping and refits.
@@ -34,15 +34,15 @@ from scipy.spatial import cKDTree
 
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
-from astrodask.depth import depth_match
-from astrodask.detect import detect_exposure
-from astrodask.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
+from astrodask.solve.depth import depth_match
+from astrodask.solve.detect import detect_exposure
+from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.errors import AstrodaskError, MatchError, SolveError
-from astrodask.exposure import approximate_wcs, get_pointing, read_exposure
-from astrodask.gaia import get_gaia_xy
-from astrodask.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
+from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
+from astrodask.reference.gaia import get_gaia_xy
+from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
                              match_region, matching_depth, mean_affine, region_grid)
-from astrodask.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
+from astrodask.solve.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
                            pixel_to_world, world_to_pixel)
 from astrodask.types import (ARTEFACT_FLAGS, FAILED, SOLVED, Exposure, ExposureInfo, ExposureResult,
                              FailureDiagnostics, SourceFlag, exposure_name)
@@ -99,8 +99,8 @@ def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None
     found = get_pointing(exposure.header, path=exposure.path, config=config.pointing, **(pointing or {}))
     wcs0 = approximate_wcs(found, exposure.shape)
     if catalog is None and cache_url is not None:
-        from astrodask.cache import TileCache, read_field
-        from astrodask.gaia import footprint_corners
+        from astrodask.reference.cache import TileCache, read_field
+        from astrodask.reference.gaia import footprint_corners
 
         catalog = read_field(TileCache(cache_url), footprint_corners(wcs0, exposure.shape),
                              margin_deg=config.gaia.margin_deg, mag_limit=config.gaia.mag_limit, fill=fill)
@@ -115,8 +115,8 @@ def footprint_tiles(info: ExposureInfo, *, config: PipelineConfig, pointing: dic
 
     The same approximate WCS and margin as :func:`stage_references`, from the header only.
     """
-    from astrodask.cache import TILE_LEVEL, tiles_for_footprint
-    from astrodask.gaia import footprint_corners
+    from astrodask.reference.cache import TILE_LEVEL, tiles_for_footprint
+    from astrodask.reference.gaia import footprint_corners
 
     found = get_pointing(info.header, path=info.path, config=config.pointing, **(pointing or {}))
     wcs0 = approximate_wcs(found, info.shape)
@@ -468,7 +468,7 @@ def stage_chi_square(sources: Table, refs: Table, pairs: Pairs, solution: TPVSol
 def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, solution: TPVSolution,
                  model: ErrorModel) -> Table:
     """The entire matched list with residuals (mas), normalised residuals and the final keep flag."""
-    from astrodask.errmodel import normalized_residuals
+    from astrodask.solve.errmodel import normalized_residuals
 
     res = residuals_mas(sources, refs, pairs, solution)
     chi = normalized_residuals(res, _sky_cov(sources, pairs.src, solution), model)
@@ -488,7 +488,7 @@ def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, so
 
 def pointing_offset_deg(solution: TPVSolution, wcs0: Any, shape: tuple[int, int]) -> float:
     """Angular distance between the image centre through the solution and through the approximate WCS, degrees."""
-    from astrodask.gaia import angular_separation_deg
+    from astrodask.reference.gaia import angular_separation_deg
 
     ny, nx = shape
     ci, cj = np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0])
@@ -549,15 +549,15 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     Parameters
     ----------
     exposure
-        The exposure (see :func:`astrodask.exposure.read_exposure`).
+        The exposure (see :func:`astrodask.io.exposure.read_exposure`).
     catalog
-        Reference stars (:func:`astrodask.gaia.read_catalog`); None: the tile cache at
+        Reference stars (:func:`astrodask.reference.gaia.read_catalog`); None: the tile cache at
         ``cache_url`` if given (tiles it lacks are filled from the archive, one after the
         other, when ``gaia.fetch_missing_tiles``), else the Gaia archive.
     config
         The pipeline config.
     pointing
-        Pointing overrides for :func:`astrodask.exposure.get_pointing`
+        Pointing overrides for :func:`astrodask.io.exposure.get_pointing`
         (``ra_deg``, ``dec_deg``, ``scale_arcsec``, ``rotation_deg``, ``parity``).
     trace
         If given, filled as the stages run (``"sources"``, ``"references"``), so that the
@@ -585,7 +585,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     clock.lap("references")
     fill = None
     if catalog is None and cache_url is not None and config.gaia.fetch_missing_tiles:
-        from astrodask.cache import fill_tiles
+        from astrodask.reference.cache import fill_tiles
 
         fill = functools.partial(fill_tiles, cache_url, config=config.gaia)
     wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
@@ -653,7 +653,7 @@ def solve_array(data: np.ndarray, header: Any, *, name: str = "image", catalog: 
                 config: PipelineConfig | None = None, pointing: dict[str, Any] | None = None,
                 cache_url: str | None = None) -> ExposureResult:
     """Solve an exposure already in memory (image and FITS header), as :func:`solve_file` does a file."""
-    from astrodask.exposure import exposure_from_array
+    from astrodask.io.exposure import exposure_from_array
 
     return _solve_guarded(name, lambda: exposure_from_array(data, header, name=name), catalog=catalog,
                           config=config, pointing=pointing, cache_url=cache_url)

@@ -34,7 +34,7 @@ from astropy.table import Table
 
 from astrodask import __version__
 from astrodask.errors import InputFileError
-from astrodask.output import (SOLUTION_SUFFIX, STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, atomic_write, solution_path,
+from astrodask.io.output import (SOLUTION_SUFFIX, STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, atomic_write, solution_path,
                               summary_row)
 from astrodask.types import FAILED, SOLVED, ExposureResult, exposure_name
 
@@ -317,7 +317,7 @@ def write_status(row: dict[str, Any], out_dir: str | Path) -> Path:
     Parameters
     ----------
     row
-        The summary row (:func:`astrodask.output.summary_row`); it must have ``name`` and ``status``.
+        The summary row (:func:`astrodask.io.output.summary_row`); it must have ``name`` and ``status``.
         ``finished_utc`` (ISO 8601, UTC) is added when absent.
     out_dir
         The output folder.
@@ -505,7 +505,7 @@ def format_status(status: BacklogStatus, *, max_listed: int = MAX_LISTED,
 def assemble_summary(out_dir: str | Path) -> Path:
     """Rebuild ``DIR/summary.ecsv`` from every status record, one row per exposure sorted by name.
 
-    The columns are :data:`astrodask.output.SUMMARY_COLUMNS` and the ``t_<stage>_s`` timings; values missing
+    The columns are :data:`astrodask.io.output.SUMMARY_COLUMNS` and the ``t_<stage>_s`` timings; values missing
     from a record are empty (``""``, 0 or NaN).  The file is replaced atomically.
     """
     names = list(SUMMARY_COLUMNS) + [f"t_{stage}_s" for stage in STAGES]

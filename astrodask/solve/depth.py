@@ -6,7 +6,7 @@ first. Working down from the brightest source to the faintest, each source is ma
 to its nearest candidate target within ``radius_px``; the candidates are the first
 ``window`` entries of the *remaining* flux-ranked target list, and the matched target
 is removed from that list. Successive rounds of clipping and fitting (in
-:mod:`astrodask.errmodel`) later weed out the wrong pairs.
+:mod:`astrodask.solve.errmodel`) later weed out the wrong pairs.
 
 The Condor pipeline implemented this literally: it sliced the remaining target list
 and built a new KD-tree for every source. :func:`depth_match_literal` keeps that

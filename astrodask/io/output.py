@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from astrodask import __version__
 from astrodask.errors import InputFileError
-from astrodask.tpv import tpv_header
+from astrodask.solve.tpv import tpv_header
 from astrodask.types import ExposureResult
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from astrodask.tpv import distortion_px
+    from astrodask.solve.tpv import distortion_px
 
     t = result.matched
     kept = np.asarray(t["kept"], dtype=bool)
@@ -293,7 +293,7 @@ def _plain(value: Any) -> Any:
 def _thumbnail(path: str) -> tuple[np.ndarray | None, int]:
     """A block-averaged thumbnail of the exposure and its binning factor (None when it cannot be read)."""
     from astrodask.errors import AstrodaskError
-    from astrodask.exposure import read_exposure
+    from astrodask.io.exposure import read_exposure
 
     try:
         data = np.asarray(read_exposure(path).data, dtype=np.float32)

@@ -1,7 +1,7 @@
 """Running a backlog on a Dask cluster: connect (or start the embedded LocalCluster), submit,
 follow progress, and report every exposure, failed ones included.
 
-Cluster code: with :mod:`astrodask.graph`, the only place that knows about Dask.
+Cluster code: with :mod:`astrodask.run.graph`, the only place that knows about Dask.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from astrodask.config import PipelineConfig
-from astrodask.graph import backlog_graph, failed_result
+from astrodask.run.graph import backlog_graph, failed_result
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
                                processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                memory_limit=memory_limit)
         client = Client(cluster)
-    from astrodask.cluster_plugins import setup_client
+    from astrodask.run.plugins import setup_client
 
     setup_client(client)  # the astrodask worker plugin everywhere, worker logs forwarded here
     connection = Connection(client, cluster, client.scheduler.address, getattr(client, "dashboard_link", None))
@@ -91,8 +91,8 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
     """
     from distributed import as_completed, fire_and_forget
 
-    from astrodask.backlog import write_status
-    from astrodask.output import summary_row
+    from astrodask.run.backlog import write_status
+    from astrodask.io.output import summary_row
 
     tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
                           debug=debug, write_header=write_header, cache_url=cache_url)
@@ -125,12 +125,12 @@ def prefetch_tiles(connection: Connection, pixels: Sequence[int], *, cache_url: 
 
     Tiles already complete (and deep enough) are left as they are; each task checks
     its own tile, so the client never reads the store. Returns one record per tile
-    (:func:`astrodask.graph.task_fill_tile`) in completion order; a task that raised
+    (:func:`astrodask.run.graph.task_fill_tile`) in completion order; a task that raised
     beyond its retries is a "failed" record: the other tiles go on.
     """
     from distributed import as_completed
 
-    from astrodask.graph import tile_tasks
+    from astrodask.run.graph import tile_tasks
 
     futures = tile_tasks(connection.client, cache_url, sorted({int(p) for p in pixels}), config=config,
                          retries=retries)
