@@ -34,7 +34,7 @@ from astrodask.types import ExposureResult
 def _catalog(catalog: Table | str | Path | None, config: PipelineConfig) -> Table | None:
     if catalog is None or isinstance(catalog, Table):
         return catalog
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     return read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch)
 
@@ -52,7 +52,7 @@ def solve_exposure(exposure: str | Path | np.ndarray, *, header: fits.Header | N
     header
         The image's FITS header (pointing, epoch, gain, saturation), for an array.
     catalog
-        Reference stars: a table from :func:`astrodask.reference.gaia.read_catalog` or a catalog file;
+        Reference stars: a table from :func:`astrodask.reference.catalog.read_catalog` or a catalog file;
         None: the Gaia tile cache at ``cache_url`` (filled from the archive when tiles are
         missing), else the Gaia archive.
     config

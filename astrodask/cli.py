@@ -300,7 +300,7 @@ def catalog_import_cmd(files: tuple[str, ...], out: str | None, config_file: str
     """
     from astropy.table import vstack
 
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -344,7 +344,8 @@ def gaia_cmd(file: str, catalog: str | None, out: str | None, ra: float | None, 
     their pixel positions x, y (0-based) through the approximate WCS.
     """
     from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
-    from astrodask.reference.gaia import get_gaia_xy, read_catalog
+    from astrodask.reference.catalog import read_catalog
+    from astrodask.reference.footprint import get_gaia_xy
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -397,7 +398,7 @@ def simulate_cmd(out_dir: str, name: str, ra_deg: float, dec_deg: float, width: 
     reference catalog, Gaia archive columns), <name>.truth.wcs.fits (the exact
     WCS) and <name>.truth.ecsv (every rendered star's true pixel position).
     """
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
     from astrodask.simulate import simulate_field
 
     _configure_logging(verbose, quiet)
@@ -440,7 +441,8 @@ def demo_cmd(out_dir: str, serial: bool, workers: int | None, config_file: str |
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
-    from astrodask.reference.cache import TileCache, import_catalog
+    from astrodask.reference.fill import import_catalog
+    from astrodask.reference.store import TileCache
     from astrodask.io.exposure import read_exposure_info
     from astrodask.simulate import make_demo, read_truth_wcs
     from astrodask.types import exposure_name
@@ -540,7 +542,7 @@ def _cache_for_solve(catalog: str | None, cache_url: str | None, no_cache: bool,
 
 def _cache_location(url: str | None, config: PipelineConfig | None) -> str:
     """--cache URL, else gaia.cache_url, else the user cache folder: canonical (see cache_location)."""
-    from astrodask.reference.cache import cache_location
+    from astrodask.reference.store import cache_location
 
     return cache_location(url or (config.gaia.cache_url if config else "") or None)
 
@@ -621,7 +623,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     per stage). A failed exposure is reported and the others go on; the exit status
     is 3 when some failed.
     """
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -733,7 +735,7 @@ def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignm
     """
     import json
 
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     _configure_logging(verbose, quiet)
     try:
@@ -764,7 +766,7 @@ def cache_group() -> None:
 
 
 def _cache(url: str | None, config: PipelineConfig | None = None):
-    from astrodask.reference.cache import TileCache
+    from astrodask.reference.store import TileCache
 
     return TileCache(_cache_location(url, config))
 
@@ -787,8 +789,8 @@ def cache_import_cmd(files: tuple[str, ...], cache_url: str | None, overwrite: b
 
     Tiles the files cover only in part are marked partial; a later complete fill replaces them.
     """
-    from astrodask.reference.cache import import_catalog
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.fill import import_catalog
+    from astrodask.reference.catalog import read_catalog
 
     _configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -849,7 +851,7 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
     complete tiles are left alone. Then 'astrodask submit --cache URL' reads them.
     """
     from astrodask.run.backlog import expand_inputs
-    from astrodask.reference.cache import tiles_for_field
+    from astrodask.reference.healpix import tiles_for_field
     from astrodask.io.exposure import read_exposure_info
     from astrodask.run.client import connect, prefetch_tiles
     from astrodask.solve.pipeline import footprint_tiles

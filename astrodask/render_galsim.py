@@ -11,14 +11,14 @@ imported only inside the functions that draw.
 
 One exposure is a frozen :class:`Scene`; :func:`render_scene` writes its files
 (:class:`SceneFiles`): the image (``.fits.fz``, RICE, image in HDU 1), a Gaia-like
-catalog that :func:`astrodask.reference.gaia.read_catalog` reads, the exact truth WCS (the file
+catalog that :func:`astrodask.reference.catalog.read_catalog` reads, the exact truth WCS (the file
 :func:`astrodask.simulate.read_truth_wcs` reads) and a per-star truth table. The named
 cases are in :data:`CASES`; :func:`case_scene` gives one at its ``test`` or ``bench`` size.
 
 Conventions: pixels 0-based, ``i`` the column, ``j`` the row, pixel ``(i, j)`` centred on
 integer coordinates (GalSim images are made with ``xmin = ymin = 0``); only FITS CRPIX is
 1-based. ``rotation_deg``/``parity`` as in :mod:`astrodask.wcsutil`. Proper motions move
-stars along great circles (:func:`astrodask.reference.gaia.propagate_to_epoch`); parallax is not
+stars along great circles (:func:`astrodask.reference.catalog.propagate_to_epoch`); parallax is not
 applied to the truth (the solver neglects it too).
 
 DSS plate solutions (``header_style="dss"``) follow wcslib's reading of the DSS keywords
@@ -49,7 +49,7 @@ from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning, Sip
 
 from astrodask.errors import ConfigError
-from astrodask.reference.gaia import propagate_to_epoch, read_catalog
+from astrodask.reference.catalog import propagate_to_epoch, read_catalog
 from astrodask.reference.healpix import healpix_nested_index
 from astrodask.wcsutil import cd_matrix
 
@@ -296,7 +296,7 @@ class SceneFiles:
     """The files :func:`render_scene` writes."""
 
     image: Path  #: ``<name>.fits.fz``: RICE tile-compressed, image in HDU 1
-    catalog: Path  #: ``<name>_gaia.ecsv``: Gaia archive columns, read by astrodask.reference.gaia.read_catalog
+    catalog: Path  #: ``<name>_gaia.ecsv``: Gaia archive columns, read by astrodask.reference.catalog.read_catalog
     truth_wcs: Path  #: ``<name>.truth.wcs.fits``: the exact TAN-SIP truth (astrodask.simulate.read_truth_wcs)
     truth_table: Path  #: ``<name>.truth.ecsv``: per-star truth
     render_s: float = 0.0  #: wall time of the render, seconds
@@ -525,7 +525,7 @@ def dss_header(model: WCS, shape: tuple[int, int], *, scale_arcsec: float, date_
 
 
 def _worst_px(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray, scale_arcsec: float) -> float:
-    from astrodask.reference.gaia import angular_separation_deg
+    from astrodask.sphere import angular_separation_deg
 
     return float(np.max(angular_separation_deg(ra1, dec1, ra2, dec2)) * ARCSEC_PER_DEG / scale_arcsec)
 
@@ -1032,7 +1032,7 @@ def render_scene(scene: Scene, out_dir: str | Path, *, rng: np.random.Generator)
     ra_e, dec_e = propagate_to_epoch(np.asarray(stars["ra_true"]), np.asarray(stars["dec_true"]),
                                      np.asarray(stars["pmra_true"]), np.asarray(stars["pmdec_true"]),
                                      scene.epoch_yr - ref_epoch)
-    from astrodask.reference.gaia import angular_separation_deg
+    from astrodask.sphere import angular_separation_deg
 
     near = angular_separation_deg(ra_e, dec_e, scene.ra_deg, scene.dec_deg) <= _half_diagonal_deg(scene) + 0.02
     i, j = np.full(len(stars), np.nan), np.full(len(stars), np.nan)

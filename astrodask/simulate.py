@@ -11,7 +11,7 @@ The pieces, in the order a simulated exposure is made:
 2. :func:`synthetic_gaia_catalog` -- Gaia DR3-like reference stars (archive column
    names and units, real ``source_id`` HEALPix encoding), uniform on the sphere.
 3. :func:`render_exposure` -- stars propagated to the exposure epoch with
-   :func:`astrodask.reference.gaia.propagate_to_epoch`, projected through the truth WCS and
+   :func:`astrodask.reference.catalog.propagate_to_epoch`, projected through the truth WCS and
    rendered as pixel-integrated elliptical Moffat profiles whose flux-weighted centre
    is exactly the truth position; galaxies, cosmic rays, hot columns, sky, Poisson and
    read noise, gain, bias and saturation; returns a ``uint16`` image and a truth table.
@@ -66,8 +66,10 @@ from scipy.spatial import cKDTree
 
 from astrodask.config import CONDOR_PLATE_SCALE, GaiaConfig
 from astrodask.errors import CatalogError, ConfigError, InputFileError
-from astrodask.reference.gaia import angular_separation_deg, propagate_to_epoch
-from astrodask.reference.healpix import GAIA_HEALPIX_LEVEL, healpix_nested_index
+from astrodask.reference.catalog import propagate_to_epoch
+from astrodask.sphere import angular_separation_deg
+from astrodask.constants import GAIA_HEALPIX_LEVEL
+from astrodask.reference.healpix import healpix_nested_index
 from astrodask.solve.tpv import tangent_plane
 from astrodask.types import exposure_name
 from astrodask.wcsutil import cd_matrix, cd_to_scale_rotation_parity
@@ -664,7 +666,7 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
         Image shape (ny, nx), pixels; default from ``wcs.pixel_shape``.
     epoch_yr
         Epoch of the exposure, Julian years; stars are moved there with
-        :func:`astrodask.reference.gaia.propagate_to_epoch`.
+        :func:`astrodask.reference.catalog.propagate_to_epoch`.
     fwhm_px
         PSF FWHM (geometric mean of the axes), pixels.
     ellipticity
@@ -707,7 +709,7 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
         raise CatalogError(
             f"the star table lacks column(s) {missing or ['phot_g_mean_mag']}; it needs Gaia archive "
             f"names (ra, dec, phot_g_mean_mag, optionally pmra, pmdec, ref_epoch, source_id), "
-            f"has {stars.colnames}; read VizieR files with astrodask.reference.gaia.read_catalog")
+            f"has {stars.colnames}; read VizieR files with astrodask.reference.catalog.read_catalog")
 
     ra0 = _column(stars, "ra")
     dec0 = _column(stars, "dec")

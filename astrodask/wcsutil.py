@@ -85,6 +85,6 @@ def wcs_error_mas(wcs: WCS, truth: WCS, shape: tuple[int, int], *, step_px: floa
     ii, jj = np.meshgrid(i, j)
     ra1, dec1 = wcs.pixel_to_world_values(ii.ravel(), jj.ravel())
     ra2, dec2 = truth.pixel_to_world_values(ii.ravel(), jj.ravel())
-    from astrodask.reference.gaia import angular_separation_deg
+    from astrodask.sphere import angular_separation_deg
 
     return angular_separation_deg(ra1, dec1, ra2, dec2) * 3.6e6

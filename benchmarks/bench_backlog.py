@@ -33,7 +33,7 @@ def simulate(work: Path, n: int, scale: float) -> tuple[list[Path], Path]:
     from astrodask.simulate import simulate_field
 
     shape = (int(6388 * scale), int(9576 * scale))
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     paths, catalog, sky = [], None, None
     for k in range(n):  # dithered pointings on one sky, so the first catalog serves them all
@@ -91,7 +91,7 @@ def main() -> None:
     paths, catalog = simulate(args.work, args.n, args.scale)
 
     from astrodask.config import PipelineConfig
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
     from astrodask.solve.pipeline import solve_file
 
     # the serial backlog reads the catalog once, as the cluster's catalog task does

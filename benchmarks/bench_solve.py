@@ -368,7 +368,7 @@ except ImportError as err:
     print(json.dumps({"status": "n/a", "reason": f"astrodask solver not available yet ({err})"}))
     raise SystemExit(0)
 from astrodask.config import PipelineConfig
-from astrodask.reference.gaia import read_catalog
+from astrodask.reference.catalog import read_catalog
 started = time.perf_counter()
 try:
     result = solve_file(image, catalog=read_catalog(catalog_path),
@@ -533,7 +533,7 @@ def main() -> None:
 
     from astropy.table import Table
 
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     rows = []
     self_tested = False

@@ -11,7 +11,7 @@ the astrodask solver reads (``X_gaia.ecsv``), and
    ELONGATION), a Gaussian matched filter of the simulated PSF's FWHM;
 3. writes the reference catalog as FITS_LDAC (X_WORLD, Y_WORLD, ERRA_WORLD, ERRB_WORLD,
    MAG, MAGERR, OBSDATE) from the same Gaia stars, **propagated to the exposure's epoch
-   with** :func:`astrodask.reference.gaia.propagate_table` (the same positions the astrodask solver
+   with** :func:`astrodask.reference.catalog.propagate_table` (the same positions the astrodask solver
    uses; SCAMP's own proper-motion support is not used: no PM columns are written);
 4. runs ``scamp -ASTREF_CATALOG FILE`` with a TPV distortion of degree 3 and no photometric
    solution, reads the ``.head`` it writes and builds an astropy WCS from the approximate
@@ -262,13 +262,13 @@ def write_reference_ldac(catalog_path: Path, out_path: Path, *, epoch_yr: float,
                          image_header: fits.Header | None = None) -> tuple[int, int]:
     """Write the Gaia stars of ``catalog_path`` as a SCAMP FITS_LDAC reference catalog.
 
-    Positions are propagated to ``epoch_yr`` with :func:`astrodask.reference.gaia.propagate_table`
+    Positions are propagated to ``epoch_yr`` with :func:`astrodask.reference.catalog.propagate_table`
     (OBSDATE = ``epoch_yr``), errors are ra_error/dec_error (mas, floored at
     REF_ERROR_FLOOR_MAS) as an error ellipse in degrees, MAG is Gaia G. Returns the row
     count and, given the image header, how many rows fall on the image through its
     approximate WCS (grown by FOOTPRINT_MARGIN on each side).
     """
-    from astrodask.reference.gaia import propagate_table, read_catalog
+    from astrodask.reference.catalog import propagate_table, read_catalog
 
     table = propagate_table(read_catalog(catalog_path), epoch_yr)
     ra = np.asarray(table["ra"], dtype=np.float64)
@@ -390,7 +390,7 @@ def solve_with_scamp(image_path: str | Path, catalog_path: str | Path, scratch: 
     image_path
         The exposure (``.fits.fz`` or ``.fits``) with an approximate TAN header.
     catalog_path
-        The Gaia reference catalog file (any format :func:`astrodask.reference.gaia.read_catalog` reads).
+        The Gaia reference catalog file (any format :func:`astrodask.reference.catalog.read_catalog` reads).
     scratch
         A folder for the decompressed image, the catalogs and the tools' files (emptied first).
     keep

@@ -92,7 +92,7 @@ def dss_header(shared_data: Path):
 def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``XDG_CACHE_HOME`` set to a temporary folder for the whole session.
 
-    :func:`astrodask.reference.cache.default_cache_dir` reads it, so no test ever writes into
+    :func:`astrodask.reference.store.default_cache_dir` reads it, so no test ever writes into
     the user's ``~/.cache``; processes spawned by tests inherit it.
     """
     home = tmp_path_factory.mktemp("xdg-cache-home")

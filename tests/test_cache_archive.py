@@ -23,7 +23,9 @@ from astropy.wcs import WCS
 from click.testing import CliRunner
 
 from archive_server import RECORDING, RecordedTapServer, load_recordings  # tests/ is on sys.path
-from astrodask.reference import cache as C
+from astrodask.reference import fill
+from astrodask.reference import healpix
+from astrodask.reference import store as tile_store
 from astrodask.cli import main
 from astrodask.config import GaiaConfig, PipelineConfig
 from astrodask.errors import ArchiveError
@@ -33,7 +35,7 @@ sys.path.insert(0, str(RECORDING))
 import make_recording as rec
 
 TILES = RECORDING / "tiles"
-RECORDED_PIXELS = C.tiles_for_field(rec.TILE_SKY_RA, rec.TILE_SKY_DEC, rec.TILE_FIELD_RADIUS).tolist()
+RECORDED_PIXELS = healpix.tiles_for_field(rec.TILE_SKY_RA, rec.TILE_SKY_DEC, rec.TILE_FIELD_RADIUS).tolist()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def archive() -> RecordedTapServer:
 
 def _truth(sky: dict[str, np.ndarray], pixel: int) -> np.ndarray:
     """Sorted source_ids of the sky's stars whose (ra, dec) lie in the tile."""
-    inside = healpix_nested_index(sky["ra"], sky["dec"], level=C.TILE_LEVEL) == pixel
+    inside = healpix_nested_index(sky["ra"], sky["dec"], level=healpix.TILE_LEVEL) == pixel
     return np.sort(sky["source_id"][inside])
 
 
@@ -77,20 +79,20 @@ def test_recordings_answer_the_current_tile_queries() -> None:
     """The recorded queries are exactly what the code asks (regenerate them if the query changes)."""
     recorded = set(load_recordings(TILES))
     config = GaiaConfig(mag_limit=rec.TILE_MAG_LIMIT)
-    assert {C.tile_query(p, config=config) for p in RECORDED_PIXELS} == recorded
+    assert {fill.tile_query(p, config=config) for p in RECORDED_PIXELS} == recorded
 
 
 def test_source_id_ranges_cover_the_tile_and_a_border_band() -> None:
     pixel = RECORDED_PIXELS[0]
     margin = 60.0
-    ranges = np.array(C.tile_source_id_ranges(pixel, margin_arcsec=margin))
+    ranges = np.array(fill.tile_source_id_ranges(pixel, margin_arcsec=margin))
     assert np.all(ranges[1:, 0] > ranges[:-1, 1])  # sorted, disjoint
 
     def covered(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
         sid = healpix_nested_index(ra, dec, level=12) << 35
         return np.any((sid[:, None] >= ranges[None, :, 0]) & (sid[:, None] <= ranges[None, :, 1]), axis=1)
 
-    ra_b, dec_b, _ = C._tile_boundaries(np.array([pixel]), level=C.TILE_LEVEL, per_edge=400)
+    ra_b, dec_b, _ = healpix.tile_boundaries(np.array([pixel]), level=healpix.TILE_LEVEL, per_edge=400)
     rng = np.random.default_rng(3)
     # points up to the margin from the tile's edge, on both sides: all covered
     dist = rng.uniform(0.0, margin * 0.99, ra_b.size) / 3600.0
@@ -103,20 +105,20 @@ def test_source_id_ranges_cover_the_tile_and_a_border_band() -> None:
     ra_f = ra_b.ravel() + dist * np.sin(angle) / np.cos(np.radians(dec_b.ravel()))
     dec_f = dec_b.ravel() + dist * np.cos(angle)
     gap = np.array([np.min(rec._separation_deg(r, d, ra_b.ravel(), dec_b.ravel())) for r, d in zip(ra_f, dec_f)])
-    away = (healpix_nested_index(ra_f, dec_f, level=C.TILE_LEVEL) != pixel) & (gap > 0.12)
+    away = (healpix_nested_index(ra_f, dec_f, level=healpix.TILE_LEVEL) != pixel) & (gap > 0.12)
     assert away.sum() > 100 and not covered(ra_f[away], dec_f[away]).any()
     # the border adds about a quarter of the tile's area, in a few dozen ranges
     n12 = int(np.sum((ranges[:, 1] + 1 - ranges[:, 0]) >> 35))
     assert 4096 < n12 < 1.4 * 4096 and len(ranges) < 80
-    assert C.tile_source_id_ranges(pixel, margin_arcsec=0.0) == [(pixel << 47, ((pixel + 1) << 47) - 1)]
+    assert fill.tile_source_id_ranges(pixel, margin_arcsec=0.0) == [(pixel << 47, ((pixel + 1) << 47) - 1)]
 
 
 def test_fill_tile_writes_exactly_the_tiles_stars(archive, sky, tmp_path) -> None:
-    cache = C.TileCache(tmp_path / "tiles")
+    cache = tile_store.TileCache(tmp_path / "tiles")
     config = _config(archive)
     crossing = 0
     for pixel in RECORDED_PIXELS:
-        rows = C.fill_tile_from_archive(cache, pixel, config=config)
+        rows = fill.fill_tile_from_archive(cache, pixel, config=config)
         got = np.sort(np.asarray(cache.read_tile(pixel)["source_id"]))
         truth = _truth(sky, pixel)
         assert rows == len(truth) > 100
@@ -129,21 +131,21 @@ def test_fill_tile_writes_exactly_the_tiles_stars(archive, sky, tmp_path) -> Non
     assert crossing > 0
     assert len(archive.queries) == len(RECORDED_PIXELS)  # one query per tile
     # a read deeper than the fill is not served from these tiles
-    assert C.tiles_to_fill(cache, RECORDED_PIXELS, mag_limit=20.0).keys() == set(RECORDED_PIXELS)
-    assert C.tiles_to_fill(cache, RECORDED_PIXELS, mag_limit=rec.TILE_MAG_LIMIT) == {}
+    assert fill.tiles_to_fill(cache, RECORDED_PIXELS, mag_limit=20.0).keys() == set(RECORDED_PIXELS)
+    assert fill.tiles_to_fill(cache, RECORDED_PIXELS, mag_limit=rec.TILE_MAG_LIMIT) == {}
 
 
 def test_truncated_or_failed_fills_write_nothing(archive, tmp_path) -> None:
-    cache = C.TileCache(tmp_path / "tiles")
+    cache = tile_store.TileCache(tmp_path / "tiles")
     pixel = RECORDED_PIXELS[1]
     archive.serve_rows = 50  # cut silently at a known server row limit (TOP 50): maybe truncated
     with pytest.raises(ArchiveError, match=f"tile 6/{pixel} .*row limit.*not written"):
-        C.fill_tile_from_archive(cache, pixel, config=_config(archive))
+        fill.fill_tile_from_archive(cache, pixel, config=_config(archive))
     assert not cache.has(pixel)
     archive.serve_rows = None
     archive.fail_on, archive.fail_count = "post", -1  # the archive answers 503, always
     with pytest.raises(ArchiveError, match=f"tile 6/{pixel} .*failed after 2 attempt"):
-        C.fill_tile_from_archive(cache, pixel, config=_config(archive, retries=1))
+        fill.fill_tile_from_archive(cache, pixel, config=_config(archive, retries=1))
     assert not cache.has(pixel) and cache.incomplete_tiles() == []
 
 
@@ -166,7 +168,7 @@ def test_prefetch_fills_tiles_as_tasks_then_only_repairs(archive, sky, tmp_path)
     assert result.exit_code == 0, result.output
     assert f"{len(RECORDED_PIXELS)} tiles needed" in result.output
     assert f"0 present, {len(RECORDED_PIXELS)} filled" in result.output
-    cache = C.TileCache(store)
+    cache = tile_store.TileCache(store)
     assert cache.tiles() == sorted(RECORDED_PIXELS)
     for pixel in RECORDED_PIXELS:
         np.testing.assert_array_equal(np.sort(np.asarray(cache.read_tile(pixel)["source_id"])), _truth(sky, pixel))
@@ -198,7 +200,7 @@ def test_two_prefetches_at_once_query_each_tile_once(archive, sky, tmp_path) -> 
     """Two clients prefetch the same tiles on one cluster: the tile task keys make one writer per tile."""
     from astrodask.run.client import connect, prefetch_tiles
 
-    store = C.cache_location(tmp_path / "tiles")
+    store = tile_store.cache_location(tmp_path / "tiles")
     config = PipelineConfig.from_dict({"gaia": {"tap_url": archive.base, "mag_limit": rec.TILE_MAG_LIMIT,
                                                 "max_queries": 4}})
     archive.executing_polls = 4
@@ -219,7 +221,7 @@ def test_two_prefetches_at_once_query_each_tile_once(archive, sky, tmp_path) -> 
     assert all(len(r) == len(RECORDED_PIXELS) for r in records)
     assert all(rec_["state"] in ("filled", "present") for r in records for rec_ in r)
     assert len(set(archive.queries)) == len(archive.queries) == len(RECORDED_PIXELS)  # no tile asked twice
-    cache = C.TileCache(store)
+    cache = tile_store.TileCache(store)
     for pixel in RECORDED_PIXELS:
         np.testing.assert_array_equal(np.sort(np.asarray(cache.read_tile(pixel)["source_id"])), _truth(sky, pixel))
 
@@ -236,7 +238,8 @@ def test_prefetch_reports_unreachable_archive_and_bad_exposures(tmp_path) -> Non
     assert result.exit_code != 0
     assert "junk.fits: not a readable FITS file" in result.output
     assert "FAILED" in result.output and dead in result.output and "failed after 1 attempt" in result.output
-    assert C.TileCache(tmp_path / "tiles").tiles() == [] and C.TileCache(tmp_path / "tiles").incomplete_tiles() == []
+    empty = tile_store.TileCache(tmp_path / "tiles")
+    assert empty.tiles() == [] and empty.incomplete_tiles() == []
     usage = runner.invoke(main, ["cache", "prefetch", "--ra", "10", "--cache", str(tmp_path / "tiles")])
     assert usage.exit_code == 2 and "--ra, --dec and --radius" in usage.output
 
@@ -262,7 +265,7 @@ def field_backlog(tmp_path_factory) -> tuple[list[Path], dict[str, str], dict[st
              for k in range(2)]
     config = PipelineConfig()
     pixels = sorted(set().union(*(footprint_tiles(read_exposure_info(p), config=config).tolist() for p in paths)))
-    rec.record_queries(sky, [C.tile_query(p, config=config.gaia) for p in pixels], folder / "recordings")
+    rec.record_queries(sky, [fill.tile_query(p, config=config.gaia) for p in pixels], folder / "recordings")
     return paths, load_recordings(folder / "recordings"), sky
 
 
@@ -314,7 +317,7 @@ def test_submit_fills_missing_tiles_on_demand_once(field_backlog, tmp_path) -> N
         assert result.exit_code == 0, result.output
         assert sorted(archive.queries) == sorted(recordings)  # every needed tile once, nothing else
     _check_solutions(paths, out)
-    cache = C.TileCache(store)
+    cache = tile_store.TileCache(store)
     for pixel in cache.tiles():
         np.testing.assert_array_equal(np.sort(np.asarray(cache.read_tile(pixel)["source_id"])), _truth(sky, pixel))
 
@@ -329,7 +332,7 @@ def test_prefetch_into_s3_from_worker_processes(archive, sky, s3_bucket) -> None
     assert result.exit_code == 0, result.output
     assert f"0 present, {len(RECORDED_PIXELS)} filled" in result.output
     assert len(archive.queries) == len(RECORDED_PIXELS)
-    cache = C.TileCache(url)
+    cache = tile_store.TileCache(url)
     assert cache.tiles() == sorted(RECORDED_PIXELS) and cache.incomplete_tiles() == []
     for pixel in RECORDED_PIXELS:
         assert cache.verify(pixel)

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from astrodask.reference import cache as C
+from astrodask.reference import fill
+from astrodask.reference import healpix
+from astrodask.reference import store as tile_store
 from astrodask.errors import CatalogError
-from astrodask.reference.gaia import limit_depth, select_cone
+from astrodask.reference.footprint import limit_depth, select_cone
 from astrodask.simulate import synthetic_gaia_catalog
 from astrodask.types import REFERENCE_COLUMNS
 
@@ -64,7 +66,7 @@ def s3(s3_bucket: str) -> S3FileSystem:
 
 def _one_tile(catalog: Table) -> tuple[int, Table]:
     """The most populated tile of the catalog and its stars."""
-    tiles = C.tile_of(catalog)
+    tiles = healpix.tile_of(catalog)
     pixel = int(np.bincount(tiles).argmax())
     return pixel, catalog[tiles == pixel]
 
@@ -85,7 +87,7 @@ def _key(url: str, *parts: object) -> str:
 def test_round_trip_on_s3(s3_url, s3, catalog):
     pixel, part = _one_tile(catalog)
     assert np.isnan(part["pmra"]).any()  # NaNs survive the trip
-    cache = C.TileCache(s3_url)
+    cache = tile_store.TileCache(s3_url)
     assert cache.url == s3_url and cache.tiles() == []
     assert cache.write_tile(pixel, part, origin="test") == len(part)
     assert cache.has(pixel) and cache.verify(pixel)
@@ -104,9 +106,9 @@ def test_round_trip_on_s3(s3_url, s3, catalog):
     assert objects == {_key(s3_url, "zarr.json"), _key(s3_url, 6, "zarr.json"), _key(s3_url, 6, pixel, "zarr.json"),
                        *tile}
     root = json.loads(s3.cat(_key(s3_url, "zarr.json")))
-    assert root["attributes"] == {"astrodask_tile_cache": C.STORE_VERSION, "level": C.TILE_LEVEL}
+    assert root["attributes"] == {"astrodask_tile_cache": tile_store.STORE_VERSION, "level": healpix.TILE_LEVEL}
 
-    reopened = C.TileCache(s3_url)
+    reopened = tile_store.TileCache(s3_url)
     assert reopened.tiles() == [pixel] and reopened.verify(pixel)
     cache.delete_tile(pixel)
     assert not cache.has(pixel) and cache.tiles() == [] and reopened.tiles() == []
@@ -120,19 +122,19 @@ def test_import_and_read_field_on_s3(s3_url, catalog):
     partial, complete within the cone it covers.
     """
     catalog = select_cone(catalog, ra_deg=FIELD_CENTRE[0], dec_deg=FIELD_CENTRE[1], radius_deg=0.45)
-    cache = C.TileCache(s3_url)
-    written = C.import_catalog(cache, catalog)
+    cache = tile_store.TileCache(s3_url)
+    written = fill.import_catalog(cache, catalog)
     assert sum(written.values()) == len(catalog)
     info = cache.info()
     assert [(pixel, rows) for pixel, rows, _ in info] == sorted(written.items())
-    assert set(C.tile_of(catalog).tolist()) <= {pixel for pixel, _, _ in info}
-    assert C.import_catalog(cache, catalog) == {}  # all there: nothing rewritten
+    assert set(healpix.tile_of(catalog).tolist()) <= {pixel for pixel, _, _ in info}
+    assert fill.import_catalog(cache, catalog) == {}  # all there: nothing rewritten
 
     # read_field (zarr's async API underneath: every array fetched concurrently): a field
     # inside the cone the catalog covers is read...
-    cover = C.catalog_cover(catalog)
+    cover = fill.catalog_cover(catalog)
     field = (cover[0], cover[1], cover[2] - 0.05)
-    got = C.read_field(cache, field, margin_deg=0.0, mag_limit=19.0)
+    got = tile_store.read_field(cache, field, margin_deg=0.0, mag_limit=19.0)
     expected = limit_depth(select_cone(catalog, ra_deg=field[0], dec_deg=field[1], radius_deg=field[2]),
                            mag_limit=19.0)
     assert len(got) == len(expected) > 200
@@ -142,7 +144,7 @@ def test_import_and_read_field_on_s3(s3_url, catalog):
     assert got.meta["cache"] == s3_url and got.meta["missing_tiles"] == []
     # ... and one reaching beyond it is refused, naming the partial tiles
     with pytest.raises(CatalogError, match="partial"):
-        C.read_field(cache, (*cover[:2], cover[2] + 0.2), margin_deg=0.0, mag_limit=19.0)
+        tile_store.read_field(cache, (*cover[:2], cover[2] + 0.2), margin_deg=0.0, mag_limit=19.0)
 
 
 # -- damage: detected, then repaired by a new write ------------------------------------
@@ -170,14 +172,14 @@ def _drop_marker(s3: S3FileSystem, url: str, pixel: int) -> str:
     """Rewrite the tile group's zarr.json without the completeness key (the rest of the marker kept)."""
     key = _key(url, 6, pixel, "zarr.json")
     meta = json.loads(s3.cat(key))
-    assert meta["attributes"].pop(C.COMPLETE_KEY) is True
+    assert meta["attributes"].pop(tile_store.COMPLETE_KEY) is True
     s3.pipe(key, json.dumps(meta).encode())
     return "no completeness marker"
 
 
 @pytest.mark.parametrize("damage", [_swap_chunk, _garbage_chunk, _lose_chunk, _drop_marker])
 def test_damaged_tile_on_s3_is_detected_and_rewritten(s3_url, s3, catalog, damage):
-    cache = C.TileCache(s3_url)
+    cache = tile_store.TileCache(s3_url)
     pixel, part = _one_tile(catalog)
     cache.write_tile(pixel, part)
 
@@ -188,7 +190,7 @@ def test_damaged_tile_on_s3_is_detected_and_rewritten(s3_url, s3, catalog, damag
     else:
         assert not cache.has(pixel)
         assert cache.tiles() == [] and cache.incomplete_tiles() == [pixel]
-    with pytest.raises(CatalogError, match=f"tile {C.TILE_LEVEL}/{pixel} of cache {s3_url}") as raised:
+    with pytest.raises(CatalogError, match=f"tile {healpix.TILE_LEVEL}/{pixel} of cache {s3_url}") as raised:
         cache.read_tile(pixel)
     assert raised.match(why)
     (attrs, problem), = cache.read_many([pixel]).values()
@@ -208,14 +210,14 @@ def test_listing_follows_tiles_added_and_removed_by_another_client(s3_url, s3, c
     (zarr then warns "Object at ... is not recognized", an error under this suite's
     filterwarnings). The cache turns the listing cache off for object stores.
     """
-    tiles = C.tile_of(catalog)
+    tiles = healpix.tile_of(catalog)
     first, second = (int(p) for p in np.unique(tiles)[:2])
-    cache = C.TileCache(s3_url)
+    cache = tile_store.TileCache(s3_url)
     cache.write_tile(first, catalog[tiles == first])
     assert cache.tiles() == [first]
     # another client adds a tile: written under another prefix, copied in by a separate s3fs client
     staging = f"{s3_url}-staging"
-    C.TileCache(staging).write_tile(second, catalog[tiles == second])
+    tile_store.TileCache(staging).write_tile(second, catalog[tiles == second])
     sources = s3.find(_key(staging, 6, second))
     s3.copy(sources, [key.replace(_key(staging), _key(s3_url), 1) for key in sources])
     assert cache.has(second) and cache.verify(second)
@@ -240,7 +242,7 @@ def _init_racer(barrier: Any, warm_up_url: str) -> None:
     """
     global _BARRIER
     _BARRIER = barrier
-    C.TileCache(f"{warm_up_url}/warm-up-{os.getpid()}")
+    tile_store.TileCache(f"{warm_up_url}/warm-up-{os.getpid()}")
 
 
 def _race_to_write(url: str, parts: list[tuple[int, dict[str, np.ndarray]]]) -> list[int]:
@@ -251,7 +253,7 @@ def _race_to_write(url: str, parts: list[tuple[int, dict[str, np.ndarray]]]) -> 
     """
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     _BARRIER.wait(timeout=RACE_TIMEOUT_S)  # every worker opens the new store at the same moment
-    cache = C.TileCache(url)
+    cache = tile_store.TileCache(url)
     return [cache.write_tile(pixel, Table(columns), origin=f"pid {os.getpid()}") for pixel, columns in parts]
 
 
@@ -264,7 +266,7 @@ def test_processes_create_one_s3_store_and_write_different_tiles(s3_bucket, s3, 
     create, so two creators may both write the same metadata). Afterwards every tile
     is complete and the union of the tiles is the catalog, no star lost or doubled.
     """
-    tiles = C.tile_of(catalog)
+    tiles = healpix.tile_of(catalog)
     parts = [(int(p), {n: np.asarray(catalog[n])[tiles == p] for n in REFERENCE_COLUMNS}) for p in np.unique(tiles)]
     assert len(parts) > RACE_WORKERS
     expected_ids = np.sort(np.asarray(catalog["source_id"]))
@@ -277,9 +279,9 @@ def test_processes_create_one_s3_store_and_write_different_tiles(s3_bucket, s3, 
             results = pool.starmap_async(_race_to_write, jobs, chunksize=1).get(timeout=RACE_TIMEOUT_S)
             assert sum(map(sum, results)) == len(catalog)
 
-            cache = C.TileCache(url)
+            cache = tile_store.TileCache(url)
             root = json.loads(s3.cat(_key(url, "zarr.json")))
-            assert root["attributes"] == {"astrodask_tile_cache": C.STORE_VERSION, "level": C.TILE_LEVEL}
+            assert root["attributes"] == {"astrodask_tile_cache": tile_store.STORE_VERSION, "level": healpix.TILE_LEVEL}
             listed = sorted(s3.ls(_key(url, 6)))
             assert listed == sorted([_key(url, 6, "zarr.json"), *(_key(url, 6, p) for p, _ in parts)])
             read = cache.read_many([p for p, _ in parts])  # marker, shapes and checksum of every tile
@@ -298,7 +300,7 @@ def test_processes_create_one_s3_store_and_write_different_tiles(s3_bucket, s3, 
 
 def _read_in_worker(url: str, pixel: int) -> tuple[str, bool, list[int]]:
     """On a Dask worker: the endpoint it sees, and a tile read from the cache with no options."""
-    cache = C.TileCache(url)
+    cache = tile_store.TileCache(url)
     return (os.environ.get("AWS_ENDPOINT_URL", ""), cache.verify(pixel),
             np.asarray(cache.read_tile(pixel)["source_id"]).tolist())
 
@@ -309,7 +311,7 @@ def test_dask_worker_process_reads_the_s3_cache(s3_url, s3_server, catalog):
     from distributed import Client, LocalCluster
 
     pixel, part = _one_tile(catalog)
-    C.TileCache(s3_url).write_tile(pixel, part)
+    tile_store.TileCache(s3_url).write_tile(pixel, part)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:
         endpoint, complete, ids = client.submit(_read_in_worker, s3_url, pixel, pure=False).result(timeout=60)

@@ -184,8 +184,9 @@ def test_demo_runs_end_to_end_offline(runner: CliRunner, tmp_path: Path) -> None
     assert "embedded LocalCluster" in result.output and "solved:" in result.output
     assert "against the truth WCS" in result.output
     # the stars came from the demo's own tile cache, complete over the field, not from a file
-    from astrodask.reference.cache import TileCache, read_field, tiles_for_footprint
-    from astrodask.reference.gaia import footprint_corners
+    from astrodask.reference.healpix import tiles_for_footprint
+    from astrodask.reference.store import TileCache, read_field
+    from astrodask.reference.footprint import footprint_corners
     from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure_info
 
     cache = TileCache(out / "gaia-tiles")

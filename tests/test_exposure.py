@@ -24,7 +24,7 @@ from astrodask.io.exposure import (
     read_exposure,
     read_exposure_info,
 )
-from astrodask.reference.gaia import angular_separation_deg
+from astrodask.sphere import angular_separation_deg
 from astrodask.types import exposure_name
 from astrodask.wcsutil import cd_matrix, cd_to_scale_rotation_parity, tan_wcs, wcs_error_mas
 

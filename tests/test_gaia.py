@@ -1,4 +1,4 @@
-"""Tests of astrodask.reference.gaia: catalog files, selections, the archive client, proper motions.
+"""Tests of astrodask.reference: catalog files, selections, the archive client, proper motions.
 
 The Gaia archive is played back by :class:`RecordedTapServer`, a loopback HTTP
 server that speaks enough of TAP's asynchronous (UWS) protocol for astroquery's
@@ -29,25 +29,20 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 import astrodask
-from astrodask.reference import gaia
+from astrodask.reference import catalog as ref_catalog
 from astrodask.config import GaiaConfig
 from astrodask.errors import ArchiveError, AstrodaskWarning, CatalogError, InputFileError
-from astrodask.reference.gaia import (
-    GAIA_G_ZERO_POINT,
-    GAIA_MAXREC,
-    angular_separation_deg,
-    build_gaia_query,
+from astrodask.constants import GAIA_G_ZERO_POINT
+from astrodask.reference.archive import GAIA_MAXREC, build_gaia_query, query_gaia_archive
+from astrodask.reference.catalog import normalise_catalog, propagate_table, propagate_to_epoch, read_catalog
+from astrodask.reference.footprint import (
     enclosing_cone,
     footprint_corners,
     limit_depth,
-    normalise_catalog,
-    propagate_table,
-    propagate_to_epoch,
-    query_gaia_archive,
-    read_catalog,
     select_cone,
     select_footprint,
 )
+from astrodask.sphere import angular_separation_deg
 from astrodask.types import REFERENCE_COLUMNS, RefFlag
 
 from archive_server import RECORDING, TAP_PATH, RecordedTapServer
@@ -224,7 +219,7 @@ def test_recorded_uws_job_document_is_read_by_astroquery(archive: RecordedTapSer
 def test_importing_astrodask_never_imports_astroquery_gaia() -> None:
     code = (
         "import json, sys\n"
-        "import astrodask, astrodask.reference.gaia\n"
+        "import astrodask, astrodask.reference\n"
         "after_import = {'astroquery': 'astroquery' in sys.modules,"
         " 'astroquery.gaia': 'astroquery.gaia' in sys.modules}\n"
         "import astroquery.utils.tap.core\n"  # what query_gaia_archive imports lazily
@@ -314,7 +309,7 @@ def _assert_matches_known(table: Table) -> None:
         assert table[name].dtype == np.float64, name
         np.testing.assert_array_equal(table[name], np.ma.filled(known[name].astype(float), np.nan), err_msg=name)
     assert np.isnan(table["pmra"][1]) and np.isnan(table["pmdec"][1]) and np.isnan(table["parallax"][1])
-    for name, unit in gaia.REFERENCE_UNITS.items():
+    for name, unit in ref_catalog.REFERENCE_UNITS.items():
         assert table[name].unit == unit, name
 
 
@@ -879,7 +874,8 @@ def test_live_archive_across_ra_zero() -> None:
 def test_get_gaia_xy_predicts_truth_pixels_at_the_exposure_epoch(tmp_path: Path) -> None:
     from astrodask.config import GaiaConfig
     from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
-    from astrodask.reference.gaia import get_gaia_xy, read_catalog
+    from astrodask.reference.catalog import read_catalog
+    from astrodask.reference.footprint import get_gaia_xy
     from astrodask.simulate import make_demo, read_truth_wcs
 
     field = make_demo(tmp_path)

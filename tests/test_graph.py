@@ -27,7 +27,7 @@ SHAPE = (1000, 1500)
 @pytest.fixture(scope="module")
 def backlog(tmp_path_factory) -> tuple[list[Path], Path]:
     """Four simulated exposures of one field and the field's catalog."""
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     folder = tmp_path_factory.mktemp("night")
     paths = []
@@ -184,7 +184,7 @@ def test_an_exposure_that_kills_workers_is_reported_and_the_backlog_goes_on(back
 
 def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
     """`astrodask cache import` a wide catalog, then `submit --cache`: every worker reads the one store."""
-    from astrodask.reference.cache import TileCache
+    from astrodask.reference.store import TileCache
     from astrodask.simulate import synthetic_gaia_catalog
 
     rng = np.random.default_rng(11)

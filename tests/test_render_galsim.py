@@ -22,7 +22,8 @@ pytest.importorskip("galsim")
 
 from astrodask import render_galsim as rg
 from astrodask.io.exposure import read_exposure
-from astrodask.reference.gaia import angular_separation_deg, propagate_table, read_catalog
+from astrodask.reference.catalog import propagate_table, read_catalog
+from astrodask.sphere import angular_separation_deg
 from astrodask.simulate import read_truth_wcs
 
 #: Windowed-centroid agreement with the truth, px rms (per axis).

@@ -19,7 +19,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from astrodask.reference import gaia
+from astrodask.reference import catalog as ref_catalog
 from astrodask import simulate as sim
 from astrodask.config import GaiaConfig
 from astrodask.solve.detect import get_image_ij
@@ -384,7 +384,7 @@ def test_stars_are_moved_to_the_exposure_epoch() -> None:
     stars = Table({"source_id": [42], "ra": [float(ra0)], "dec": [float(dec0)], "pmra": [500.0],
                    "pmdec": [-300.0], "ref_epoch": [2016.0], "phot_g_mean_mag": [14.0]})
     _, truth = sim.render_stars(stars, wcs, epoch_yr=2026.0)
-    ra, dec = gaia.propagate_to_epoch(ra0, dec0, 500.0, -300.0, 10.0)
+    ra, dec = ref_catalog.propagate_to_epoch(ra0, dec0, 500.0, -300.0, 10.0)
     assert truth["source_id"][0] == 42
     assert truth["ra"][0] == pytest.approx(float(ra), abs=1e-12)
     assert truth["dec"][0] == pytest.approx(float(dec), abs=1e-12)
@@ -538,16 +538,16 @@ def test_detections_land_on_truth_positions(tmp_path) -> None:
 
 
 def test_render_real_gaia_catalog(shared_data) -> None:
-    read_catalog = getattr(gaia, "read_catalog", None)
+    read_catalog = getattr(ref_catalog, "read_catalog", None)
     if read_catalog is None:
-        pytest.skip("astrodask.reference.gaia.read_catalog (VizieR to archive names) is not written yet")
+        pytest.skip("astrodask.reference.catalog.read_catalog (VizieR to archive names) is not written yet")
     stars = read_catalog(shared_data / "gaia_dr3_ngc103" / "ngc103_field_gaiadr3.csv")
     assert {"ra", "dec", "phot_g_mean_mag", "pmra", "pmdec"} <= set(stars.colnames)
     shape = (1600, 1000)  # 0.24 x 0.38 deg inside the 0.33 x 0.53 deg field
     wcs = sim.condor_wcs(6.3, 61.32, shape=shape, distortion_px=4.0)
     rng = np.random.default_rng(16)
     image, truth = sim.render_exposure(stars, wcs, rng=rng, epoch_yr=2024.5)
-    i, j = wcs.world_to_pixel_values(*gaia.propagate_to_epoch(
+    i, j = wcs.world_to_pixel_values(*ref_catalog.propagate_to_epoch(
         np.asarray(stars["ra"], float), np.asarray(stars["dec"], float),
         np.ma.filled(np.ma.asarray(stars["pmra"], float), np.nan),
         np.ma.filled(np.ma.asarray(stars["pmdec"], float), np.nan), 2024.5 - 2016.0))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from astrodask.cli import EXIT_PARTIAL, main
 from astrodask.config import PipelineConfig
-from astrodask.reference.gaia import read_catalog
+from astrodask.reference.catalog import read_catalog
 from astrodask.simulate import read_truth_wcs, simulate_field
 from astrodask.solve.pipeline import solve_file
 from astrodask.solve.tpv import pixel_to_world

@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 
 from astrodask.config import PipelineConfig
 from astrodask.io.exposure import read_exposure_info
-from astrodask.reference.gaia import read_catalog
+from astrodask.reference.catalog import read_catalog
 from astrodask.simulate import read_truth_wcs
 from astrodask.solve.pipeline import solve_file
 from astrodask.wcsutil import wcs_error_mas

@@ -80,7 +80,7 @@ def _failed_input(*values: Any) -> Failed | None:
 
 def task_catalog(path: str, default_ref_epoch: float) -> Any:
     """Read a reference catalog file once for the whole backlog."""
-    from astrodask.reference.gaia import read_catalog
+    from astrodask.reference.catalog import read_catalog
 
     return read_catalog(path, default_ref_epoch=default_ref_epoch)
 
@@ -131,12 +131,13 @@ def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointin
 def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> dict[str, Any]:
     """Fill one Gaia tile from the archive unless the cache already holds it, complete and deep enough.
 
-    Run under the key :func:`astrodask.reference.cache.tile_task_key`. Returns a record
+    Run under the key :func:`astrodask.reference.store.tile_task_key`. Returns a record
     ``{"tile", "state": "present"|"filled"|"failed", "rows", "reason", "seconds"}``;
     an expected failure (the archive unreachable...) is a "failed" record, not an
     exception, so that a prefetch reports it and goes on.
     """
-    from astrodask.reference.cache import TileCache, fill_tile_from_archive, tiles_to_fill
+    from astrodask.reference.fill import fill_tile_from_archive, tiles_to_fill
+    from astrodask.reference.store import TileCache
 
     started = time.perf_counter()
     record: dict[str, Any] = {"tile": int(pixel), "state": "present", "rows": 0, "reason": "", "seconds": 0.0}
@@ -181,7 +182,8 @@ def tile_tasks(client: Any, cache_url: str, pixels: Sequence[int], *, config: Pi
     A tile already being filled (by a prefetch, or for another exposure) is the same
     task: its key dedupes it.
     """
-    from astrodask.reference.cache import TILE_LEVEL, tile_task_key
+    from astrodask.reference.healpix import TILE_LEVEL
+    from astrodask.reference.store import tile_task_key
 
     return [client.submit(task_fill_tile, cache_url, int(p), config, pure=False, retries=retries,
                           key=tile_task_key(int(p), level=TILE_LEVEL, store=cache_url)) for p in pixels]

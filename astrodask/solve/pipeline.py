@@ -39,7 +39,7 @@ from astrodask.solve.detect import detect_exposure
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.errors import AstrodaskError, MatchError, SolveError
 from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
-from astrodask.reference.gaia import get_gaia_xy
+from astrodask.reference.footprint import get_gaia_xy
 from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
                              match_region, matching_depth, mean_affine, region_grid)
 from astrodask.solve.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
@@ -99,8 +99,8 @@ def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None
     found = get_pointing(exposure.header, path=exposure.path, config=config.pointing, **(pointing or {}))
     wcs0 = approximate_wcs(found, exposure.shape)
     if catalog is None and cache_url is not None:
-        from astrodask.reference.cache import TileCache, read_field
-        from astrodask.reference.gaia import footprint_corners
+        from astrodask.reference.store import TileCache, read_field
+        from astrodask.reference.footprint import footprint_corners
 
         catalog = read_field(TileCache(cache_url), footprint_corners(wcs0, exposure.shape),
                              margin_deg=config.gaia.margin_deg, mag_limit=config.gaia.mag_limit, fill=fill)
@@ -115,8 +115,8 @@ def footprint_tiles(info: ExposureInfo, *, config: PipelineConfig, pointing: dic
 
     The same approximate WCS and margin as :func:`stage_references`, from the header only.
     """
-    from astrodask.reference.cache import TILE_LEVEL, tiles_for_footprint
-    from astrodask.reference.gaia import footprint_corners
+    from astrodask.reference.healpix import TILE_LEVEL, tiles_for_footprint
+    from astrodask.reference.footprint import footprint_corners
 
     found = get_pointing(info.header, path=info.path, config=config.pointing, **(pointing or {}))
     wcs0 = approximate_wcs(found, info.shape)
@@ -488,7 +488,7 @@ def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, so
 
 def pointing_offset_deg(solution: TPVSolution, wcs0: Any, shape: tuple[int, int]) -> float:
     """Angular distance between the image centre through the solution and through the approximate WCS, degrees."""
-    from astrodask.reference.gaia import angular_separation_deg
+    from astrodask.sphere import angular_separation_deg
 
     ny, nx = shape
     ci, cj = np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0])
@@ -551,7 +551,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     exposure
         The exposure (see :func:`astrodask.io.exposure.read_exposure`).
     catalog
-        Reference stars (:func:`astrodask.reference.gaia.read_catalog`); None: the tile cache at
+        Reference stars (:func:`astrodask.reference.catalog.read_catalog`); None: the tile cache at
         ``cache_url`` if given (tiles it lacks are filled from the archive, one after the
         other, when ``gaia.fetch_missing_tiles``), else the Gaia archive.
     config
@@ -585,7 +585,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     clock.lap("references")
     fill = None
     if catalog is None and cache_url is not None and config.gaia.fetch_missing_tiles:
-        from astrodask.reference.cache import fill_tiles
+        from astrodask.reference.fill import fill_tiles
 
         fill = functools.partial(fill_tiles, cache_url, config=config.gaia)
     wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,

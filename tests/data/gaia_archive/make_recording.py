@@ -65,7 +65,7 @@ SEED = 20160101
 JOB_ID = "1732406400000O"
 #: Gaia DR3 G zero point, mag.
 ZERO_POINT = 25.6874
-#: The ADQL the recorded job answers (as astrodask.reference.gaia.build_gaia_query writes it).
+#: The ADQL the recorded job answers (as astrodask.reference.archive.build_gaia_query writes it).
 QUERY = (
     "SELECT source_id, ra, dec, ra_error, dec_error, pmra, pmdec, parallax, ref_epoch, "
     "phot_g_mean_mag, phot_g_mean_flux\n"
@@ -299,7 +299,7 @@ def _separation_deg(ra1, dec1, ra2, dec2) -> np.ndarray:
 
 
 def answer(sky: dict[str, np.ndarray], query: str) -> dict[str, np.ndarray]:
-    """What the archive returns for a source_id-range query (:func:`astrodask.reference.gaia.build_source_id_query`)."""
+    """What the archive returns for a source_id-range query (:func:`astrodask.reference.archive.build_source_id_query`)."""
     ranges = [(int(a), int(b)) for a, b in _BETWEEN.findall(query)]
     limit = float(_MAG.search(query).group(1))
     sid = sky["source_id"]
@@ -328,7 +328,8 @@ def record_queries(sky: dict[str, np.ndarray], queries: list[str], folder: Path)
 
 def tile_recordings(folder: Path) -> None:
     """Record the fills of the tiles touching the recorded field (``tiles/``)."""
-    from astrodask.reference.cache import tile_query, tiles_for_field
+    from astrodask.reference.fill import tile_query
+    from astrodask.reference.healpix import tiles_for_field
     from astrodask.config import GaiaConfig
 
     sky = tile_sky(TILE_SKY_RA, TILE_SKY_DEC, TILE_SKY_RADIUS, density=TILE_DENSITY,
