@@ -246,6 +246,39 @@ def write_debug_products(result: ExposureResult, out_dir: str | Path) -> list[Pa
     return written
 
 
+def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool = False,
+                   write_header: bool = False) -> list[Path]:
+    """Every file a solve leaves in ``out_dir`` for one exposure, besides its status record.
+
+    The one writer of both paths: the graph's ``write`` task
+    (:func:`astrodask.run.graph.task_write`) and ``astrodask solve --serial``.
+
+    Parameters
+    ----------
+    result
+        The exposure's result, solved or failed.
+    out_dir
+        The output folder.
+    debug
+        Also :func:`write_debug_products` (matched list and plots, or a failure's diagnostics).
+    write_header
+        Also :func:`write_header_copy` (a copy of the exposure with the solved WCS).
+
+    Returns
+    -------
+    list of Path
+        The files written: :func:`write_solution` when solved, then the copy, then the debug products.
+    """
+    written: list[Path] = []
+    if result.ok:
+        written.append(write_solution(result, out_dir))
+        if write_header:
+            written.append(write_header_copy(result, out_dir))
+    if debug:
+        written += write_debug_products(result, out_dir)
+    return written
+
+
 def write_failure_diagnostics(result: ExposureResult, out_dir: str | Path) -> list[Path]:
     """``DIR/<name>.diagnostics.json`` and ``DIR/<name>.diagnostics.png`` of a failed solve.
 

@@ -288,17 +288,12 @@ def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, deb
                write_header: bool = False) -> dict[str, Any]:
     """Write the solution (when solved) and the exposure's status record; returns the summary row."""
     from astrodask.run.backlog import write_status
-    from astrodask.io.output import summary_row, write_debug_products, write_header_copy, write_solution
+    from astrodask.io.output import summary_row, write_products
 
     if isinstance(result, Failed):
         result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings,
                                diagnostics=result.diagnostics)
-    if result.ok:
-        write_solution(result, out_dir)
-        if write_header:
-            write_header_copy(result, out_dir)
-    if debug:
-        write_debug_products(result, out_dir)
+    write_products(result, out_dir, debug=debug, write_header=write_header)
     row = summary_row(result)
     write_status(row, out_dir)
     return row
