@@ -199,10 +199,15 @@ class ExposureInfo:
         return exposure_name(self.path)
 
 
+#: File name endings (lower case) of an exposure: what a folder scan finds and :func:`exposure_name`
+#: strips. Longer before shorter, so that ``x.fits.fz`` is named ``x``, not ``x.fits``.
+FITS_SUFFIXES = (".fits.fz", ".fit.fz", ".fts.fz", ".fits.gz", ".fz", ".fits", ".fit", ".fts")
+
+
 def exposure_name(path: str | Path) -> str:
-    """The name of an exposure: its file name without the FITS suffixes."""
+    """The name of an exposure: its file name without the FITS suffixes (:data:`FITS_SUFFIXES`)."""
     name = Path(path).name
-    for suffix in (".fits.fz", ".fit.fz", ".fts.fz", ".fits.gz", ".fz", ".fits", ".fit", ".fts"):
+    for suffix in FITS_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

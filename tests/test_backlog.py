@@ -30,7 +30,8 @@ from astrodask.run.backlog import (
 )
 from astrodask.errors import InputFileError
 from astrodask.io.output import STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, solution_path, summary_row
-from astrodask.types import FAILED, SOLVED, ExposureResult
+from astrodask.io.exposure import read_exposure_info
+from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, exposure_name
 
 
 def touch(path: Path) -> Path:
@@ -85,6 +86,27 @@ def test_recursive_folders_and_double_star_globs(tmp_path: Path) -> None:
     assert expand_inputs([str(tmp_path / "**" / "*.fits.fz")], recursive=True) == [deep]
     with pytest.raises(InputFileError, match="matches no file"):
         expand_inputs([str(tmp_path / "**" / "*.fits.fz")])  # without recursive, ** is one folder level
+
+
+def test_folder_scan_finds_a_gzipped_exposure(tmp_path: Path) -> None:
+    """A ``.fits.gz`` exposure is found by a folder scan, named, and read (one suffix list for both)."""
+    path = tmp_path / "night3" / "frame.fits.gz"
+    path.parent.mkdir()
+    image = np.arange(12 * 16, dtype=np.int16).reshape(12, 16)
+    fits.PrimaryHDU(image, header=fits.Header({"DATE-OBS": "2025-03-01T01:02:03"})).writeto(path)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"  # astropy gzipped it, by its suffix
+    touch(path.parent / "frame.wcs.fits")  # a solution file is never an exposure
+
+    assert expand_inputs([str(path.parent)]) == [path]
+    assert exposure_name(path) == "frame"
+    assert read_exposure_info(path).shape == (12, 16)
+
+
+@pytest.mark.parametrize("suffix", FITS_SUFFIXES)
+def test_folder_scan_finds_every_suffix_that_names_an_exposure(tmp_path: Path, suffix: str) -> None:
+    path = touch(tmp_path / f"frame{suffix.upper()}")
+    assert expand_inputs([str(tmp_path)]) == [path]
+    assert exposure_name(path) == "frame"
 
 
 def test_list_file_with_comments_relative_paths_globs_and_nested_lists(tmp_path: Path,

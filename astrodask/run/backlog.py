@@ -36,12 +36,10 @@ from astrodask import __version__
 from astrodask.errors import InputFileError
 from astrodask.io.output import (SOLUTION_SUFFIX, STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, atomic_write, solution_path,
                               summary_row)
-from astrodask.types import FAILED, SOLVED, ExposureResult, exposure_name
+from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, exposure_name
 
 log = logging.getLogger(__name__)
 
-#: File name endings (lower case) of the exposures found in a folder.
-EXPOSURE_SUFFIXES = (".fits", ".fits.fz", ".fit", ".fts")
 #: An item starting with this names a list file: one path or glob per line.
 LIST_PREFIX = "@"
 #: Lines of a list file starting with this (after leading blanks) are comments.
@@ -81,8 +79,9 @@ def expand_inputs(items: Sequence[str | os.PathLike[str]], *, recursive: bool = 
         Each one is
         - a file;
         - a glob pattern (``night1/*.fits.fz``; ``**`` spans folders when ``recursive``);
-        - a folder: every ``*.fits``, ``*.fits.fz``, ``*.fit`` and ``*.fts`` in it (and in its
-          subfolders when ``recursive``), hidden files and folders excepted;
+        - a folder: every exposure in it, a file ending in one of :data:`astrodask.types.FITS_SUFFIXES`
+          (``*.fits``, ``*.fits.fz``, ``*.fits.gz``, ...), and in its subfolders when ``recursive``;
+          hidden files and folders excepted;
         - ``@LIST``: a text file with one path, glob or folder per line; blank lines and lines
           starting with ``#`` are ignored; relative entries are relative to the list file's folder.
         Globs and folders never yield solution files (``*.wcs.fits``).
@@ -120,7 +119,7 @@ def _expand_item(item: str, *, base: str, recursive: bool, where: str, depth: in
     if os.path.isdir(path):
         found = _scan_folder(path, recursive=recursive)
         if not found:
-            raise InputFileError(f"{where}{item}: folder holds no exposure ({', '.join(EXPOSURE_SUFFIXES)})"
+            raise InputFileError(f"{where}{item}: folder holds no exposure ({', '.join(FITS_SUFFIXES)})"
                                  + ("" if recursive else "; use --recursive to search its subfolders"))
         return found
     if GLOB_CHARACTERS.intersection(item):
@@ -144,7 +143,7 @@ def _expand_glob(pattern: str, *, base: str, recursive: bool, where: str) -> lis
 
 def _is_exposure_name(name: str) -> bool:
     lower = name.lower()
-    return (not name.startswith(".") and lower.endswith(EXPOSURE_SUFFIXES)
+    return (not name.startswith(".") and lower.endswith(FITS_SUFFIXES)
             and not lower.endswith(SOLUTION_SUFFIX))
 
 
