@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,29 @@ def test_every_subcommand_has_help(runner: CliRunner) -> None:
         sub = runner.invoke(main, [command, "--help"])
         assert sub.exit_code == 0, sub.output
         assert "Usage: astrodask " + command in sub.output
+
+
+def test_simulate_and_retries_defaults_come_from_the_code_they_configure() -> None:
+    import click
+
+    from astrodask import simulate as sim
+    from astrodask.run.client import DEFAULT_RETRIES
+
+    command = main.commands["simulate"]
+    defaults = {p.name: p.get_default(click.Context(command)) for p in command.params}
+    keywords = inspect.signature(sim.simulate_field).parameters
+    for option, keyword in [("scale", "scale_arcsec"), ("rotation", "rotation_deg"), ("distortion", "distortion_px"),
+                            ("density", "density_per_deg2"), ("mag_limit", "mag_limit"), ("epoch", "epoch_yr"),
+                            ("pointing_error", "pointing_error_arcmin"), ("rotation_error", "rotation_error_deg"),
+                            ("scale_error", "scale_error_frac"), ("header_style", "header_style")]:
+        assert defaults[option] == keywords[keyword].default, option
+    assert (defaults["height"], defaults["width"]) == keywords["shape"].default == sim.CONDOR_SHAPE
+    assert (defaults["ra_deg"], defaults["dec_deg"]) == (sim.DEMO_RA_DEG, sim.DEMO_DEC_DEG)
+    for name in ("submit", "cache"):
+        command = main.commands[name]
+        command = command.commands["prefetch"] if name == "cache" else command
+        retries = next(p for p in command.params if p.name == "retries")
+        assert retries.get_default(click.Context(command)) == DEFAULT_RETRIES
 
 
 def test_console_scripts_astrodask_and_dask_astrodask() -> None:

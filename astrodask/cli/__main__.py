@@ -1,0 +1,5 @@
+"""``python -m astrodask.cli``: the ``astrodask`` command."""
+
+from astrodask.cli import main
+
+main()

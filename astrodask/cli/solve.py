@@ -1,0 +1,262 @@
+"""Solving: ``solve`` (files, here or on Dask), ``submit`` (a backlog to a scheduler), ``status`` and ``task``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from astrodask.cli.options import (EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options, config_options,
+                                   configure_logging, load_config, logging_options, pointing_options,
+                                   pointing_overrides, retries_option)
+from astrodask.config import PipelineConfig
+
+
+def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, out: Path,
+                    pointing: dict[str, Any], write_header: bool, debug: bool, cache_url: str | None = None) -> list:
+    """Solve files one after the other in this process, writing what the graph's ``write`` task writes.
+
+    For each file: its products (:func:`astrodask.io.output.write_products`: the solution,
+    and with ``write_header``/``debug`` the header copy, matched list and plots) and its
+    status record; then the summary. Returns the :class:`~astrodask.types.ExposureResult` list.
+    """
+    from astrodask.io.output import summary_row, write_products
+    from astrodask.run.backlog import assemble_summary, write_status
+    from astrodask.solve.pipeline import solve_file
+
+    results = []
+    for index, path in enumerate(files, start=1):
+        started = time.perf_counter()
+        result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
+        results.append(result)
+        written = write_products(result, out, debug=debug, write_header=write_header)
+        write_status(summary_row(result), out)
+        assemble_summary(out)
+        prefix = f"[{index}/{len(files)}] " if len(files) > 1 else ""
+        if result.ok:
+            q, m = result.quality, result.error_model
+            click.echo(f"{prefix}{path}: solved in {time.perf_counter() - started:.1f} s: {result.n_matches} matches "
+                       f"({result.counts.get('regions_ok', 0)}/{len(result.regions)} regions), rms "
+                       f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas, "
+                       f"chi2/dof {q.chi2_dof:.3f} (dof {q.dof}), error model: scale {m.scale:.3f}, "
+                       f"floor {m.floor_mas:.1f} mas")
+        else:
+            click.echo(f"{prefix}{path}: FAILED at {result.stage}: {result.reason}", err=True)
+        for p in written:
+            click.echo(f"  {p}")
+    return results
+
+
+def print_row(done: int, total: int, row: dict[str, Any]) -> None:
+    """One line per exposure as the cluster finishes it (stderr for a failed one)."""
+    from astrodask.types import SOLVED
+
+    prefix = f"[{done}/{total}] "
+    if row["status"] == SOLVED:
+        click.echo(f"{prefix}{row['file']}: solved: {row['matches']} matches, rms ({row['rms_xi_arcsec'] * 1000:.1f}, "
+                   f"{row['rms_eta_arcsec'] * 1000:.1f}) mas, chi2/dof {row['chi2_dof']:.3f}")
+    else:
+        click.echo(f"{prefix}{row['file']}: FAILED at {row['stage']}: {row['reason']}", err=True)
+
+
+def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, config: PipelineConfig,
+                   pointing: dict[str, Any], debug: bool, write_header: bool, scheduler: str | None,
+                   scheduler_file: str | None, workers: int | None, detach: bool, retries: int,
+                   cache_url: str | None = None) -> list[dict]:
+    """Solve on a Dask cluster (a scheduler, or an embedded LocalCluster); the summary rows, or [] when detached."""
+    from astrodask.run.backlog import assemble_summary
+    from astrodask.run.client import connect, submit_backlog
+
+    out.mkdir(parents=True, exist_ok=True)
+    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+        if detach and connection.embedded:
+            raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
+                                       "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
+        where = "embedded LocalCluster" if connection.embedded else "scheduler"
+        click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
+        rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog, pointing=pointing,
+                              debug=debug, write_header=write_header, retries=retries, detach=detach,
+                              on_row=print_row, cache_url=cache_url)
+    if detach:
+        click.echo(f"submitted {len(paths)} exposures; the work goes on after this command. "
+                   f"Follow it with: astrodask status --out {out}")
+        return []
+    assemble_summary(out)
+    return rows
+
+
+@click.command("solve")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--catalog", type=click.Path(), default=None,
+              help="Reference catalog file (Gaia export or VizieR I/355); default: the Gaia tile cache.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="astrodask-out", show_default=True,
+              help="Output folder: <name>.wcs.fits per exposure and summary.ecsv.")
+@click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
+@click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots; a "
+              "failed exposure leaves <name>.diagnostics.json and .png (detections, Gaia stars, regions, attempts).")
+@click.option("--serial", is_flag=True, help="Solve in this process, one exposure after the other, without Dask.")
+@cache_option
+@cluster_options
+@pointing_options
+@config_options
+@logging_options
+def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
+              serial: bool, cache_url: str | None, no_cache: bool, scheduler: str | None, scheduler_file: str | None,
+              workers: int | None,
+              ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
+              config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
+    """Solve exposures: TAN + TPV WCS against Gaia DR3, with an error model and a chi-square.
+
+    Runs on Dask: with no --scheduler (or DASK_SCHEDULER_ADDRESS / --scheduler-file), an
+    embedded LocalCluster starts and its dashboard link is printed. Writes
+    OUT/<name>.wcs.fits (a FITS header with RA---TPV/DEC--TPV, CRPIX, CRVAL, CD,
+    PV1_*, PV2_* and quality keywords) for each solved exposure and OUT/summary.ecsv
+    with one row per exposure (status, reason, counts, rms, chi-square/dof, seconds
+    per stage). A failed exposure is reported and the others go on; the exit status
+    is 3 when some failed.
+    """
+    from astrodask.io.output import SUMMARY_NAME
+    from astrodask.reference.catalog import read_catalog
+    from astrodask.types import SOLVED
+
+    configure_logging(verbose, quiet)
+    config = load_config(config_file, assignments)
+    pointing = pointing_overrides(ra, dec, scale, rotation, parity)
+    cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
+    out = Path(out_dir)
+    if serial:
+        reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
+        results = solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
+                                  write_header=write_header, debug=debug, cache_url=cache_url)
+        statuses = [r.status for r in results]
+    else:
+        from astrodask.run.backlog import expand_inputs
+
+        paths = expand_inputs(files)
+        rows = run_on_cluster(paths, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
+                              write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
+                              workers=workers, detach=False, retries=0, cache_url=cache_url)
+        statuses = [row["status"] for row in rows]
+    failed = sum(s != SOLVED for s in statuses)
+    click.echo(f"{len(statuses) - failed} of {len(statuses)} solved; summary: {out / SUMMARY_NAME}")
+    if failed:
+        raise SystemExit(EXIT_PARTIAL if failed < len(statuses) else 1)
+
+
+@click.command("submit")
+@click.argument("items", nargs=-1, required=True)
+@click.option("--catalog", type=click.Path(), default=None,
+              help="Reference catalog file, readable by every worker; default: the Gaia tile cache.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output folder shared by the workers.")
+@click.option("--detach", is_flag=True, help="Return once submitted; the work goes on on the cluster.")
+@click.option("--redo", is_flag=True, help="Solve again exposures whose solution already exists.")
+@click.option("--recursive", is_flag=True, help="Search directories and ** globs recursively.")
+@retries_option("Retries of a task after an unexpected error.")
+@click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
+@click.option("--debug", is_flag=True, help="Keep the matched lists and residual plots.")
+@cache_option
+@cluster_options
+@pointing_options
+@config_options
+@logging_options
+def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool, recursive: bool,
+               retries: int, write_header: bool, debug: bool, cache_url: str | None, no_cache: bool,
+               scheduler: str | None, scheduler_file: str | None,
+               workers: int | None, ra: float | None, dec: float | None, scale: float | None,
+               rotation: float | None, parity: int | None, config_file: str | None, assignments: tuple[str, ...],
+               verbose: int, quiet: bool) -> None:
+    """Submit a survey backlog to a Dask scheduler (replaces the old dask-submit).
+
+    ITEMS are exposure files, glob patterns ('night1/*.fits.fz'), directories, or
+    @LIST files holding one path or glob per line. Exposures whose solution exists
+    in --out are skipped (--redo solves them again). Waits with progress and a
+    final summary, or --detach. Follow a backlog with 'astrodask status --out DIR'.
+    """
+    from astrodask.run.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
+                                       write_manifest)
+    from astrodask.types import SOLVED
+
+    configure_logging(verbose, quiet)
+    config = load_config(config_file, assignments)
+    pointing = pointing_overrides(ra, dec, scale, rotation, parity)
+    cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
+    out = Path(out_dir)
+    paths = expand_inputs(items, recursive=recursive)
+    plan = plan_backlog(paths, out, redo=redo)
+    write_manifest(paths, out)
+    click.echo(f"{len(paths)} exposures: {len(plan.done)} already solved (skipped), {len(plan.todo)} to solve")
+    rows = []
+    if plan.todo:
+        rows = run_on_cluster(plan.todo, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
+                              write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
+                              workers=workers, detach=detach, retries=retries, cache_url=cache_url)
+    if detach:
+        return
+    click.echo(f"output folder {out}: " + format_status(backlog_status(out, inputs=read_manifest(out))))
+    failed = sum(row["status"] != SOLVED for row in rows)
+    if failed:
+        raise SystemExit(EXIT_PARTIAL if failed < len(rows) else 1)
+
+
+@click.command("status")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="The backlog's output folder.")
+@logging_options
+def status_cmd(out_dir: str, verbose: int, quiet: bool) -> None:
+    """Summarise a backlog from its output folder: done, failed (with reasons), pending."""
+    from astrodask.run.backlog import assemble_summary, backlog_status, format_status, read_manifest
+
+    configure_logging(verbose, quiet)
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise click.ClickException(f"{out}: no such output folder")
+    status = backlog_status(out, inputs=read_manifest(out))
+    click.echo(format_status(status))
+    assemble_summary(out)
+
+
+@click.command("task")
+@click.argument("message")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the message's 'out', else beside the exposure).")
+@config_options
+@logging_options
+def task_cmd(message: str, out_dir: str | None, config_file: str | None, assignments: tuple[str, ...],
+             verbose: int, quiet: bool) -> None:
+    """Run a task message of the original service, e.g. '{"task": "astrometer", "filename": "X.fits.fz"}'.
+
+    Optional keys: "catalog" (reference catalog file; default: the Gaia tile cache,
+    gaia.cache_url or the user cache folder), "out" (output folder).
+    """
+    import json
+
+    from astrodask.reference.catalog import read_catalog
+
+    configure_logging(verbose, quiet)
+    try:
+        task = json.loads(message)
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f"the task message is not JSON ({err.msg} at column {err.colno}): "
+                                   f"{message!r}") from None
+    if not isinstance(task, dict) or task.get("task") != "astrometer":
+        raise click.ClickException(f"unknown task {task.get('task') if isinstance(task, dict) else task!r}: "
+                                   "only 'astrometer' is supported")
+    filename = task.get("filename")
+    if not isinstance(filename, str) or not filename:
+        raise click.ClickException("the astrometer task needs a 'filename'")
+    config = load_config(config_file, assignments)
+    catalog = task.get("catalog")
+    reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
+    out = Path(out_dir or task.get("out") or Path(filename).parent)
+    results = solve_and_write([filename], catalog=reference, config=config, out=out, pointing={},
+                              write_header=False, debug=False,
+                              cache_url=cache_for_solve(catalog, None, False, config))
+    if not results[0].ok:
+        raise SystemExit(1)
+
+
+#: The commands of this module, registered on ``astrodask`` by :mod:`astrodask.cli`.
+COMMANDS = (solve_cmd, submit_cmd, status_cmd, task_cmd)
