@@ -20,7 +20,7 @@ from astropy.io import fits
 from astrodask import __version__
 from astrodask.errors import InputFileError
 from astrodask.solve.tpv import tpv_header
-from astrodask.types import ExposureResult
+from astrodask.types import ExposureResult, Stage
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
 SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
                    "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
                    "err_scale", "err_floor_mas")
-STAGES = ("read", "detect", "references", "regions", "tpv", "detect_depth", "depth_match", "like_fit", "chi_square")
+#: The solve's stages, in order: one ``t_<stage>_s`` column each.
+STAGES = tuple(stage.value for stage in Stage)
 
 
 def summary_row(result: ExposureResult) -> dict[str, Any]:

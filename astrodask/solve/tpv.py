@@ -250,6 +250,10 @@ class TPVSolution:
         return cls(crpix=crpix, crval=crval, cd=np.asarray(cd), pv1=_IDENTITY_PV, pv2=_IDENTITY_PV,
                    degree=degree)
 
+    def to_astropy_wcs(self, *, shape: tuple[int, int] | None = None) -> WCS:
+        """This solution as an :class:`astropy.wcs.WCS` (see :func:`to_astropy_wcs`)."""
+        return to_astropy_wcs(self, shape=shape)
+
     @property
     def scale_arcsec(self) -> float:
         """Plate scale at the tangent point, arcsec per pixel (geometric mean of the axes)."""
