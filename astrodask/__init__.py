@@ -29,7 +29,7 @@ _PUBLIC = {
     "solve_exposure": "astrodask.api",
     "solve_backlog": "astrodask.api",
     "solution_header": "astrodask.api",
-    "read_catalog": "astrodask.reference",
+    "read_catalog": "astrodask.reference.catalog",
     "PipelineConfig": "astrodask.config",
     "ExposureResult": "astrodask.types",
     "AstrodaskError": "astrodask.errors",

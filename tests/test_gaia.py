@@ -219,7 +219,7 @@ def test_recorded_uws_job_document_is_read_by_astroquery(archive: RecordedTapSer
 def test_importing_astrodask_never_imports_astroquery_gaia() -> None:
     code = (
         "import json, sys\n"
-        "import astrodask, astrodask.reference\n"
+        "import astrodask, astrodask.reference.archive, astrodask.reference.footprint\n"
         "after_import = {'astroquery': 'astroquery' in sys.modules,"
         " 'astroquery.gaia': 'astroquery.gaia' in sys.modules}\n"
         "import astroquery.utils.tap.core\n"  # what query_gaia_archive imports lazily
