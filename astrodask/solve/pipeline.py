@@ -1,7 +1,11 @@
 """One exposure, serially, stage by stage: the Condor solve (docs/algorithm.md, steps 1 to 6).
 
-Each stage is a pure function of arrays and tables, so the Dask graph
-(``astrodask.run.graph``) can call the same functions as tasks:
+Each stage is a function of arrays and tables with no Dask in it, so the Dask graph
+(``astrodask.run.graph``) calls the same functions as tasks. All are pure but one:
+:func:`stage_references` reads the tile cache or, with neither a catalog nor a cache, queries
+the Gaia archive. What they hand on is named (:class:`~astrodask.types.Detections`,
+:class:`~astrodask.types.References`, :class:`~astrodask.types.Reduced`), and
+:class:`StageClock` times them by :class:`~astrodask.types.Stage`:
 
 1. :func:`stage_sources` and :func:`stage_references`: ``get_image_ij`` and ``get_gaia_xy``.
 2. :func:`stage_regions`: a coarse alignment, astroalign in each of the 24 regions,
@@ -37,7 +41,7 @@ from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
 from astrodask.solve.detect import detect_exposure
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
-from astrodask.errors import AstrodaskError, MatchError, SolveError
+from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
 from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
 from astrodask.reference.footprint import get_gaia_xy
 from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
@@ -83,8 +87,19 @@ class Pairs:
 
 
 def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = False) -> Table:
-    """``get_image_ij`` on the exposure (first pass, or the relaxed depth pass)."""
-    return detect_exposure(exposure, config=config.detect, depth=depth)
+    """``get_image_ij`` on the exposure (first pass, or the relaxed depth pass).
+
+    Raises
+    ------
+    NoSourcesError
+        The first pass found no source at all: blank sky, a closed shutter, not a sky image.
+    """
+    sources = detect_exposure(exposure, config=config.detect, depth=depth)
+    if not depth and len(sources) == 0:
+        raise NoSourcesError(f"{exposure.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
+                             f"(background rms {sources.meta.get('background_rms_adu', float('nan')):.3g} ADU): "
+                             "blank sky, a closed shutter or not a sky image")
+    return sources
 
 
 def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
