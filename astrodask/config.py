@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from astrodask.constants import GAIA_DR3_EPOCH
 from astrodask.errors import ConfigError
 
 # --------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class GaiaConfig(_Section):
     timeout_s: float = param(600.0, "time allowed for one archive job", unit="s", lo=1.0, hi=86400.0)
     retries: int = param(3, "retries of a failed archive query", lo=0, hi=20)
     retry_backoff_s: float = param(2.0, "first wait before a retry, doubled each time", unit="s", lo=0.0, hi=600.0)
-    default_ref_epoch: float = param(2016.0, "epoch assumed for catalogs without ref_epoch", unit="yr", lo=1900.0, hi=2200.0)
+    default_ref_epoch: float = param(GAIA_DR3_EPOCH, "epoch assumed for catalogs without ref_epoch", unit="yr", lo=1900.0, hi=2200.0)
     cache_url: str = param("", "Gaia tile cache: a folder or fsspec URL (s3://...); empty: the user cache folder")
     fetch_missing_tiles: bool = param(True, "fill tiles missing from the cache from the archive when a solve needs them")
     max_queries: int = param(4, "archive queries running at once across the whole cluster", lo=1, hi=64)

@@ -13,13 +13,23 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntFlag
+from enum import IntFlag, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io.fits import Header
+
+if TYPE_CHECKING:  # annotations only: the data layer imports nothing from the stages
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    from astrodask.solve.errmodel import ErrorModel, FitQuality
+    from astrodask.solve.match import Affine, RegionMatch
+    from astrodask.solve.pipeline import RegionInputs
+    from astrodask.solve.tpv import TPVSolution
 
 
 class SourceFlag(IntFlag):
@@ -214,6 +224,25 @@ def exposure_name(path: str | Path) -> str:
 
 
 #: Status of an exposure whose solve passed every quality gate.
+class Stage(StrEnum):
+    """The stages of one solve, in the algorithm's order (docs/algorithm.md).
+
+    A failure names the stage it stopped at; timings are kept per stage; the summary has one
+    ``t_<stage>_s`` column per stage, in this order. (The Dask graph's tasks group them
+    differently: :class:`astrodask.run.graph.Task` says which stages each task runs.)
+    """
+
+    READ = "read"
+    DETECT = "detect"
+    REFERENCES = "references"
+    REGIONS = "regions"
+    TPV = "tpv"
+    DETECT_DEPTH = "detect_depth"
+    DEPTH_MATCH = "depth_match"
+    LIKE_FIT = "like_fit"
+    CHI_SQUARE = "chi_square"
+
+
 SOLVED = "solved"
 #: Status of an exposure whose solve failed (the reason says where and why).
 FAILED = "failed"
@@ -285,16 +314,16 @@ class ExposureResult:
     status: str
     reason: str = ""
     stage: str = ""
-    solution: Any = None
-    error_model: Any = None
-    quality: Any = None
+    solution: TPVSolution | None = None
+    error_model: ErrorModel | None = None
+    quality: FitQuality | None = None
     counts: dict[str, int] = field(default_factory=dict)
     rms_arcsec: tuple[float, float] = (float("nan"), float("nan"))
     timings: dict[str, float] = field(default_factory=dict)
     regions: tuple[tuple[int, str, str, int], ...] = ()
     shape: tuple[int, int] = (0, 0)
     config: dict[str, Any] = field(default_factory=dict)
-    matched: Any = None
+    matched: Table | None = None
     diagnostics: FailureDiagnostics | None = None
 
     @property
@@ -308,10 +337,85 @@ class ExposureResult:
         return int(self.counts.get("matches", 0))
 
     @property
-    def wcs(self) -> Any:
+    def wcs(self) -> WCS | None:
         """The solution as an astropy WCS (None when there is no solution)."""
-        if self.solution is None:
-            return None
-        from astrodask.solve.tpv import to_astropy_wcs
+        return None if self.solution is None else self.solution.to_astropy_wcs()
 
-        return to_astropy_wcs(self.solution)
+
+# ---------------------------------------------------------------- what the stages hand on
+
+
+@dataclass(frozen=True)
+class Detections:
+    """What detection hands on: the exposure's facts and both source lists.
+
+    Attributes
+    ----------
+    info
+        The exposure's header facts (the image stays with the task that read it).
+    sources
+        The first pass (``detect.first``): the source list of the matching stages.
+    deep
+        The relaxed depth pass (``detect.depth``): the source list of ``depth_match`` and the fits.
+    timings
+        Seconds of :attr:`Stage.READ`, :attr:`Stage.DETECT` and :attr:`Stage.DETECT_DEPTH`.
+    """
+
+    info: ExposureInfo
+    sources: Table
+    deep: Table
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class References:
+    """What ``get_gaia_xy`` hands on: the approximate WCS and the reference stars through it.
+
+    Attributes
+    ----------
+    wcs0
+        The approximate (header) WCS the stars were projected through.
+    stars
+        The reference table of :func:`astrodask.reference.footprint.get_gaia_xy`.
+    seconds
+        Time taken.
+    """
+
+    wcs0: WCS
+    stars: Table
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the coarse alignment hands the region tasks: their inputs and the time it took."""
+
+    inputs: RegionInputs
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RegionOutcome:
+    """One region task's match and the time it took."""
+
+    match: RegionMatch
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """What the reducer hands on: the field's mean affine and every region's match (with its verdict).
+
+    Attributes
+    ----------
+    affine
+        The mean affine (pixels to the references' predicted pixels).
+    matches
+        Every region's match, its status set by the reducer.
+    seconds
+        Time of the coarse alignment, the regions and the reducer together.
+    """
+
+    affine: Affine
+    matches: tuple[RegionMatch, ...]
+    seconds: float = 0.0

@@ -103,6 +103,20 @@ def test_noise_only_exposure_fails_cleanly(tmp_path: Path) -> None:
     assert not result.ok and result.reason
 
 
+def test_blank_sky_fails_at_detection_saying_so() -> None:
+    """No source at all is a NoSourcesError at the detect stage, not a matching failure further on."""
+    from astrodask.errors import AstrodaskWarning
+    from astrodask.solve.pipeline import solve_array
+    from astrodask.types import Stage
+
+    data = np.random.default_rng(2).normal(100.0, 5.0, (600, 900)).astype(np.float32)
+    header = fits.Header({"RA": "10:00:00", "DEC": "+02:00:00", "PIXSCALE": 0.85, "DATE-OBS": "2024-05-01T03:00:00"})
+    with pytest.warns(AstrodaskWarning, match="no sources"):
+        result = solve_array(data, header, name="blank")
+    assert not result.ok and result.stage == Stage.DETECT
+    assert "no sources above 3 sigma" in result.reason and "blank sky" in result.reason
+
+
 def test_quality_gate_failure_is_reported(tmp_path: Path) -> None:
     field = simulate(tmp_path, "gate")
     config = PipelineConfig.from_dict({"fit": {"max_rms_px": 0.01}})

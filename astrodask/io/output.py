@@ -20,12 +20,15 @@ from astropy.io import fits
 from astrodask import __version__
 from astrodask.errors import InputFileError
 from astrodask.solve.tpv import tpv_header
-from astrodask.types import ExposureResult
+from astrodask.types import SOLVED, ExposureResult, Stage
 
 log = logging.getLogger(__name__)
 
 #: Suffix of a solution file: ``<name>.wcs.fits``.
 SOLUTION_SUFFIX = ".wcs.fits"
+#: Header keyword of a solution file holding the solve status, and its value for a solved exposure.
+STATUS_KEYWORD = "ASTSTAT"
+SOLVED_VALUE = SOLVED.upper()
 #: The summary table of an output folder.
 SUMMARY_NAME = "summary.ecsv"
 #: WCS keywords removed from an exposure's header before the solution is written in.
@@ -48,7 +51,7 @@ def solution_header(result: ExposureResult) -> fits.Header:
     header = tpv_header(result.solution, shape=(ny, nx))
     q, m = result.quality, result.error_model
     cards: list[tuple[str, Any, str]] = [
-        ("ASTSTAT", result.status.upper(), "astrodask solve status"),
+        (STATUS_KEYWORD, result.status.upper(), "astrodask solve status"),
         ("ASTVERS", __version__, "astrodask version"),
         ("ASTDATE", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of the solve"),
         ("ASTFILE", Path(result.file).name, "exposure solved"),
@@ -121,7 +124,8 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
 SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
                    "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
                    "err_scale", "err_floor_mas")
-STAGES = ("read", "detect", "references", "regions", "tpv", "detect_depth", "depth_match", "like_fit", "chi_square")
+#: The solve's stages, in order: one ``t_<stage>_s`` column each.
+STAGES = tuple(stage.value for stage in Stage)
 
 
 def summary_row(result: ExposureResult) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from astropy.table import Table
 
 from astrodask import __version__
 from astrodask.errors import InputFileError
-from astrodask.io.output import (SOLUTION_SUFFIX, STAGES, SUMMARY_COLUMNS, SUMMARY_NAME, atomic_write, solution_path,
-                              summary_row)
+from astrodask.io.output import (SOLUTION_SUFFIX, SOLVED_VALUE, STAGES, STATUS_KEYWORD, SUMMARY_COLUMNS, SUMMARY_NAME,
+                                 atomic_write, solution_path, summary_row)
 from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, exposure_name
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,6 @@ STATUS_DIRNAME = ".astrodask"
 STATUS_SUFFIX = ".json"
 #: The list of every exposure submitted to an output directory, one absolute path per line.
 MANIFEST_NAME = "manifest.txt"
-#: Header keyword of a solution file holding the solve status, and its value for a solved exposure.
-STATUS_KEYWORD = "ASTSTAT"
-SOLVED_VALUE = SOLVED.upper()
 #: FITS files are made of blocks of this many bytes; a shorter last block means a truncated file.
 FITS_BLOCK_BYTES = 2880
 #: Name clashes, failed and pending exposures listed at most in messages and summaries.

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,51 @@ from dask.delayed import Delayed
 
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
-from astrodask.types import FAILED, ExposureResult, FailureDiagnostics, exposure_name
+from astrodask.types import (FAILED, Detections, ExposureResult, FailureDiagnostics, Prepared, Reduced, References,
+                             RegionOutcome, Stage, exposure_name)
 
 log = logging.getLogger(__name__)
 
 #: Name (before the lease count) of the cluster-wide semaphore limiting Gaia archive queries.
 ARCHIVE_SEMAPHORE = "astrodask-gaia-archive"
-#: The stages of one exposure, in order (task key prefixes).
-TASK_STAGES = ("detect", "references", "prepare", "region", "reduce", "solve", "write")
+
+
+class Task(StrEnum):
+    """The tasks of one exposure, in order: each is the prefix of its task keys (``<task>-<name>``).
+
+    Tasks group the solve's :class:`~astrodask.types.Stage` values as the graph needs them
+    (:attr:`stages`): the image is read and detected where it lies, the regions fan out.
+    """
+
+    DETECT = "detect"
+    REFERENCES = "references"
+    PREPARE = "prepare"
+    REGION = "region"
+    REDUCE = "reduce"
+    SOLVE = "solve"
+    WRITE = "write"
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The solve's stages this task runs (their seconds are in the exposure's timings)."""
+        return _TASK_STAGES[self]
+
+    def key(self, name: str, *index: int) -> str:
+        """The task's key for exposure ``name`` (and region ``index``)."""
+        return "-".join([self.value, name, *map(str, index)])
+
+
+_TASK_STAGES: dict[Task, tuple[Stage, ...]] = {
+    Task.DETECT: (Stage.READ, Stage.DETECT, Stage.DETECT_DEPTH),
+    Task.REFERENCES: (Stage.REFERENCES,),
+    Task.PREPARE: (Stage.REGIONS,),
+    Task.REGION: (Stage.REGIONS,),
+    Task.REDUCE: (Stage.REGIONS,),
+    Task.SOLVE: (Stage.TPV, Stage.DEPTH_MATCH, Stage.LIKE_FIT, Stage.CHI_SQUARE),
+    Task.WRITE: (),
+}
+#: The task key prefixes of one exposure, in order.
+TASK_STAGES = tuple(task.value for task in Task)
 
 
 @dataclass(frozen=True)
@@ -85,8 +123,8 @@ def task_catalog(path: str, default_ref_epoch: float) -> Any:
     return read_catalog(path, default_ref_epoch=default_ref_epoch)
 
 
-def task_detect(path: str, config: PipelineConfig) -> Any:
-    """Read the exposure and run both detection passes; returns (info, sources, deep, timings)."""
+def task_detect(path: str, config: PipelineConfig) -> Detections | Failed:
+    """Read the exposure and run both detection passes."""
     from astrodask.io.exposure import read_exposure
     from astrodask.solve.pipeline import stage_sources
 
@@ -98,14 +136,15 @@ def task_detect(path: str, config: PipelineConfig) -> Any:
         t_first = time.perf_counter()
         deep = stage_sources(exposure, config=config, depth=True)
     except AstrodaskError as err:
-        return Failed(path, "detect", str(err), {"read": time.perf_counter() - started})
-    timings = {"read": t_read - started, "detect": t_first - t_read, "detect_depth": time.perf_counter() - t_first}
-    return exposure.info, sources, deep, timings
+        return Failed(path, Stage.DETECT, str(err), {Stage.READ: time.perf_counter() - started})
+    timings = {Stage.READ: t_read - started, Stage.DETECT: t_first - t_read,
+               Stage.DETECT_DEPTH: time.perf_counter() - t_first}
+    return Detections(exposure.info, sources, deep, timings)
 
 
-def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
-                    cache_url: str | None = None) -> Any:
-    """``get_gaia_xy`` for the exposure; returns (wcs0, refs, seconds) or the failure.
+def task_references(detected: Detections | Failed, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
+                    cache_url: str | None = None) -> References | Failed:
+    """``get_gaia_xy`` for the exposure.
 
     With a tile cache, tiles it lacks are filled by ``gaia-tile`` tasks (when
     ``gaia.fetch_missing_tiles``) that this task waits for, out of the worker's thread pool.
@@ -115,17 +154,17 @@ def task_references(detected: Any, catalog: Any, config: PipelineConfig, pointin
     failed = _failed_input(detected, catalog)
     if failed:
         return failed
-    info = detected[0]
+    info = detected.info
     started = time.perf_counter()
     fill = None
     if catalog is None and cache_url is not None and config.gaia.fetch_missing_tiles:
         fill = functools.partial(fill_tiles_on_cluster, cache_url, config=config)
     try:
-        wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
-                                      fill=fill)
+        references = stage_references(info, catalog=catalog, config=config, pointing=pointing,
+                                      cache_url=cache_url, fill=fill)
     except AstrodaskError as err:
-        return Failed(str(info.path), "references", str(err))
-    return wcs0, refs, time.perf_counter() - started
+        return Failed(str(info.path), Stage.REFERENCES, str(err))
+    return References(references.wcs0, references.stars, time.perf_counter() - started)
 
 
 def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> dict[str, Any]:
@@ -209,79 +248,76 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
     return {r["tile"]: r["rows"] for r in records}
 
 
-def task_prepare(detected: Any, references: Any, config: PipelineConfig) -> Any:
-    """The coarse alignment and the region grid; returns (inputs, seconds) or the failure."""
+def task_prepare(detected: Detections | Failed, references: References | Failed,
+                 config: PipelineConfig) -> Prepared | Failed:
+    """The coarse alignment and the region grid."""
     from astrodask.solve.pipeline import failure_diagnostics, prepare_regions
 
     failed = _failed_input(detected, references)
     if failed:
         return failed
-    info, sources = detected[0], detected[1]
+    info, sources = detected.info, detected.sources
     started = time.perf_counter()
     try:
-        inputs = prepare_regions(sources, references[1], info.shape, config=config)
+        inputs = prepare_regions(sources, references.stars, info.shape, config=config)
     except AstrodaskError as err:
-        return Failed(str(info.path), "regions", str(err),
-                      diagnostics=failure_diagnostics("regions", str(err), getattr(err, "details", {}), sources,
-                                                      references[1]))
-    return inputs, time.perf_counter() - started
+        return Failed(str(info.path), Stage.REGIONS, str(err),
+                      diagnostics=failure_diagnostics(Stage.REGIONS, str(err), getattr(err, "details", {}), sources,
+                                                      references.stars))
+    return Prepared(inputs, time.perf_counter() - started)
 
 
-def task_region(prepared: Any, index: int, config: PipelineConfig) -> Any:
+def task_region(prepared: Prepared | Failed, index: int, config: PipelineConfig) -> RegionOutcome | Failed | None:
     """astroalign in one region; None when the (sparse-field) grid has fewer regions than tasks."""
     from astrodask.solve.pipeline import stage_region
 
     if isinstance(prepared, Failed):
         return prepared
-    inputs = prepared[0]
-    if index >= len(inputs.regions):
+    if index >= len(prepared.inputs.regions):
         return None
     started = time.perf_counter()
-    match = stage_region(inputs, index, config=config)
-    return match, time.perf_counter() - started
+    match = stage_region(prepared.inputs, index, config=config)
+    return RegionOutcome(match, time.perf_counter() - started)
 
 
-def task_reduce(detected: Any, prepared: Any, regions: list[Any], config: PipelineConfig,
-                references: Any = None) -> Any:
+def task_reduce(detected: Detections | Failed, prepared: Prepared | Failed,
+                regions: list[RegionOutcome | Failed | None], config: PipelineConfig,
+                references: References | Failed | None = None) -> Reduced | Failed:
     """The reducer: the mean affine of the agreeing regions."""
     from astrodask.solve.pipeline import failure_diagnostics, reduce_regions
 
     failed = _failed_input(detected, prepared, regions)
     if failed:
         return failed
-    info, sources = detected[0], detected[1]
+    info, sources = detected.info, detected.sources
     done = [r for r in regions if r is not None]
-    matches = [m for m, _ in done]
     started = time.perf_counter()
     try:
-        affine, matches = reduce_regions(matches, sources, prepared[0], config=config)
+        reduced = reduce_regions([r.match for r in done], sources, prepared.inputs, config=config)
     except AstrodaskError as err:
-        refs = None if references is None or isinstance(references, Failed) else references[1]
-        return Failed(str(info.path), "regions", str(err),
-                      diagnostics=failure_diagnostics("regions", str(err), getattr(err, "details", {}), sources, refs))
-    seconds = prepared[1] + sum(t for _, t in done) + time.perf_counter() - started
-    return affine, matches, seconds
+        refs = None if references is None or isinstance(references, Failed) else references.stars
+        return Failed(str(info.path), Stage.REGIONS, str(err),
+                      diagnostics=failure_diagnostics(Stage.REGIONS, str(err), getattr(err, "details", {}), sources,
+                                                      refs))
+    seconds = prepared.seconds + sum(r.seconds for r in done) + time.perf_counter() - started
+    return Reduced(reduced.affine, reduced.matches, seconds)
 
 
-def task_solve(detected: Any, references: Any, reduced: Any, config: PipelineConfig) -> Any:
+def task_solve(detected: Detections | Failed, references: References | Failed, reduced: Reduced | Failed,
+               config: PipelineConfig) -> ExposureResult | Failed:
     """TPV, depth match, ``like_fit`` and the chi-square: the exposure's result."""
-    from astrodask.solve.pipeline import _Clock, failure_diagnostics, finish_solve
+    from astrodask.solve.pipeline import StageClock, failure_diagnostics, finish_solve
 
     failed = _failed_input(detected, references, reduced)
     if failed:
         return failed
-    info, sources, deep, timings = detected
-    wcs0, refs, t_refs = references
-    affine, matches, t_regions = reduced
-    clock = _Clock()
-    clock.timings.update(timings)
-    clock.timings.update({"references": t_refs, "regions": t_regions})
+    clock = StageClock({**detected.timings, Stage.REFERENCES: references.seconds, Stage.REGIONS: reduced.seconds})
     try:
-        return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
+        return finish_solve(detected, references, reduced, config=config, clock=clock)
     except AstrodaskError as err:
-        return Failed(str(info.path), clock.stage, str(err), clock.timings,
-                      diagnostics=failure_diagnostics(clock.stage, str(err), getattr(err, "details", {}), sources,
-                                                      refs))
+        return Failed(str(detected.info.path), clock.stage, str(err), clock.timings,
+                      diagnostics=failure_diagnostics(clock.stage, str(err), getattr(err, "details", {}),
+                                                      detected.sources, references.stars))
 
 
 def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, debug: bool,
@@ -352,17 +388,17 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
     """
     path = str(Path(path).resolve())
     name = exposure_name(path)
-    detected = delayed(task_detect, pure=False)(path, config, dask_key_name=f"detect-{name}")
+    detected = delayed(task_detect, pure=False)(path, config, dask_key_name=Task.DETECT.key(name))
     refs = delayed(task_references, pure=False)(detected, catalog, config, dict(pointing or {}), cache_url,
-                                                dask_key_name=f"references-{name}")
-    prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=f"prepare-{name}")
-    regions = [delayed(task_region, pure=False)(prepared, k, config, dask_key_name=f"region-{name}-{k}")
+                                                dask_key_name=Task.REFERENCES.key(name))
+    prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=Task.PREPARE.key(name))
+    regions = [delayed(task_region, pure=False)(prepared, k, config, dask_key_name=Task.REGION.key(name, k))
                for k in range(config.regions.nx * config.regions.ny or config.regions.n_regions)]
     reduced = delayed(task_reduce, pure=False)(detected, prepared, regions, config, refs,
-                                               dask_key_name=f"reduce-{name}")
-    result = delayed(task_solve, pure=False)(detected, refs, reduced, config, dask_key_name=f"solve-{name}")
+                                               dask_key_name=Task.REDUCE.key(name))
+    result = delayed(task_solve, pure=False)(detected, refs, reduced, config, dask_key_name=Task.SOLVE.key(name))
     return delayed(task_write, pure=False)(result, path, str(Path(out_dir).resolve()), config, debug, write_header,
-                                           dask_key_name=f"write-{name}")
+                                           dask_key_name=Task.WRITE.key(name))
 
 
 def backlog_graph(paths: Sequence[str | Path], *, out_dir: str | Path, config: PipelineConfig,

@@ -37,6 +37,15 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 KERNEL_HALF_WIDTH_FWHM = 1.5
 #: Sources used to estimate the image FWHM for the windowed centroids.
 FWHM_SAMPLE = 500
+#: Sources of fewer pixels are left out of the FWHM sample, unless too few remain (then all are used).
+FWHM_MIN_NPIX = 5
+#: The brightest fraction skipped before the FWHM sample (often saturated).
+FWHM_SKIP_FRACTION = 0.05
+#: Aperture of the FWHM's half-flux radius: this many semi-major axes, at least FWHM_MIN_APERTURE_PX.
+FWHM_APERTURE_A = 6.0
+FWHM_MIN_APERTURE_PX = 3.0
+#: The FWHM estimate is kept within this range, px.
+FWHM_RANGE_PX = (1.0, 50.0)
 
 
 def gaussian_kernel(fwhm_px: float) -> np.ndarray | None:
@@ -317,19 +326,20 @@ def estimate_fwhm(image: np.ndarray, objects: np.ndarray, *, mask: np.ndarray | 
     radius is FWHM / 2, so the windowed-centroid sigma FWHM / 2.355 is
     SExtractor's ``2 * FLUX_RADIUS / 2.35``.
     """
-    clean = objects[(objects["flag"] == 0) & (objects["npix"] >= 5)]
-    if len(clean) < 5:
+    clean = objects[(objects["flag"] == 0) & (objects["npix"] >= FWHM_MIN_NPIX)]
+    if len(clean) < FWHM_MIN_NPIX:
         clean = objects
-    start = len(clean) // 20
+    start = int(len(clean) * FWHM_SKIP_FRACTION)
     sample = clean[start: start + FWHM_SAMPLE]
     radius, flag = sep.flux_radius(image, sample["x"].astype(np.float64), sample["y"].astype(np.float64),
-                                   np.maximum(6.0 * sample["a"], 3.0).astype(np.float64), 0.5,
-                                   subpix=5, mask=mask)
+                                   np.maximum(FWHM_APERTURE_A * sample["a"], FWHM_MIN_APERTURE_PX).astype(np.float64),
+                                   0.5, subpix=5, mask=mask)
     good = (flag == 0) & np.isfinite(radius) & (radius > 0)
     if not np.any(good):
         sigma = np.sqrt(0.5 * (sample["a"] ** 2 + sample["b"] ** 2))
-        return float(np.clip(np.median(sigma) / FWHM_TO_SIGMA, 1.0, 50.0))
-    return float(np.clip(2.0 * np.median(radius[good]), 1.0, 50.0))
+        return float(np.clip(np.median(sigma) / FWHM_TO_SIGMA, *FWHM_RANGE_PX))
+    # a Gaussian's half-flux radius is half its FWHM
+    return float(np.clip(2.0 * np.median(radius[good]), *FWHM_RANGE_PX))
 
 
 def _empty_table(meta: dict) -> Table:

@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize, nnls
 
-from astrodask.config import ERROR_THRESHOLD
+from astrodask.config import ERROR_THRESHOLD, FitConfig
 
 log = logging.getLogger(__name__)
 
 #: Milliarcseconds per degree.
 MAS_PER_DEG = 3.6e6
-#: Default rounds of ``ERROR_THRESHOLD`` clipping (``fit.error_clip_rounds``).
-ERROR_CLIP_ROUNDS = 5
+#: Default rounds of ``ERROR_THRESHOLD`` clipping: the config's (``fit.error_clip_rounds``).
+ERROR_CLIP_ROUNDS = FitConfig().error_clip_rounds
 #: Fewest points ``like_fit`` accepts (two parameters, two coordinates per point).
 MIN_FIT_POINTS = 2
 #: Smallest squared scale s^2 the fit may reach (keeps M positive definite).

@@ -1,7 +1,11 @@
 """One exposure, serially, stage by stage: the Condor solve (docs/algorithm.md, steps 1 to 6).
 
-Each stage is a pure function of arrays and tables, so the Dask graph
-(``astrodask.run.graph``) can call the same functions as tasks:
+Each stage is a function of arrays and tables with no Dask in it, so the Dask graph
+(``astrodask.run.graph``) calls the same functions as tasks. All are pure but one:
+:func:`stage_references` reads the tile cache or, with neither a catalog nor a cache, queries
+the Gaia archive. What they hand on is named (:class:`~astrodask.types.Detections`,
+:class:`~astrodask.types.References`, :class:`~astrodask.types.Reduced`), and
+:class:`StageClock` times them by :class:`~astrodask.types.Stage`:
 
 1. :func:`stage_sources` and :func:`stage_references`: ``get_image_ij`` and ``get_gaia_xy``.
 2. :func:`stage_regions`: a coarse alignment, astroalign in each of the 24 regions,
@@ -23,7 +27,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +41,15 @@ from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
 from astrodask.solve.detect import detect_exposure
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
-from astrodask.errors import AstrodaskError, MatchError, SolveError
+from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
 from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
 from astrodask.reference.footprint import get_gaia_xy
 from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
                              match_region, matching_depth, mean_affine, region_grid)
 from astrodask.solve.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
                            pixel_to_world, world_to_pixel)
-from astrodask.types import (ARTEFACT_FLAGS, FAILED, SOLVED, Exposure, ExposureInfo, ExposureResult,
-                             FailureDiagnostics, SourceFlag, exposure_name)
+from astrodask.types import (ARTEFACT_FLAGS, FAILED, SOLVED, Detections, Exposure, ExposureInfo, ExposureResult,
+                             FailureDiagnostics, Reduced, References, SourceFlag, Stage, exposure_name)
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +87,24 @@ class Pairs:
 
 
 def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = False) -> Table:
-    """``get_image_ij`` on the exposure (first pass, or the relaxed depth pass)."""
-    return detect_exposure(exposure, config=config.detect, depth=depth)
+    """``get_image_ij`` on the exposure (first pass, or the relaxed depth pass).
+
+    Raises
+    ------
+    NoSourcesError
+        The first pass found no source at all: blank sky, a closed shutter, not a sky image.
+    """
+    sources = detect_exposure(exposure, config=config.detect, depth=depth)
+    if not depth and len(sources) == 0:
+        raise NoSourcesError(f"{exposure.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
+                             f"(background rms {sources.meta.get('background_rms_adu', float('nan')):.3g} ADU): "
+                             "blank sky, a closed shutter or not a sky image")
+    return sources
 
 
 def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
                      pointing: dict[str, Any] | None = None, cache_url: str | None = None,
-                     fill: Callable[[list[int]], object] | None = None) -> tuple[Any, Table]:
+                     fill: Callable[[list[int]], object] | None = None) -> References:
     """The approximate WCS and ``get_gaia_xy``'s reference stars at the exposure's epoch.
 
     The stars come from ``catalog``, else from the Gaia tile cache at ``cache_url`` (the tiles
@@ -106,7 +121,7 @@ def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None
                              margin_deg=config.gaia.margin_deg, mag_limit=config.gaia.mag_limit, fill=fill)
     refs = get_gaia_xy(wcs0, exposure.shape, epoch_yr=exposure.epoch_yr, catalog=catalog, config=config.gaia)
     refs.meta["pointing_source"] = found.source
-    return wcs0, refs
+    return References(wcs0, refs)
 
 
 def footprint_tiles(info: ExposureInfo, *, config: PipelineConfig, pointing: dict[str, Any] | None = None,
@@ -242,7 +257,7 @@ def stage_region(inputs: RegionInputs, index: int, *, config: PipelineConfig) ->
 
 
 def reduce_regions(matches: tuple[RegionMatch, ...] | list[RegionMatch], sources: Table, inputs: RegionInputs, *,
-                   config: PipelineConfig) -> tuple[Affine, tuple[RegionMatch, ...]]:
+                   config: PipelineConfig) -> Reduced:
     """The reducer: the mean affine of the regions that agree.
 
     Raises
@@ -252,13 +267,14 @@ def reduce_regions(matches: tuple[RegionMatch, ...] | list[RegionMatch], sources
     """
     src_all = np.column_stack([np.asarray(sources["i"]), np.asarray(sources["j"])])
     try:
-        return mean_affine(list(matches), src_all, inputs.tgt, config=config.regions, min_good=inputs.min_good)
+        affine, verdicts = mean_affine(list(matches), src_all, inputs.tgt, config=config.regions,
+                                       min_good=inputs.min_good)
     except MatchError as err:
         raise MatchError(str(err), details={**err.details, "coarse": [a.as_dict() for a in inputs.coarse]}) from err
+    return Reduced(affine, tuple(verdicts))
 
 
-def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *,
-                  config: PipelineConfig) -> tuple[Affine, tuple[RegionMatch, ...]]:
+def stage_regions(sources: Table, refs: Table, shape: tuple[int, int], *, config: PipelineConfig) -> Reduced:
     """Coarse alignment, astroalign per region and the mean affine, serially."""
     inputs = prepare_regions(sources, refs, shape, config=config)
     matches = [stage_region(inputs, k, config=config) for k in range(len(inputs.regions))]
@@ -527,22 +543,29 @@ def quality_gates(*, n_kept: int, rms_arcsec: tuple[float, float], quality: Any,
 # ---------------------------------------------------------------- the whole solve
 
 
-class _Clock:
-    """Seconds per stage, and the stage currently running."""
+class StageClock:
+    """Seconds per :class:`~astrodask.types.Stage`, and the stage currently running.
 
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self.stage = "read"
+    Parameters
+    ----------
+    timings
+        Seconds of stages run elsewhere (the Dask graph's earlier tasks), carried on.
+    """
+
+    def __init__(self, timings: Mapping[str, float] | None = None) -> None:
+        self.timings: dict[str, float] = dict(timings or {})
+        self.stage = Stage.READ
         self._start = time.perf_counter()
 
-    def lap(self, next_stage: str) -> None:
+    def lap(self, next_stage: Stage | None) -> None:
+        """Close the running stage's time and start ``next_stage`` (None: stop)."""
         now = time.perf_counter()
         self.timings[self.stage] = self.timings.get(self.stage, 0.0) + now - self._start
-        self.stage, self._start = next_stage, now
+        self.stage, self._start = (next_stage or self.stage), now
 
 
 def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig | None = None,
-                   pointing: dict[str, Any] | None = None, clock: _Clock | None = None,
+                   pointing: dict[str, Any] | None = None, clock: StageClock | None = None,
                    cache_url: str | None = None, trace: dict[str, Any] | None = None) -> ExposureResult:
     """Solve one exposure, stage by stage (docs/algorithm.md, steps 1 to 6).
 
@@ -574,49 +597,51 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
         When a stage cannot run (no pointing, no match...); :func:`solve_file` reports it.
     """
     config = config or PipelineConfig()
-    clock = clock or _Clock()
-    clock.lap("detect")
+    clock = clock or StageClock()
+    clock.lap(Stage.DETECT)
     trace = {} if trace is None else trace
     sources = stage_sources(exposure, config=config)
     trace["sources"] = sources
-    clock.lap("detect_depth")
+    clock.lap(Stage.DETECT_DEPTH)
     deep = stage_sources(exposure, config=config, depth=True)
     info = exposure.info
-    clock.lap("references")
+    clock.lap(Stage.REFERENCES)
     fill = None
     if catalog is None and cache_url is not None and config.gaia.fetch_missing_tiles:
         from astrodask.reference.fill import fill_tiles
 
         fill = functools.partial(fill_tiles, cache_url, config=config.gaia)
-    wcs0, refs = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
+    references = stage_references(info, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
                                   fill=fill)
-    trace["references"] = refs
-    clock.lap("regions")
-    affine, matches = stage_regions(sources, refs, info.shape, config=config)
-    return finish_solve(info, sources, deep, wcs0, refs, affine, matches, config=config, clock=clock)
+    trace["references"] = references.stars
+    clock.lap(Stage.REGIONS)
+    reduced = stage_regions(sources, references.stars, info.shape, config=config)
+    return finish_solve(Detections(info, sources, deep), references, reduced, config=config, clock=clock)
 
 
-def finish_solve(info: ExposureInfo, sources: Table, deep: Table, wcs0: Any, refs: Table, affine: Affine,
-                 matches: tuple[RegionMatch, ...], *, config: PipelineConfig, clock: _Clock | None = None
-                 ) -> ExposureResult:
+def finish_solve(detections: Detections, references: References, reduced: Reduced, *, config: PipelineConfig,
+                 clock: StageClock | None = None) -> ExposureResult:
     """Steps 3 to 6 after the reducer: TPV, depth match, ``like_fit``, chi-square and the quality gates."""
-    clock = clock or _Clock()
+    clock = clock or StageClock()
+    info, sources, deep = detections.info, detections.sources, detections.deep
+    wcs0, refs = references.wcs0, references.stars
+    affine, matches = reduced.affine, reduced.matches
     shape = info.shape
     counts = {"sources": len(sources), "depth_sources": len(deep), "references": len(refs),
               "references_in_image": int(refs.meta.get("n_in_image", 0)), "regions_ok": sum(m.ok for m in matches)}
-    clock.lap("tpv")
+    clock.lap(Stage.TPV)
     solution, pairs0 = stage_initial_tpv(sources, refs, matches, wcs0=wcs0, affine=affine, shape=shape,
                                          config=config)
     counts["region_pairs"] = len(pairs0)
-    clock.lap("depth_match")
+    clock.lap(Stage.DEPTH_MATCH)
     solution, matched, kept, method = stage_depth(deep, refs, solution, shape=shape, config=config)
     counts["depth_matches"] = len(matched)
     counts["rms_clipped"] = len(matched) - len(kept)
-    clock.lap("like_fit")
+    clock.lap(Stage.LIKE_FIT)
     solution, model, keep = stage_error_model(deep, refs, kept, solution, shape=shape, config=config)
     counts["error_clipped"] = int(len(keep) - keep.sum())
     counts["matches"] = int(keep.sum())
-    clock.lap("chi_square")
+    clock.lap(Stage.CHI_SQUARE)
     quality = stage_chi_square(deep, refs, kept, solution, model)
     final = residuals_mas(deep, refs, kept.subset(keep), solution) / 1000.0
     rms = (float(np.sqrt(np.mean(final[:, 0] ** 2))), float(np.sqrt(np.mean(final[:, 1] ** 2))))
@@ -625,10 +650,10 @@ def finish_solve(info: ExposureInfo, sources: Table, deep: Table, wcs0: Any, ref
                            offset_deg=pointing_offset_deg(solution, wcs0, shape),
                            search_radius_deg=config.gaia.margin_deg)
     matched_table = matched_list(deep, refs, kept, keep, solution, model)
-    clock.lap("done")
+    clock.lap(None)
     return ExposureResult(
         file=str(info.path), name=info.name, status=FAILED if reason else SOLVED,
-        reason=f"quality gate: {reason}" if reason else "", stage="chi_square", solution=solution,
+        reason=f"quality gate: {reason}" if reason else "", stage=Stage.CHI_SQUARE, solution=solution,
         error_model=model, quality=quality, counts=counts, rms_arcsec=rms, timings=clock.timings,
         regions=tuple((m.region.index, m.status, m.reason, len(m.src_index)) for m in matches),
         shape=shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
@@ -664,7 +689,7 @@ def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: T
                    cache_url: str | None) -> ExposureResult:
     """Load and solve one exposure, turning any failure into a failed result (see :func:`solve_file`)."""
     config = config or PipelineConfig()
-    clock = _Clock()
+    clock = StageClock()
     name = Path(path).name
     trace: dict[str, Any] = {}
     details: dict[str, Any] = {}
@@ -679,7 +704,7 @@ def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: T
         log.error("%s: unexpected error in stage %s:\n%s", path, clock.stage, traceback.format_exc())
         reason = f"internal error ({type(err).__name__}: {err})"
     stage = clock.stage
-    clock.lap("done")
+    clock.lap(None)
     log.warning("%s: failed at %s: %s", name, stage, reason)
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason,
                           stage=stage, timings=clock.timings, config=config.to_dict(),

@@ -47,6 +47,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from numpy.typing import ArrayLike
 
+from astrodask.config import FitConfig
 from astrodask.errors import AstrodaskWarning, FitError, HeaderError
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ __all__ = [
 TPV_MAX_DEGREE: int = 7
 #: Number of TPV coefficients per axis: PVi_0 .. PVi_39.
 N_TPV_TERMS: int = 40
-#: Default degree of the fitted distortion polynomial (``FitConfig.tpv_degree``).
-DEFAULT_TPV_DEGREE: int = 3
+#: Default degree of the fitted distortion polynomial: the config's (``fit.tpv_degree``).
+DEFAULT_TPV_DEGREE: int = FitConfig().tpv_degree
 #: Default (maximum) number of re-centring iterations of :func:`fit_tpv`; it stops earlier
 #: once the tangent point and the linear part have converged (usually after 2 or 3).
 DEFAULT_FIT_ITERATIONS: int = 5
@@ -249,6 +250,10 @@ class TPVSolution:
         """A solution without distortion (identity PV): plain TAN."""
         return cls(crpix=crpix, crval=crval, cd=np.asarray(cd), pv1=_IDENTITY_PV, pv2=_IDENTITY_PV,
                    degree=degree)
+
+    def to_astropy_wcs(self, *, shape: tuple[int, int] | None = None) -> WCS:
+        """This solution as an :class:`astropy.wcs.WCS` (see :func:`to_astropy_wcs`)."""
+        return to_astropy_wcs(self, shape=shape)
 
     @property
     def scale_arcsec(self) -> float:
