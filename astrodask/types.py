@@ -419,3 +419,47 @@ class Reduced:
     affine: Affine
     matches: tuple[RegionMatch, ...]
     seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- the tile cache's fills
+
+
+class TileState(StrEnum):
+    """What a tile-fill task found or did."""
+
+    PRESENT = "present"  #: complete and deep enough already: left alone
+    FILLED = "filled"  #: filled from the Gaia archive
+    FAILED = "failed"  #: could not be filled (the reason says why)
+
+
+@dataclass(frozen=True)
+class TileFill:
+    """The record of one tile-fill task (``gaia-tile-<level>-<pixel>-<store>``).
+
+    Attributes
+    ----------
+    tile
+        The tile (nested HEALPix pixel at the cache's level).
+    state
+        Present, filled or failed.
+    rows
+        Stars the tile holds.
+    reason
+        Why it was filled (what it lacked), or why it failed; "" when present.
+    seconds
+        Time the task took.
+    name
+        ``<level>/<pixel>``, as the store names the tile ("" when the store could not be opened).
+    """
+
+    tile: int
+    state: TileState
+    rows: int = 0
+    reason: str = ""
+    seconds: float = 0.0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """How messages name the tile."""
+        return self.name or str(self.tile)

@@ -26,6 +26,7 @@ from archive_server import RECORDING, RecordedTapServer, load_recordings  # test
 from astrodask.reference import fill
 from astrodask.reference import healpix
 from astrodask.reference import store as tile_store
+from astrodask.types import TileState
 from astrodask.cli import main
 from astrodask.config import GaiaConfig, PipelineConfig
 from astrodask.errors import ArchiveError
@@ -219,7 +220,7 @@ def test_two_prefetches_at_once_query_each_tile_once(archive, sky, tmp_path) -> 
         for t in threads:
             t.join(timeout=120)
     assert all(len(r) == len(RECORDED_PIXELS) for r in records)
-    assert all(rec_["state"] in ("filled", "present") for r in records for rec_ in r)
+    assert all(rec_.state in (TileState.FILLED, TileState.PRESENT) for r in records for rec_ in r)
     assert len(set(archive.queries)) == len(archive.queries) == len(RECORDED_PIXELS)  # no tile asked twice
     cache = tile_store.TileCache(store)
     for pixel in RECORDED_PIXELS:

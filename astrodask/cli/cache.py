@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +13,9 @@ from astrodask.cli.options import (EXIT_PARTIAL, AstrodaskGroup, cache_location,
                                    configure_logging, for_each, load_config, logging_options, retries_option)
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
+
+if TYPE_CHECKING:
+    from astrodask.types import TileFill
 
 
 @click.group("cache", cls=AstrodaskGroup)
@@ -111,6 +114,7 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
     from astrodask.io.exposure import read_exposure_info
     from astrodask.run.client import connect, prefetch_tiles
     from astrodask.solve.pipeline import footprint_tiles
+    from astrodask.types import TileState
 
     configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
@@ -136,17 +140,16 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
     location = cache_location(cache_url, config)
     click.echo(f"{len(tiles)} tiles needed" + (f" by {len(paths) - len(bad)} exposures" if paths else "")
                + f"; cache {location}")
-    records: list[dict[str, Any]] = []
+    records: list[TileFill] = []
     if tiles:
-        def show(done: int, total: int, record: dict[str, Any]) -> None:
-            name = record.get("tile_name", record["tile"])
-            if record["state"] == "failed":
-                click.echo(f"[{done}/{total}] tile {name}: FAILED: {record['reason']}", err=True)
-            elif record["state"] == "filled":
-                click.echo(f"[{done}/{total}] tile {name}: filled, {record['rows']} stars in {record['seconds']:.1f} s "
-                           f"(was {record['reason']})")
+        def show(done: int, total: int, record: TileFill) -> None:
+            if record.state == TileState.FAILED:
+                click.echo(f"[{done}/{total}] tile {record.label}: FAILED: {record.reason}", err=True)
+            elif record.state == TileState.FILLED:
+                click.echo(f"[{done}/{total}] tile {record.label}: filled, {record.rows} stars in "
+                           f"{record.seconds:.1f} s (was {record.reason})")
             elif not quiet:
-                click.echo(f"[{done}/{total}] tile {name}: present, {record['rows']} stars")
+                click.echo(f"[{done}/{total}] tile {record.label}: present, {record.rows} stars")
 
         started = time.perf_counter()
         with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
@@ -154,11 +157,12 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
             click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
             records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config, retries=retries,
                                      on_tile=show)
-        counts = {state: sum(r["state"] == state for r in records) for state in ("present", "filled", "failed")}
-        click.echo(f"{len(records)} tiles in {time.perf_counter() - started:.1f} s: {counts['present']} present, "
-                   f"{counts['filled']} filled ({sum(r['rows'] for r in records if r['state'] == 'filled')} stars), "
-                   f"{counts['failed']} failed")
-    failures = bad + [f"tile {r.get('tile_name', r['tile'])}: {r['reason']}" for r in records if r["state"] == "failed"]
+        counts = {state: sum(r.state == state for r in records) for state in TileState}
+        filled_rows = sum(r.rows for r in records if r.state == TileState.FILLED)
+        click.echo(f"{len(records)} tiles in {time.perf_counter() - started:.1f} s: "
+                   f"{counts[TileState.PRESENT]} present, {counts[TileState.FILLED]} filled ({filled_rows} stars), "
+                   f"{counts[TileState.FAILED]} failed")
+    failures = bad + [f"tile {r.label}: {r.reason}" for r in records if r.state == TileState.FAILED]
     if failures:
         raise SystemExit(EXIT_PARTIAL if len(failures) < len(records) + len(paths) else 1)
 

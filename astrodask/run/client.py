@@ -17,6 +17,7 @@ from typing import Any
 
 from astrodask.config import PipelineConfig
 from astrodask.run.graph import backlog_graph, failed_result
+from astrodask.types import TileFill, TileState
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +121,13 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
 
 def prefetch_tiles(connection: Connection, pixels: Sequence[int], *, cache_url: str, config: PipelineConfig,
                    retries: int = DEFAULT_RETRIES,
-                   on_tile: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                   on_tile: Callable[[int, int, TileFill], None] | None = None) -> list[TileFill]:
     """Fill the tiles a backlog needs, as ``gaia-tile`` tasks spread over the workers, and wait.
 
     Tiles already complete (and deep enough) are left as they are; each task checks
     its own tile, so the client never reads the store. Returns one record per tile
     (:func:`astrodask.run.graph.task_fill_tile`) in completion order; a task that raised
-    beyond its retries is a "failed" record: the other tiles go on.
+    beyond its retries is a failed record: the other tiles go on.
     """
     from distributed import as_completed
 
@@ -135,14 +136,13 @@ def prefetch_tiles(connection: Connection, pixels: Sequence[int], *, cache_url: 
     futures = tile_tasks(connection.client, cache_url, sorted({int(p) for p in pixels}), config=config,
                          retries=retries)
     pixel_of = {f.key: int(p) for f, p in zip(futures, sorted({int(p) for p in pixels}))}
-    records: list[dict[str, Any]] = []
+    records: list[TileFill] = []
     started = time.perf_counter()
     for done, future in enumerate(as_completed(futures), start=1):
         try:
             record = future.result()
         except Exception as err:  # noqa: BLE001 - report the tile, go on with the others
-            record = {"tile": pixel_of[future.key], "state": "failed", "rows": 0, "seconds": 0.0,
-                      "reason": f"{type(err).__name__}: {err}"}
+            record = TileFill(pixel_of[future.key], TileState.FAILED, reason=f"{type(err).__name__}: {err}")
         records.append(record)
         if on_tile is not None:
             on_tile(done, len(futures), record)

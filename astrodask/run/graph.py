@@ -45,7 +45,7 @@ from dask.delayed import Delayed
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
 from astrodask.types import (FAILED, Detections, ExposureResult, FailureDiagnostics, Prepared, Reduced, References,
-                             RegionOutcome, Stage, exposure_name)
+                             RegionOutcome, Stage, TileFill, TileState, exposure_name)
 
 log = logging.getLogger(__name__)
 
@@ -167,34 +167,31 @@ def task_references(detected: Detections | Failed, catalog: Any, config: Pipelin
     return References(references.wcs0, references.stars, time.perf_counter() - started)
 
 
-def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> dict[str, Any]:
+def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> TileFill:
     """Fill one Gaia tile from the archive unless the cache already holds it, complete and deep enough.
 
-    Run under the key :func:`astrodask.reference.store.tile_task_key`. Returns a record
-    ``{"tile", "state": "present"|"filled"|"failed", "rows", "reason", "seconds"}``;
-    an expected failure (the archive unreachable...) is a "failed" record, not an
-    exception, so that a prefetch reports it and goes on.
+    Run under the key :func:`astrodask.reference.store.tile_task_key`. An expected failure
+    (the archive unreachable...) is a :attr:`TileState.FAILED` record, not an exception, so
+    that a prefetch reports it and goes on.
     """
     from astrodask.reference.fill import fill_tile_from_archive, tiles_to_fill
     from astrodask.reference.store import TileCache
 
     started = time.perf_counter()
-    record: dict[str, Any] = {"tile": int(pixel), "state": "present", "rows": 0, "reason": "", "seconds": 0.0}
+    name, reason = "", ""
     try:
         cache = TileCache(cache_url)
-        record["tile_name"] = f"{cache.level}/{int(pixel)}"
+        name = f"{cache.level}/{int(pixel)}"
         todo = tiles_to_fill(cache, [pixel], mag_limit=config.gaia.mag_limit)
         if not todo:
-            record["rows"] = int(cache.attrs(pixel).get("rows", 0))
+            state, rows = TileState.PRESENT, int(cache.attrs(pixel).get("rows", 0))
         else:
-            record["reason"] = todo[int(pixel)]
+            reason = todo[int(pixel)]
             with archive_slot(config.gaia.max_queries):
-                record["rows"] = fill_tile_from_archive(cache, pixel, config=config.gaia)
-            record["state"] = "filled"
+                state, rows = TileState.FILLED, fill_tile_from_archive(cache, pixel, config=config.gaia)
     except AstrodaskError as err:
-        record.update(state="failed", reason=str(err))
-    record["seconds"] = time.perf_counter() - started
-    return record
+        state, rows, reason = TileState.FAILED, 0, str(err)
+    return TileFill(int(pixel), state, rows, reason, time.perf_counter() - started, name)
 
 
 def archive_slot(max_queries: int) -> Any:
@@ -242,10 +239,10 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
 
     with worker_client() as client:
         records = client.gather(tile_tasks(client, cache_url, pixels, config=config))
-    failed = [f"tile {r.get('tile_name', r['tile'])}: {r['reason']}" for r in records if r["state"] == "failed"]
+    failed = [f"tile {r.label}: {r.reason}" for r in records if r.state == TileState.FAILED]
     if failed:
         raise ArchiveError(f"{len(failed)} tile(s) of the field could not be filled: " + "; ".join(failed))
-    return {r["tile"]: r["rows"] for r in records}
+    return {r.tile: r.rows for r in records}
 
 
 def task_prepare(detected: Detections | Failed, references: References | Failed,
