@@ -1,0 +1,12 @@
+"""Physical and survey constants with one home: Gaia DR3's photometric zero point, epoch and source_id layout."""
+
+#: Gaia G-band zero point (Vega), mag: G = -2.5 log10(flux_e_per_s) + GAIA_G_ZERO_POINT (Riello et al. 2021).
+GAIA_G_ZERO_POINT: float = 25.6874
+#: Gaia DR3's reference epoch (Julian year, TCB).
+GAIA_DR3_EPOCH: float = 2016.0
+#: source_id // 2**GAIA_SOURCE_ID_SHIFT is the HEALPix index at GAIA_HEALPIX_LEVEL (nested).
+GAIA_SOURCE_ID_SHIFT: int = 35
+#: HEALPix level encoded in Gaia source_ids.
+GAIA_HEALPIX_LEVEL: int = 12
+#: Default faintest G magnitude of reference catalogs.
+GAIA_MAG_LIMIT: float = 20.0
