@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 pytest.importorskip("galsim")
 
-from astrodask import render_galsim as rg
+from astrodask import simulate as rg
 from astrodask.io.exposure import read_exposure
 from astrodask.reference.gaia import angular_separation_deg, propagate_table, read_catalog
 from astrodask.simulate import read_truth_wcs
