@@ -18,8 +18,8 @@ See ``benchmarks/peers.py`` for the peer's settings.
 
 Second renderer: cases named ``gs-<case>`` (``gs-crowded``, ``gs-messy``, ``gs-plate``,
 ``gs-sparse``, ``gs-condor``, ``gs-offset3x``, ``gs-scale20``) are rendered by
-:mod:`astrodask.render_galsim` (GalSim; other PSF, noise, scene and distortion models, TAN-SIP
-truth) at their bench size, cached in --work like the others. The DSS plate case has no FITS
+the GalSim renderer (:mod:`astrodask.simulate.galsim_render`; other PSF, noise, scene and
+distortion models, TAN-SIP truth) at their bench size, cached in --work like the others. The DSS plate case has no FITS
 WCS: SCAMP starts from a TAN fitted to its DSS plate solution (``peers.tan_guess_from_wcs``).
 
 Real data: ``panoptes`` is the real PANOPTES frame ``../shared/data/panoptes_cygnus/unsolved.fits``
@@ -140,7 +140,7 @@ class Prepared:
     approx: WCS | None = None  #: the approximate WCS the solvers start from (scored as a sanity check)
 
 
-#: Prefix of the GalSim cases (astrodask.render_galsim.CASES at their bench size).
+#: Prefix of the GalSim cases (astrodask.simulate.CASES at their bench size).
 GS_PREFIX = "gs-"
 #: The real-data case.
 PANOPTES = "panoptes"
@@ -153,7 +153,7 @@ PANOPTES_OVERRIDES = {"regions": {"n_regions": 4, "min_good_regions": 2, "min_st
 
 
 def known_cases() -> list[str]:
-    from astrodask.render_galsim import CASES as GS_CASES
+    from astrodask.simulate import CASES as GS_CASES
 
     return [*CASES, *(GS_PREFIX + n for n in GS_CASES), PANOPTES]
 
@@ -168,7 +168,7 @@ def prepare_simulated(work: Path, name: str) -> Prepared:
 
 def prepare_galsim(work: Path, name: str) -> Prepared:
     """A GalSim case at its bench size, rendered when any of its files is absent."""
-    from astrodask.render_galsim import case_scene, render_scene
+    from astrodask.simulate import case_scene, render_scene
     from astrodask.simulate import read_truth_wcs
 
     scene = case_scene(name[len(GS_PREFIX):], "bench")
@@ -192,7 +192,7 @@ def prepare_galsim(work: Path, name: str) -> Prepared:
 
 def prepare_panoptes() -> Prepared:
     """The real PANOPTES frame, scored against astrometry.net's solution (no exact truth)."""
-    from astrodask.render_galsim import cd_header, shared_data_dir
+    from astrodask.simulate import cd_header, shared_data_dir
     from astrodask.wcsutil import tan_wcs
 
     root = shared_data_dir()

@@ -232,7 +232,7 @@ def tan_guess_from_wcs(wcs: WCS, shape: tuple[int, int]) -> fits.Header:
     centre = SkyCoord(*wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0), unit="deg")
     fitted = fit_wcs_from_points((gi.ravel(), gj.ravel()), SkyCoord(ra, dec, unit="deg"), proj_point=centre,
                                  projection="TAN")
-    from astrodask.render_galsim import cd_header
+    from astrodask.simulate import cd_header
 
     return cd_header(fitted)
 

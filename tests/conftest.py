@@ -219,15 +219,15 @@ def close_s3fs_instances() -> None:
 def galsim_scene(tmp_path_factory: pytest.TempPathFactory):
     """A factory ``galsim_scene(name)`` of the small (test-size) GalSim cases' files.
 
-    Each case of :data:`astrodask.render_galsim.CASES` is rendered once per session, seeded
+    Each case of :data:`astrodask.simulate.CASES` is rendered once per session, seeded
     by its own seed, into a session folder, and its
-    :class:`astrodask.render_galsim.SceneFiles` returned (image, catalog, truth_wcs,
+    :class:`astrodask.simulate.SceneFiles` returned (image, catalog, truth_wcs,
     truth_table). Skips when GalSim is not installed.
     """
     pytest.importorskip("galsim")
     import numpy as np
 
-    from astrodask.render_galsim import case_scene, render_scene
+    from astrodask.simulate import case_scene, render_scene
 
     folder = tmp_path_factory.mktemp("galsim-scenes")
     rendered: dict[str, object] = {}

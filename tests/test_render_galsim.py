@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 pytest.importorskip("galsim")
 
-from astrodask import render_galsim as rg
+from astrodask import simulate as rg
 from astrodask.io.exposure import read_exposure
 from astrodask.reference.catalog import propagate_table, read_catalog
 from astrodask.sphere import angular_separation_deg

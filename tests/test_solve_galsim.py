@@ -53,7 +53,7 @@ def test_a_1951_plate_solves_from_its_dss_header_alone(galsim_scene) -> None:
 def test_messy_detection_finds_the_stars_fwhm_not_the_cosmic_rays(galsim_scene) -> None:
     from astrodask.solve.detect import detect_exposure
     from astrodask.io.exposure import read_exposure
-    from astrodask.render_galsim import case_scene
+    from astrodask.simulate import case_scene
     from astrodask.types import ARTEFACT_FLAGS, SourceFlag
 
     files = galsim_scene("messy")
