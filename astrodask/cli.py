@@ -545,8 +545,26 @@ def _cache_location(url: str | None, config: PipelineConfig | None) -> str:
     return cache_location(url or (config.gaia.cache_url if config else "") or None)
 
 
+def _remember_cluster(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    ctx.meta["astrodask.cluster"] = value
+    return value
+
+
+def _on_kubernetes(scheduler: str | None, scheduler_file: str | None) -> bool:
+    """True for --cluster kubernetes (astrodask/kube.py); refused beside --scheduler/--scheduler-file."""
+    kubernetes = click.get_current_context().meta.get("astrodask.cluster") == "kubernetes"
+    if kubernetes and (scheduler or scheduler_file):
+        raise click.UsageError("--cluster kubernetes finds its scheduler itself: drop --scheduler/--scheduler-file")
+    return kubernetes
+
+
 def cluster_options(func: Callable) -> Callable:
-    """--scheduler ADDRESS, --scheduler-file FILE, --workers N."""
+    """--scheduler ADDRESS, --scheduler-file FILE, --workers N, --cluster local|kubernetes."""
+    func = click.option("--cluster", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+                        expose_value=False, callback=_remember_cluster,
+                        help="local: --scheduler/--scheduler-file, else an embedded LocalCluster; kubernetes: the "
+                             "dask-kubernetes DaskCluster 'astrodask' (dask config kubernetes.name/namespace), "
+                             "created with --workers workers if absent (pip install 'astrodask[kubernetes]').")(func)
     func = click.option("--workers", type=int, default=None,
                         help="Worker processes of the embedded LocalCluster (default: one per core).")(func)
     func = click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
@@ -574,7 +592,8 @@ def _run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, co
     from astrodask.runner import connect, submit_backlog
 
     out.mkdir(parents=True, exist_ok=True)
-    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                 kubernetes=_on_kubernetes(scheduler, scheduler_file)) as connection:
         if detach and connection.embedded:
             raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
                                        "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
@@ -891,7 +910,8 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
                 click.echo(f"[{done}/{total}] tile {name}: present, {record['rows']} stars")
 
         started = time.perf_counter()
-        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                     kubernetes=_on_kubernetes(scheduler, scheduler_file)) as connection:
             where = "embedded LocalCluster" if connection.embedded else "scheduler"
             click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
             records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config, retries=retries,
