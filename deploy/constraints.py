@@ -1,4 +1,4 @@
-"""Write deploy/constraints.txt: every distribution astrodask[kubernetes] needs (pyproject.toml), pinned as installed here.
+"""Write deploy/constraints.txt: all that astrodask[kubernetes] needs (pyproject.toml), pinned as installed here.
 
 Run it in the tested environment (``make test`` passed in it)::
 
