@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import click
 
 from astrodask.cli.options import (EXIT_PARTIAL, AstrodaskGroup, cache_location, cluster_options, config_options,
-                                   configure_logging, for_each, load_config, logging_options, retries_option)
+                                   configure_logging, for_each, load_config, logging_options, on_kubernetes,
+                                   retries_option)
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
 
@@ -152,7 +153,8 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
                 click.echo(f"[{done}/{total}] tile {record.label}: present, {record.rows} stars")
 
         started = time.perf_counter()
-        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                     kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:
             where = "embedded LocalCluster" if connection.embedded else "scheduler"
             click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
             records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config, retries=retries,

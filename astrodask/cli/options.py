@@ -158,8 +158,26 @@ def cache_option(func: Callable) -> Callable:
                              "beforehand with 'astrodask cache prefetch'.")(func)
 
 
+def _remember_cluster(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    ctx.meta["astrodask.cluster"] = value
+    return value
+
+
+def on_kubernetes(scheduler: str | None, scheduler_file: str | None) -> bool:
+    """True for ``--cluster kubernetes`` (:mod:`astrodask.run.kube`); refused beside --scheduler/--scheduler-file."""
+    kubernetes = click.get_current_context().meta.get("astrodask.cluster") == "kubernetes"
+    if kubernetes and (scheduler or scheduler_file):
+        raise click.UsageError("--cluster kubernetes finds its scheduler itself: drop --scheduler/--scheduler-file")
+    return kubernetes
+
+
 def cluster_options(func: Callable) -> Callable:
-    """--scheduler ADDRESS, --scheduler-file FILE, --workers N."""
+    """--scheduler ADDRESS, --scheduler-file FILE, --workers N, --cluster local|kubernetes."""
+    func = click.option("--cluster", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+                        expose_value=False, callback=_remember_cluster,
+                        help="local: --scheduler/--scheduler-file, else an embedded LocalCluster; kubernetes: the "
+                             "dask-kubernetes DaskCluster 'astrodask' (dask config kubernetes.name/namespace), "
+                             "created with --workers workers if absent (pip install 'astrodask[kubernetes]').")(func)
     func = click.option("--workers", type=int, default=None,
                         help="Worker processes of the embedded LocalCluster (default: one per core).")(func)
     func = click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,

@@ -11,7 +11,7 @@ import click
 
 from astrodask.cli.options import (EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options, config_options,
                                    configure_logging, load_config, logging_options, pointing_options,
-                                   pointing_overrides, retries_option)
+                                   on_kubernetes, pointing_overrides, retries_option)
 from astrodask.config import PipelineConfig
 
 
@@ -71,7 +71,8 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
     from astrodask.run.client import connect, submit_backlog
 
     out.mkdir(parents=True, exist_ok=True)
-    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers) as connection:
+    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                 kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:
         if detach and connection.embedded:
             raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
                                        "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")

@@ -42,17 +42,27 @@ class Connection:
 
 @contextmanager
 def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None,
-            threads_per_worker: int = 1, memory_limit: str | None = "auto") -> Iterator[Connection]:
+            threads_per_worker: int = 1, memory_limit: str | None = "auto",
+            kubernetes: bool = False) -> Iterator[Connection]:
     """Connect to a running scheduler, or start the embedded LocalCluster.
 
     The scheduler is, in order: ``scheduler`` (``--scheduler``), the
     ``DASK_SCHEDULER_ADDRESS`` environment variable (dask config
     ``scheduler-address``), ``scheduler_file`` (``--scheduler-file``); with none, a
     LocalCluster of worker processes (one per core, one thread each) starts on
-    loopback and closes on exit.
+    loopback and closes on exit. With ``kubernetes`` (``--cluster kubernetes``), the
+    operator's DaskCluster instead (:func:`astrodask.run.kube.connect_kubernetes`; ``n_workers``
+    sizes a cluster it creates).
     """
     import dask.config
     from distributed import Client, LocalCluster
+
+    if kubernetes:
+        from astrodask.run.kube import KubeSettings, connect_kubernetes
+
+        with connect_kubernetes(KubeSettings.from_dask_config(n_workers=n_workers)) as connection:
+            yield connection
+        return
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None)
     cluster = None
