@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from astrodask.constants import GAIA_DR3_EPOCH
+from astrodask.constants import GAIA_DR3_EPOCH, GAIA_MAG_LIMIT
 from astrodask.errors import ConfigError
 
 # --------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class GaiaConfig(_Section):
     tap_url: str = param("https://gea.esac.esa.int/tap-server/tap", "Gaia archive TAP service")
     table: str = param("gaiadr3.gaia_source", "archive table queried")
     margin_deg: float = param(0.2, "margin added around the footprint (covers pointing errors)", unit="deg", lo=0.0, hi=10.0)
-    mag_limit: float = param(20.0, "faintest G magnitude requested", unit="mag", lo=3.0, hi=23.0)
+    mag_limit: float = param(GAIA_MAG_LIMIT, "faintest G magnitude requested", unit="mag", lo=3.0, hi=23.0)
     timeout_s: float = param(600.0, "time allowed for one archive job", unit="s", lo=1.0, hi=86400.0)
     retries: int = param(3, "retries of a failed archive query", lo=0, hi=20)
     retry_backoff_s: float = param(2.0, "first wait before a retry, doubled each time", unit="s", lo=0.0, hi=600.0)

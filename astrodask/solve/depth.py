@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _pairs_within(
 
 
 def _result(
-    src_index: np.ndarray, tgt_index: np.ndarray, d2: np.ndarray, *, method: str, n_sources: int,
+    src_index: ArrayLike, tgt_index: ArrayLike, d2: ArrayLike, *, method: str, n_sources: int,
     n_targets: int, radius: float, window: int = 0, n_duplicates: int = 0,
 ) -> DepthMatch:
     arrays = [np.asarray(src_index, dtype=np.int64), np.asarray(tgt_index, dtype=np.int64),

@@ -202,7 +202,7 @@ def get_image_ij(
         "saturation_adu": float(saturation),
         "star_r50_px": morphology.star_r50_px,
         "n_stars_classified": morphology.n_classified,
-        **{f"n_{flag.name.lower()}": int(np.count_nonzero(flags & flag))
+        **{f"n_{str(flag.name).lower()}": int(np.count_nonzero(flags & flag))
            for flag in (SourceFlag.SHARP, SourceFlag.EXTENDED, SourceFlag.ELONGATED)},
     })
     log.debug("get_image_ij: %d sources (%s pass), background %.1f +- %.2f ADU, FWHM %.2f px",

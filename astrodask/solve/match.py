@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import astroalign
 import numpy as np
@@ -489,7 +490,8 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
     attempts: list[CoarseAttempt] = []
     best: CoarseAttempt | None = None
     for cand in candidates:
-        head = {"name": cand.name, "method": cand.method, "n_sources": len(cand.src), "n_targets": len(cand.tgt)}
+        head: dict[str, Any] = {"name": cand.name, "method": cand.method, "n_sources": len(cand.src),
+                                "n_targets": len(cand.tgt)}
         try:
             if cand.method == "vote":
                 proposal = vote_transform(cand.src, cand.tgt, centre=centre[0],
@@ -619,7 +621,7 @@ def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, gues
     in_src = np.nonzero(region.contains(src_ij))[0]
     predicted = guess.inverse().apply(tgt_xy)
     in_tgt = np.nonzero(region.contains(predicted, margin=config.target_margin_px))[0]
-    counts = {"n_sources": int(len(in_src)), "n_targets": int(len(in_tgt))}
+    counts: dict[str, Any] = {"n_sources": int(len(in_src)), "n_targets": int(len(in_tgt))}
     if len(in_src) < config.min_stars or len(in_tgt) < config.min_stars:
         return RegionMatch(region, "few-stars", f"{len(in_src)} sources and {len(in_tgt)} references "
                            f"(at least {config.min_stars} of each needed)", **counts)

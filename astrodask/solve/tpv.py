@@ -394,6 +394,7 @@ def _distort(sol: TPVSolution, x: np.ndarray, y: np.ndarray, *, derivatives: boo
     eta, deta_dy, deta_dx = _polynomial(sol.pv2, y, x, r, sol.degree, derivatives=derivatives)
     if not derivatives:
         return xi, eta, None
+    assert dxi_dx is not None and dxi_dy is not None and deta_dx is not None and deta_dy is not None
     jac = np.stack([np.stack([dxi_dx, dxi_dy], axis=-1), np.stack([deta_dx, deta_dy], axis=-1)], axis=-2)
     return xi, eta, jac
 
@@ -454,6 +455,7 @@ def world_to_pixel(sol: TPVSolution, ra: ArrayLike, dec: ArrayLike) -> tuple[np.
         if todo.size == 0:
             break
         fx, fy, jac = _distort(sol, x[todo], y[todo], derivatives=True)
+        assert jac is not None  # asked for
         fx, fy = fx - xi[todo], fy - eta[todo]
         a, b, c, d = jac[:, 0, 0], jac[:, 0, 1], jac[:, 1, 0], jac[:, 1, 1]
         with np.errstate(divide="ignore", invalid="ignore"):
