@@ -368,6 +368,33 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class FirstPass:
+    """The first detection pass, handed to the matching while the depth pass runs beside it (Dask graph).
+
+    Attributes
+    ----------
+    info
+        The exposure's header facts.
+    sources
+        The first pass (``detect.first``).
+    timings
+        Seconds of :attr:`Stage.READ` and :attr:`Stage.DETECT`.
+    """
+
+    info: ExposureInfo
+    sources: Table
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DepthPass:
+    """The relaxed depth pass (``detect.depth``) and the seconds it took."""
+
+    deep: Table
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class References:
     """What ``get_gaia_xy`` hands on: the approximate WCS and the reference stars through it.
 

@@ -8,7 +8,7 @@ from scipy.special import erf
 from scipy.spatial import cKDTree
 
 from astrodask.config import DetectConfig, DetectPassConfig
-from astrodask.solve.detect import get_image_ij
+from astrodask.solve.detect import get_image_ij, get_image_ij_passes
 from astrodask.errors import AstrodaskWarning, ImageError
 from astrodask.types import SOURCE_COLUMNS, SourceFlag
 
@@ -134,6 +134,20 @@ def test_depth_pass_reaches_fainter_sources() -> None:
     assert deeper.meta["pass"] == "depth" and first.meta["pass"] == "first"
     strict = get_image_ij(image, config=DetectConfig(first=DetectPassConfig(thresh_sigma=50.0)))
     assert len(strict) < len(first)
+
+
+def test_both_passes_on_one_background_equal_two_separate_passes() -> None:
+    """Detecting once (one copy, one background) changes nothing: the tables are the same to the bit."""
+    rng = np.random.default_rng(12)
+    gx, gy = np.meshgrid(np.arange(20, 480, 25.0), np.arange(20, 280, 25.0))
+    image = render((300, 500), gx.ravel(), gy.ravel(), np.geomspace(150, 3e4, gx.size), rng=rng)
+    image[5:9, 40:44] = np.nan
+    first, deep = get_image_ij_passes(image, gain=1.3)
+    for shared, alone in ((first, get_image_ij(image, gain=1.3)), (deep, get_image_ij(image, gain=1.3, depth=True))):
+        assert shared.colnames == alone.colnames and len(shared) == len(alone) > 0
+        for name in shared.colnames:
+            np.testing.assert_array_equal(np.asarray(shared[name]), np.asarray(alone[name]), err_msg=name)
+        assert shared.meta == alone.meta
 
 
 def test_nan_pixels_are_masked() -> None:

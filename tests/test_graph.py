@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from astrodask.run.backlog import read_statuses
 from astrodask.cli import EXIT_PARTIAL, main
 from astrodask.config import PipelineConfig
-from astrodask.run.graph import TASK_STAGES, backlog_graph, exposure_graph
+from astrodask.run.graph import TASK_STAGES, Task, backlog_graph, exposure_graph
 from astrodask.run.client import connect, submit_backlog
 from astrodask.simulate import read_truth_wcs, simulate_field
 from astrodask.wcsutil import wcs_error_mas
@@ -58,6 +58,14 @@ def test_building_the_graph_computes_nothing(tmp_path: Path) -> None:
     assert set(dict(again.__dask_graph__())) == keys
 
 
+def test_every_stage_is_timed_by_one_task() -> None:
+    from astrodask.types import Stage
+
+    timed = [stage for task in Task for stage in task.stages]
+    assert set(timed) == set(Stage)
+    assert [t.value for t in Task] == list(TASK_STAGES)
+
+
 def test_backlog_on_a_local_cluster(backlog, tmp_path: Path) -> None:
     from distributed import get_task_stream
 
@@ -72,6 +80,10 @@ def test_backlog_on_a_local_cluster(backlog, tmp_path: Path) -> None:
     assert sorted(writes) == [f"write-exp{k:02d}" for k in range(4)]  # each solution written exactly once
     regions = {t["key"] for t in stream.data if str(t["key"]).startswith("region-exp00-")}
     assert len(regions) == 24
+    # the depth pass runs where the image is: the background-subtracted image never travels
+    where = {t["key"]: t["worker"] for t in stream.data}
+    assert all(where[f"depth-exp{k:02d}"] == where[f"detect-exp{k:02d}"] for k in range(4))
+    assert all(r["t_detect_s"] > 0 and r["t_detect_depth_s"] > 0 and r["t_regions_s"] > 0 for r in rows)
     for path in paths:
         header = fits.getheader(out / f"{path.name.replace('.fits.fz', '')}.wcs.fits")
         error = wcs_error_mas(WCS(header), read_truth_wcs(path), SHAPE)

@@ -150,6 +150,22 @@ def test_a_region_astroalign_cannot_match_is_paired_by_proximity() -> None:
     assert miss.status == "no-match" and "astroalign" in miss.reason and "proximity" in miss.reason
 
 
+def test_first_method_proximity_pairs_the_same_stars_without_triangles() -> None:
+    rng = np.random.default_rng(8)
+    truth = Affine(rotation(0.02), np.array([12.0, -9.0]))
+    src, tgt = field(rng, 6000, truth, distortion=4.0)
+    region = region_grid(SHAPE)[9]
+    guess = Affine(truth.matrix, truth.offset + [6.0, -5.0])
+    by_triangles = match_region(region, src, tgt, guess=guess, config=RegionConfig())
+    nearby = match_region(region, src, tgt, guess=guess, config=RegionConfig(first_method="proximity"))
+    assert by_triangles.ok and by_triangles.method == "astroalign"
+    assert nearby.ok and nearby.method == "proximity", nearby.reason
+    np.testing.assert_array_equal(nearby.src_index, nearby.tgt_index)  # every pair a true one
+    assert len(nearby.src_index) >= 0.9 * len(by_triangles.src_index)
+    np.testing.assert_allclose(nearby.affine.apply(region.centre[None]), by_triangles.affine.apply(region.centre[None]),
+                               atol=0.05)
+
+
 def test_regions_and_mean_affine_survive_bad_regions() -> None:
     rng = np.random.default_rng(3)
     truth = Affine(np.array([[0.999, 0.004], [-0.004, 0.999]]), np.array([35.0, -20.0]))

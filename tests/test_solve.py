@@ -60,6 +60,22 @@ def test_hard_cases_solve_to_the_truth(case: str, tmp_path: Path) -> None:
     assert result.error_model.scale == pytest.approx(1.0, abs=0.3)  # windowed-centroid errors are right
 
 
+def test_regions_matched_by_proximity_first_give_the_same_solution(tmp_path: Path) -> None:
+    """regions.first_method=proximity skips astroalign's triangles where the coarse transform suffices:
+    the same pairs, the same solution, against the truth."""
+    field = simulate(tmp_path, "proximity-first")
+    catalog = read_catalog(field.catalog_path)
+    triangles = solve_file(field.image_path, catalog=catalog)
+    nearby = solve_file(field.image_path, catalog=catalog,
+                        config=PipelineConfig.from_dict({"regions": {"first_method": "proximity"}}))
+    assert triangles.ok and nearby.ok, (triangles.reason, nearby.reason)
+    assert [r[1] for r in nearby.regions] == [r[1] for r in triangles.regions]
+    assert nearby.n_matches == triangles.n_matches
+    error = truth_error(nearby, field)
+    assert np.sqrt(np.mean(error**2)) < 25.0
+    np.testing.assert_allclose(truth_error(triangles, field), error, atol=0.01)  # mas
+
+
 def test_crowded_field(tmp_path: Path) -> None:
     field = simulate(tmp_path, "crowded", shape=(1000, 1500), density_per_deg2=50_000.0)
     result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path))

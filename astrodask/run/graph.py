@@ -4,11 +4,14 @@ the refinement, and a writer.
 Per exposure ``<name>`` (file name without the FITS suffixes), with deterministic keys so that
 submitting the same exposure twice computes it once:
 
-- ``detect-<name>``: reads the file and runs both detection passes on one worker; the image
-  never leaves that worker, only the source tables do;
+- ``detect-<name>``: reads the file, subtracts the background and runs the first detection
+  pass; the background-subtracted image stays on that worker;
+- ``sources-<name>``: the first pass's source table alone, which the matching tasks take, so
+  that they can run on other workers while
+- ``depth-<name>`` runs the relaxed depth pass where the image is, beside the matching;
 - ``references-<name>``: ``get_gaia_xy`` (from the catalog task, or the archive);
 - ``prepare-<name>``: usable sources, references to the same depth, the coarse alignment, the grid;
-- ``region-<name>-<k>``, k = 0..23: astroalign in region k;
+- ``region-<name>-<k>``, k = 0..23: region k's match (astroalign, proximity);
 - ``reduce-<name>``: the mean affine;
 - ``solve-<name>``: TPV, depth match, ``like_fit``, the final chi-square and the quality gates;
 - ``write-<name>``: the solution file and the exposure's status record, written atomically.
@@ -37,15 +40,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask import delayed
 from dask.delayed import Delayed
 
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
-from astrodask.types import (FAILED, Detections, ExposureResult, FailureDiagnostics, Prepared, Reduced, References,
+from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FirstPass, Prepared,
+                             Reduced, References,
                              RegionOutcome, Stage, TileFill, TileState, exposure_name)
+
+if TYPE_CHECKING:
+    from astrodask.solve.detect import Background
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ class Task(StrEnum):
     """
 
     DETECT = "detect"
+    SOURCES = "sources"
+    DEPTH = "depth"
     REFERENCES = "references"
     PREPARE = "prepare"
     REGION = "region"
@@ -79,7 +88,9 @@ class Task(StrEnum):
 
 
 _TASK_STAGES: dict[Task, tuple[Stage, ...]] = {
-    Task.DETECT: (Stage.READ, Stage.DETECT, Stage.DETECT_DEPTH),
+    Task.DETECT: (Stage.READ, Stage.DETECT),
+    Task.SOURCES: (),
+    Task.DEPTH: (Stage.DETECT_DEPTH,),
     Task.REFERENCES: (Stage.REFERENCES,),
     Task.PREPARE: (Stage.REGIONS,),
     Task.REGION: (Stage.REGIONS,),
@@ -123,26 +134,53 @@ def task_catalog(path: str, default_ref_epoch: float) -> Any:
     return read_catalog(path, default_ref_epoch=default_ref_epoch)
 
 
-def task_detect(path: str, config: PipelineConfig) -> Detections | Failed:
-    """Read the exposure and run both detection passes."""
-    from astrodask.io.exposure import read_exposure
-    from astrodask.solve.pipeline import stage_sources
+@dataclass(frozen=True)
+class Detected:
+    """What the detect task leaves on its worker: the first pass, and the background-subtracted image
+    the depth pass runs on (kept there: only the small tables travel)."""
 
-    started = time.perf_counter()
+    first: FirstPass | Failed
+    background: Background | None = None
+
+
+def task_detect(path: str, config: PipelineConfig) -> Detected:
+    """Read the exposure, subtract its background and run the first detection pass."""
+    from astrodask.io.exposure import read_exposure
+    from astrodask.solve.pipeline import StageClock, stage_first_pass
+
+    clock = StageClock()
     try:
         exposure = read_exposure(path)
-        t_read = time.perf_counter()
-        sources = stage_sources(exposure, config=config)
-        t_first = time.perf_counter()
-        deep = stage_sources(exposure, config=config, depth=True)
+        clock.lap(Stage.DETECT)
+        sources, background = stage_first_pass(exposure, config=config)
     except AstrodaskError as err:
-        return Failed(path, Stage.DETECT, str(err), {Stage.READ: time.perf_counter() - started})
-    timings = {Stage.READ: t_read - started, Stage.DETECT: t_first - t_read,
-               Stage.DETECT_DEPTH: time.perf_counter() - t_first}
-    return Detections(exposure.info, sources, deep, timings)
+        stage = clock.stage
+        clock.lap(None)
+        return Detected(Failed(path, stage, str(err), clock.timings))
+    clock.lap(None)
+    return Detected(FirstPass(exposure.info, sources, clock.timings), background)
 
 
-def task_references(detected: Detections | Failed, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
+def task_sources(detected: Detected) -> FirstPass | Failed:
+    """The first pass alone (small), for the matching tasks: they need not run where the image is."""
+    return detected.first
+
+
+def task_depth(detected: Detected, config: PipelineConfig) -> DepthPass | Failed:
+    """The relaxed depth pass, on the worker holding the background-subtracted image."""
+    from astrodask.solve.pipeline import stage_depth_pass
+
+    if isinstance(detected.first, Failed) or detected.background is None:
+        return detected.first if isinstance(detected.first, Failed) else Failed("", Stage.DETECT_DEPTH, "no image")
+    started = time.perf_counter()
+    try:
+        deep = stage_depth_pass(detected.first.info, detected.background, config=config)
+    except AstrodaskError as err:
+        return Failed(str(detected.first.info.path), Stage.DETECT_DEPTH, str(err))
+    return DepthPass(deep, time.perf_counter() - started)
+
+
+def task_references(detected: FirstPass | Failed, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
                     cache_url: str | None = None) -> References | Failed:
     """``get_gaia_xy`` for the exposure.
 
@@ -245,7 +283,7 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
     return {r.tile: r.rows for r in records}
 
 
-def task_prepare(detected: Detections | Failed, references: References | Failed,
+def task_prepare(detected: FirstPass | Failed, references: References | Failed,
                  config: PipelineConfig) -> Prepared | Failed:
     """The coarse alignment and the region grid."""
     from astrodask.solve.pipeline import failure_diagnostics, prepare_regions
@@ -277,7 +315,7 @@ def task_region(prepared: Prepared | Failed, index: int, config: PipelineConfig)
     return RegionOutcome(match, time.perf_counter() - started)
 
 
-def task_reduce(detected: Detections | Failed, prepared: Prepared | Failed,
+def task_reduce(detected: FirstPass | Failed, prepared: Prepared | Failed,
                 regions: list[RegionOutcome | Failed | None], config: PipelineConfig,
                 references: References | Failed | None = None) -> Reduced | Failed:
     """The reducer: the mean affine of the agreeing regions."""
@@ -300,14 +338,16 @@ def task_reduce(detected: Detections | Failed, prepared: Prepared | Failed,
     return Reduced(reduced.affine, reduced.matches, seconds)
 
 
-def task_solve(detected: Detections | Failed, references: References | Failed, reduced: Reduced | Failed,
-               config: PipelineConfig) -> ExposureResult | Failed:
+def task_solve(first: FirstPass | Failed, depth: DepthPass | Failed, references: References | Failed,
+               reduced: Reduced | Failed, config: PipelineConfig) -> ExposureResult | Failed:
     """TPV, depth match, ``like_fit`` and the chi-square: the exposure's result."""
     from astrodask.solve.pipeline import StageClock, failure_diagnostics, finish_solve
 
-    failed = _failed_input(detected, references, reduced)
+    failed = _failed_input(first, references, reduced, depth)
     if failed:
         return failed
+    detected = Detections(first.info, first.sources, depth.deep,
+                          {**first.timings, Stage.DETECT_DEPTH: depth.seconds})
     clock = StageClock({**detected.timings, Stage.REFERENCES: references.seconds, Stage.REGIONS: reduced.seconds})
     try:
         return finish_solve(detected, references, reduced, config=config, clock=clock)
@@ -385,7 +425,9 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
     """
     path = str(Path(path).resolve())
     name = exposure_name(path)
-    detected = delayed(task_detect, pure=False)(path, config, dask_key_name=Task.DETECT.key(name))
+    image = delayed(task_detect, pure=False)(path, config, dask_key_name=Task.DETECT.key(name))
+    detected = delayed(task_sources, pure=False)(image, dask_key_name=Task.SOURCES.key(name))
+    depth = delayed(task_depth, pure=False)(image, config, dask_key_name=Task.DEPTH.key(name))
     refs = delayed(task_references, pure=False)(detected, catalog, config, dict(pointing or {}), cache_url,
                                                 dask_key_name=Task.REFERENCES.key(name))
     prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=Task.PREPARE.key(name))
@@ -393,7 +435,8 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
                for k in range(config.regions.nx * config.regions.ny or config.regions.n_regions)]
     reduced = delayed(task_reduce, pure=False)(detected, prepared, regions, config, refs,
                                                dask_key_name=Task.REDUCE.key(name))
-    result = delayed(task_solve, pure=False)(detected, refs, reduced, config, dask_key_name=Task.SOLVE.key(name))
+    result = delayed(task_solve, pure=False)(detected, depth, refs, reduced, config,
+                                             dask_key_name=Task.SOLVE.key(name))
     return delayed(task_write, pure=False)(result, path, str(Path(out_dir).resolve()), config, debug, write_header,
                                            dask_key_name=Task.WRITE.key(name))
 

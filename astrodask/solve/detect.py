@@ -20,7 +20,7 @@ from astropy.table import Table
 
 from astrodask.config import DetectConfig, DetectPassConfig
 from astrodask.errors import AstrodaskWarning, ImageError
-from astrodask.types import SOURCE_COLUMNS, Exposure, SourceFlag
+from astrodask.types import SOURCE_COLUMNS, Exposure, ExposureInfo, SourceFlag
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,41 @@ def get_image_ij(
         :class:`~astrodask.errors.AstrodaskWarning`.
     """
     config = config or DetectConfig()
-    pass_config: DetectPassConfig = config.depth if depth else config.first
-    gain = config.default_gain if gain is None else float(gain)
-    saturation = config.default_saturation_adu if saturation_adu is None else float(saturation_adu)
+    background = subtract_background(data, config=config, mask=mask)
+    return measure_pass(background, config=config, depth=depth, gain=gain, saturation_adu=saturation_adu)
+
+
+@dataclass(frozen=True)
+class Background:
+    """An image with its background subtracted, shared by the detection passes.
+
+    Attributes
+    ----------
+    image
+        The background-subtracted image (float32, C order; bad pixels set to 0).
+    mask
+        Bad pixels (True), or None when every pixel is good.
+    level_adu, rms_adu
+        SEP's global background level and rms.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    level_adu: float
+    rms_adu: float
+
+
+def subtract_background(data: np.ndarray, *, config: DetectConfig, mask: np.ndarray | None = None) -> Background:
+    """SEP's background of an image (mesh ``back_size_px``, filter ``back_filter_size``), subtracted.
+
+    The image is copied once (native float32); both detection passes then run on the copy
+    (:func:`get_image_ij_passes`), as the background settings are shared by the passes.
+
+    Raises
+    ------
+    ImageError
+        Not a 2-D image, or no finite pixel.
+    """
     if data.ndim != 2:
         raise ImageError(f"get_image_ij needs a 2-D image, got shape {data.shape}")
     image = np.array(data, dtype=np.float32, order="C", copy=True)  # native, writable copy
@@ -112,13 +144,38 @@ def get_image_ij(
     if has_bad:
         image[bad] = 0.0
     sep_mask = bad if has_bad else None
-
     bkg = sep.Background(image, mask=sep_mask, bw=config.back_size_px, bh=config.back_size_px,
                          fw=config.back_filter_size, fh=config.back_filter_size)
-    back_level, back_rms = float(bkg.globalback), float(bkg.globalrms)
     bkg.subfrom(image)
     if has_bad:
         image[bad] = 0.0
+    return Background(image, sep_mask, float(bkg.globalback), float(bkg.globalrms))
+
+
+def get_image_ij_passes(data: np.ndarray, *, config: DetectConfig | None = None, gain: float | None = None,
+                        saturation_adu: float | None = None, mask: np.ndarray | None = None) -> tuple[Table, Table]:
+    """Both detection passes of an image on one background: (first pass, relaxed depth pass).
+
+    The same tables as :func:`get_image_ij` with ``depth=False`` and ``depth=True``, for one
+    copy of the image and one background instead of two.
+    """
+    config = config or DetectConfig()
+    background = subtract_background(data, config=config, mask=mask)
+    return (measure_pass(background, config=config, depth=False, gain=gain, saturation_adu=saturation_adu),
+            measure_pass(background, config=config, depth=True, gain=gain, saturation_adu=saturation_adu))
+
+
+def measure_pass(background: Background, *, config: DetectConfig, depth: bool = False, gain: float | None = None,
+                 saturation_adu: float | None = None) -> Table:
+    """One detection pass on a background-subtracted image: extraction, morphology, windowed centroids.
+
+    See :func:`get_image_ij` for the table; the image is not modified.
+    """
+    pass_config: DetectPassConfig = config.depth if depth else config.first
+    gain = config.default_gain if gain is None else float(gain)
+    saturation = config.default_saturation_adu if saturation_adu is None else float(saturation_adu)
+    image, sep_mask = background.image, background.mask
+    back_level, back_rms = background.level_adu, background.rms_adu
 
     objects = _extract(image, pass_config, back_rms=back_rms, gain=gain, mask=sep_mask)
     meta = {
@@ -312,6 +369,19 @@ def detect_exposure(exposure: Exposure, *, config: DetectConfig | None = None, d
     """
     table = get_image_ij(exposure.data, config=config, depth=depth, gain=exposure.gain,
                          saturation_adu=exposure.saturate_adu)
+    return _with_exposure(table, exposure)
+
+
+def detect_pass(exposure: Exposure | ExposureInfo, background: Background, *, config: DetectConfig,
+                depth: bool = False) -> Table:
+    """One pass of :func:`detect_exposure` on the exposure's background (:func:`subtract_background`),
+    which the two passes share."""
+    table = measure_pass(background, config=config, depth=depth, gain=exposure.gain,
+                         saturation_adu=exposure.saturate_adu)
+    return _with_exposure(table, exposure)
+
+
+def _with_exposure(table: Table, exposure: Exposure | ExposureInfo) -> Table:
     table.meta["file"] = str(exposure.path)
     table.meta["hdu"] = exposure.hdu_index
     table.meta["shape"] = list(exposure.shape)

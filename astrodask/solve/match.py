@@ -581,13 +581,19 @@ PROXIMITY_DEPTH = 4
 PROXIMITY_BIN_PX = 2.0
 
 
+#: The ways a region is matched, in the default order (``regions.first_method`` picks the first).
+REGION_METHODS = ("astroalign", "proximity")
+
+
 def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, guess: Affine,
                  config: RegionConfig, wide_ij: np.ndarray | None = None) -> RegionMatch:
-    """Match one region's sources to their references: astroalign, else proximity.
+    """Match one region's sources to their references: astroalign and proximity, in the configured order.
 
     astroalign pairs the region's brightest sources and references by their
     triangles. Where it fails (in crowded fields and on plates the brightest of
-    the image and of the catalog are not the same stars), the references
+    the image and of the catalog are not the same stars), or first when
+    ``regions.first_method`` is "proximity" (no triangles to build: the coarse transform
+    already says where each reference falls), the references
     predicted by the field's transform ``guess`` are paired with the sources by
     proximity after the common shift most pairs agree on, and the region's
     affine is refitted from those pairs; such a region must pair far more stars
@@ -625,24 +631,27 @@ def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, gues
     if len(in_src) < config.min_stars or len(in_tgt) < config.min_stars:
         return RegionMatch(region, "few-stars", f"{len(in_src)} sources and {len(in_tgt)} references "
                            f"(at least {config.min_stars} of each needed)", **counts)
-    src, tgt = src_ij[in_src], tgt_xy[in_tgt]
-    try:
-        si, ti = _astroalign_pairs(src, tgt, max_control_points=config.max_control_points)
-        if len(si) < 3:
-            raise MatchError(f"astroalign paired only {len(si)} stars")
-        first = fit_affine(src[si], tgt[ti])
-        affine, si, ti, rms = refine_affine(src, tgt, first, radius_px=config.pair_radius_px)
-        return RegionMatch(region, "ok", "", affine, in_src[si], in_tgt[ti], rms, method="astroalign", **counts)
-    except MatchError as err:
-        astroalign_error = str(err)
-    if wide_ij is not None:
-        in_src = np.nonzero(region.contains(wide_ij))[0]
-        src = wide_ij[in_src]
-    try:
-        affine, si, ti, rms = proximity_affine(region, src, tgt, guess=guess, config=config)
-    except MatchError as err:
-        return RegionMatch(region, "no-match", f"astroalign: {astroalign_error}; proximity: {err}", **counts)
-    return RegionMatch(region, "ok", "", affine, in_src[si], in_tgt[ti], rms, method="proximity", **counts)
+    tgt = tgt_xy[in_tgt]
+    methods = REGION_METHODS if config.first_method == REGION_METHODS[0] else REGION_METHODS[::-1]
+    errors = []
+    for method in methods:
+        src_all = wide_ij if (method == "proximity" and wide_ij is not None) else src_ij
+        rows = in_src if src_all is src_ij else np.nonzero(region.contains(src_all))[0]
+        src = src_all[rows]
+        try:
+            if method == "astroalign":
+                si, ti = _astroalign_pairs(src, tgt, max_control_points=config.max_control_points)
+                if len(si) < 3:
+                    raise MatchError(f"astroalign paired only {len(si)} stars")
+                first = fit_affine(src[si], tgt[ti])
+                affine, si, ti, rms = refine_affine(src, tgt, first, radius_px=config.pair_radius_px)
+            else:
+                affine, si, ti, rms = proximity_affine(region, src, tgt, guess=guess, config=config)
+        except MatchError as err:
+            errors.append(f"{method}: {err}")
+            continue
+        return RegionMatch(region, "ok", "", affine, rows[si], in_tgt[ti], rms, method=method, **counts)
+    return RegionMatch(region, "no-match", "; ".join(errors), **counts)
 
 
 def proximity_affine(region: Region, src: np.ndarray, tgt: np.ndarray, *, guess: Affine,

@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
-from astrodask.solve.detect import detect_exposure
+from astrodask.solve.detect import Background, detect_pass, subtract_background
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
 from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
@@ -86,20 +86,47 @@ class Pairs:
 # ---------------------------------------------------------------- step 1
 
 
-def stage_sources(exposure: Exposure, *, config: PipelineConfig, depth: bool = False) -> Table:
-    """``get_image_ij`` on the exposure (first pass, or the relaxed depth pass).
+def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClock | None = None,
+                  trace: dict[str, Any] | None = None) -> tuple[Table, Table]:
+    """``get_image_ij`` on the exposure: the first pass, then the relaxed depth pass, on one background.
+
+    The image is copied and its background subtracted once (:func:`astrodask.solve.detect.subtract_background`);
+    ``clock`` (if given) times the first pass as :attr:`Stage.DETECT` and the second as
+    :attr:`Stage.DETECT_DEPTH`; ``trace`` (if given) gets the first pass as ``"sources"``.
 
     Raises
     ------
     NoSourcesError
         The first pass found no source at all: blank sky, a closed shutter, not a sky image.
     """
-    sources = detect_exposure(exposure, config=config.detect, depth=depth)
-    if not depth and len(sources) == 0:
+    sources, background = stage_first_pass(exposure, config=config)
+    if trace is not None:
+        trace["sources"] = sources
+    if clock is not None:
+        clock.lap(Stage.DETECT_DEPTH)
+    return sources, stage_depth_pass(exposure.info, background, config=config)
+
+
+def stage_first_pass(exposure: Exposure, *, config: PipelineConfig) -> tuple[Table, Background]:
+    """The background, subtracted once, and the first detection pass on it (``detect.first``).
+
+    Raises
+    ------
+    NoSourcesError
+        The first pass found no source at all: blank sky, a closed shutter, not a sky image.
+    """
+    background = subtract_background(exposure.data, config=config.detect)
+    sources = detect_pass(exposure, background, config=config.detect)
+    if len(sources) == 0:
         raise NoSourcesError(f"{exposure.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
-                             f"(background rms {sources.meta.get('background_rms_adu', float('nan')):.3g} ADU): "
+                             f"(background rms {background.rms_adu:.3g} ADU): "
                              "blank sky, a closed shutter or not a sky image")
-    return sources
+    return sources, background
+
+
+def stage_depth_pass(info: ExposureInfo, background: Background, *, config: PipelineConfig) -> Table:
+    """The relaxed depth pass (``detect.depth``) on the first pass's background."""
+    return detect_pass(info, background, config=config.detect, depth=True)
 
 
 def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
@@ -600,10 +627,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     clock = clock or StageClock()
     clock.lap(Stage.DETECT)
     trace = {} if trace is None else trace
-    sources = stage_sources(exposure, config=config)
-    trace["sources"] = sources
-    clock.lap(Stage.DETECT_DEPTH)
-    deep = stage_sources(exposure, config=config, depth=True)
+    sources, deep = stage_sources(exposure, config=config, clock=clock, trace=trace)
     info = exposure.info
     clock.lap(Stage.REFERENCES)
     fill = None
