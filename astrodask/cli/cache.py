@@ -110,6 +110,7 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
     gaia-tile-<level>-<pixel>, at most gaia.max_queries at once across the cluster;
     complete tiles are left alone. Then 'astrodask submit --cache URL' reads them.
     """
+    from astrodask.cli.progress import BacklogProgress
     from astrodask.run.backlog import expand_inputs
     from astrodask.reference.healpix import tiles_for_field
     from astrodask.io.exposure import read_exposure_info
@@ -157,8 +158,10 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
                      kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:
             where = "embedded LocalCluster" if connection.embedded else "scheduler"
             click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
-            records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config, retries=retries,
-                                     on_tile=show)
+            with BacklogProgress(len(tiles), unit="tiles") as progress:
+                records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config,
+                                         retries=retries,
+                                         on_tile=progress.callback(lambda r: r.state == TileState.FAILED, show))
         counts = {state: sum(r.state == state for r in records) for state in TileState}
         filled_rows = sum(r.rows for r in records if r.state == TileState.FILLED)
         click.echo(f"{len(records)} tiles in {time.perf_counter() - started:.1f} s: "

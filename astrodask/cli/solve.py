@@ -16,7 +16,8 @@ from astrodask.config import PipelineConfig
 
 
 def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, out: Path,
-                    pointing: dict[str, Any], write_header: bool, debug: bool, cache_url: str | None = None) -> list:
+                    pointing: dict[str, Any], write_header: bool, debug: bool, cache_url: str | None = None,
+                    plots_dir: str | Path | None = None) -> list:
     """Solve files one after the other in this process, writing what the graph's ``write`` task writes.
 
     For each file: its products (:func:`astrodask.io.output.write_products`: the solution,
@@ -32,7 +33,7 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
         started = time.perf_counter()
         result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
         results.append(result)
-        written = write_products(result, out, debug=debug, write_header=write_header)
+        written = write_products(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
         write_status(summary_row(result), out)
         assemble_summary(out)
         prefix = f"[{index}/{len(files)}] " if len(files) > 1 else ""
@@ -50,6 +51,14 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
     return results
 
 
+def plots_option(func: Any) -> Any:
+    """--plots DIR: each exposure's diagnostic plots (PNG) into DIR."""
+    return click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                        help="Write each exposure's diagnostic plots into DIR: residual vectors over the field, "
+                             "residuals against the error model, the distortion map (TPV minus its linear part), "
+                             "matches per region (<name>.residuals.png; a failure's <name>.diagnostics.png).")(func)
+
+
 def print_row(done: int, total: int, row: dict[str, Any]) -> None:
     """One line per exposure as the cluster finishes it (stderr for a failed one)."""
     from astrodask.types import SOLVED
@@ -62,11 +71,23 @@ def print_row(done: int, total: int, row: dict[str, Any]) -> None:
         click.echo(f"{prefix}{row['file']}: FAILED at {row['stage']}: {row['reason']}", err=True)
 
 
+def row_failed(row: dict[str, Any]) -> bool:
+    """Whether a summary row is a failure."""
+    from astrodask.types import SOLVED
+
+    return row["status"] != SOLVED
+
+
 def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, config: PipelineConfig,
                    pointing: dict[str, Any], debug: bool, write_header: bool, scheduler: str | None,
                    scheduler_file: str | None, workers: int | None, detach: bool, retries: int,
-                   cache_url: str | None = None) -> list[dict]:
-    """Solve on a Dask cluster (a scheduler, or an embedded LocalCluster); the summary rows, or [] when detached."""
+                   cache_url: str | None = None, plots_dir: Path | None = None) -> list[dict]:
+    """Solve on a Dask cluster (a scheduler, or an embedded LocalCluster); the summary rows, or [] when detached.
+
+    On a terminal, a live progress bar (:class:`~astrodask.cli.progress.BacklogProgress`); else one line
+    per exposure.
+    """
+    from astrodask.cli.progress import BacklogProgress
     from astrodask.run.backlog import assemble_summary
     from astrodask.run.client import connect, submit_backlog
 
@@ -78,9 +99,11 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
                                        "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
         where = "embedded LocalCluster" if connection.embedded else "scheduler"
         click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
-        rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog, pointing=pointing,
-                              debug=debug, write_header=write_header, retries=retries, detach=detach,
-                              on_row=print_row, cache_url=cache_url)
+        with BacklogProgress(0 if detach else len(paths), unit="exposures") as progress:
+            rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,
+                                  pointing=pointing, debug=debug, write_header=write_header, retries=retries,
+                                  detach=detach, on_row=progress.callback(row_failed, print_row), cache_url=cache_url,
+                                  plots_dir=plots_dir)
     if detach:
         click.echo(f"submitted {len(paths)} exposures; the work goes on after this command. "
                    f"Follow it with: astrodask status --out {out}")
@@ -99,13 +122,15 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
 @click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots; a "
               "failed exposure leaves <name>.diagnostics.json and .png (detections, Gaia stars, regions, attempts).")
 @click.option("--serial", is_flag=True, help="Solve in this process, one exposure after the other, without Dask.")
+@plots_option
 @cache_option
 @cluster_options
 @pointing_options
 @config_options
 @logging_options
 def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
-              serial: bool, cache_url: str | None, no_cache: bool, scheduler: str | None, scheduler_file: str | None,
+              serial: bool, plots_dir: str | None, cache_url: str | None, no_cache: bool, scheduler: str | None,
+              scheduler_file: str | None,
               workers: int | None,
               ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
               config_file: str | None, assignments: tuple[str, ...], verbose: int, quiet: bool) -> None:
@@ -131,7 +156,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     if serial:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
         results = solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
-                                  write_header=write_header, debug=debug, cache_url=cache_url)
+                                  write_header=write_header, debug=debug, cache_url=cache_url, plots_dir=plots_dir)
         statuses = [r.status for r in results]
     else:
         from astrodask.run.backlog import expand_inputs
@@ -139,7 +164,8 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
         paths = expand_inputs(files)
         rows = run_on_cluster(paths, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
                               write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
-                              workers=workers, detach=False, retries=0, cache_url=cache_url)
+                              workers=workers, detach=False, retries=0, cache_url=cache_url,
+                              plots_dir=Path(plots_dir) if plots_dir else None)
         statuses = [row["status"] for row in rows]
     failed = sum(s != SOLVED for s in statuses)
     click.echo(f"{len(statuses) - failed} of {len(statuses)} solved; summary: {out / SUMMARY_NAME}")
@@ -159,13 +185,15 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
 @retries_option("Retries of a task after an unexpected error.")
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
 @click.option("--debug", is_flag=True, help="Keep the matched lists and residual plots.")
+@plots_option
 @cache_option
 @cluster_options
 @pointing_options
 @config_options
 @logging_options
 def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool, recursive: bool,
-               retries: int, write_header: bool, debug: bool, cache_url: str | None, no_cache: bool,
+               retries: int, write_header: bool, debug: bool, plots_dir: str | None, cache_url: str | None,
+               no_cache: bool,
                scheduler: str | None, scheduler_file: str | None,
                workers: int | None, ra: float | None, dec: float | None, scale: float | None,
                rotation: float | None, parity: int | None, config_file: str | None, assignments: tuple[str, ...],
@@ -194,7 +222,8 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     if plan.todo:
         rows = run_on_cluster(plan.todo, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
                               write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
-                              workers=workers, detach=detach, retries=retries, cache_url=cache_url)
+                              workers=workers, detach=detach, retries=retries, cache_url=cache_url,
+                              plots_dir=Path(plots_dir) if plots_dir else None)
     if detach:
         return
     click.echo(f"output folder {out}: " + format_status(backlog_status(out, inputs=read_manifest(out))))

@@ -159,79 +159,10 @@ def write_matched(result: ExposureResult, out_dir: str | Path) -> Path | None:
 
 
 def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
-    """``DIR/<name>.residuals.png``: residuals over the field, their distribution, and the distortion map."""
-    if result.matched is None or result.solution is None:
-        return None
-    import matplotlib
+    """``DIR/<name>.residuals.png``: the diagnostic panels (:func:`astrodask.io.plots.plot_solution`)."""
+    from astrodask.io.plots import plot_solution as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from astrodask.solve.tpv import distortion_px
-
-    t = result.matched
-    kept = np.asarray(t["kept"], dtype=bool)
-    ny, nx = result.shape
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), constrained_layout=True)
-    ax = axes[0]
-    gi, gj, gx, gy = _binned_vectors(np.asarray(t["i"])[kept], np.asarray(t["j"])[kept],
-                                     np.asarray(t["dxi_mas"])[kept], np.asarray(t["deta_mas"])[kept], (ny, nx))
-    key = _nice(float(np.percentile(np.hypot(gx, gy), 90))) if len(gx) else 10.0
-    q = ax.quiver(gi, gj, gx, gy, angles="xy", scale_units="xy", scale=key / (0.5 * nx / 12), color="C0")
-    ax.quiverkey(q, 0.85, 1.03, key, f"{key:g} mas", labelpos="E")
-    ax.set(xlim=(0, nx), ylim=(0, ny), aspect="equal", xlabel="i (px)", ylabel="j (px)",
-           title=f"mean residual per cell ({kept.sum()} stars)")
-    ax = axes[1]
-    chi = np.asarray(t["chi"])
-    ax.hist(chi[np.isfinite(chi)], bins=np.linspace(0, 8, 81), density=True, color="C0", alpha=0.7,
-            label="normalised residuals")
-    r = np.linspace(0, 8, 200)
-    ax.plot(r, r * np.exp(-0.5 * r**2), "k-", label="expected (Rayleigh)")
-    q_ = result.quality
-    ax.set(xlabel="|r| / sigma", ylabel="density",
-           title=f"chi2/dof = {q_.chi2_dof:.3f}, scale {result.error_model.scale:.2f}, "
-                 f"floor {result.error_model.floor_mas:.1f} mas" if q_ is not None else "")
-    ax.legend()
-    ax = axes[2]
-    ii, jj = np.meshgrid(np.linspace(0, nx - 1, 13), np.linspace(0, ny - 1, 9))
-    dx, dy = distortion_px(result.solution, ii.ravel(), jj.ravel())
-    amp = float(np.max(np.hypot(dx, dy))) or 1.0
-    ax.quiver(ii.ravel(), jj.ravel(), dx, dy, angles="xy", scale_units="xy", scale=amp / (0.08 * max(nx, ny)),
-              color="C3")
-    ax.set(xlim=(-0.05 * nx, 1.05 * nx), ylim=(-0.05 * ny, 1.05 * ny), aspect="equal", xlabel="i (px)",
-           ylabel="j (px)", title=f"TPV distortion (max {amp:.2f} px)")
-    fig.suptitle(f"{result.name}: {result.status}, {result.n_matches} matches, rms "
-                 f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas")
-    path = Path(out_dir) / f"{result.name}.residuals.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
-    return path
-
-
-def _nice(value: float) -> float:
-    """A round number (1, 2 or 5 times a power of ten) near ``value``."""
-    if not np.isfinite(value) or value <= 0:
-        return 1.0
-    power = 10.0 ** np.floor(np.log10(value))
-    return float(min((1.0, 2.0, 5.0, 10.0), key=lambda m: abs(np.log(m * power / value))) * power)
-
-
-def _binned_vectors(i, j, vx, vy, shape, cells: int = 12):
-    ny, nx = shape
-    bins_i = np.linspace(0, nx, cells + 1)
-    bins_j = np.linspace(0, ny, max(2, round(cells * ny / nx)) + 1)
-    ci = np.clip(np.digitize(i, bins_i) - 1, 0, len(bins_i) - 2)
-    cj = np.clip(np.digitize(j, bins_j) - 1, 0, len(bins_j) - 2)
-    out = []
-    for a in range(len(bins_i) - 1):
-        for b in range(len(bins_j) - 1):
-            sel = (ci == a) & (cj == b)
-            if sel.sum() >= 3:
-                out.append((0.5 * (bins_i[a] + bins_i[a + 1]), 0.5 * (bins_j[b] + bins_j[b + 1]),
-                            np.mean(vx[sel]), np.mean(vy[sel])))
-    if not out:
-        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
-    return tuple(np.array(col) for col in zip(*out))
+    return plot(result, out_dir)
 
 
 #: Longest side of the image thumbnail in a failure's diagnostics plot, pixels.
@@ -251,7 +182,7 @@ def write_debug_products(result: ExposureResult, out_dir: str | Path) -> list[Pa
 
 
 def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool = False,
-                   write_header: bool = False) -> list[Path]:
+                   write_header: bool = False, plots_dir: str | Path | None = None) -> list[Path]:
     """Every file a solve leaves in ``out_dir`` for one exposure, besides its status record.
 
     The one writer of both paths: the graph's ``write`` task
@@ -267,11 +198,15 @@ def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool =
         Also :func:`write_debug_products` (matched list and plots, or a failure's diagnostics).
     write_header
         Also :func:`write_header_copy` (a copy of the exposure with the solved WCS).
+    plots_dir
+        Also the diagnostic plots into this folder (``--plots DIR``): :func:`plot_solution`, or
+        :func:`plot_failure` for a failed exposure that explains itself.
 
     Returns
     -------
     list of Path
-        The files written: :func:`write_solution` when solved, then the copy, then the debug products.
+        The files written: :func:`write_solution` when solved, then the copy, then the debug products,
+        then the plots.
     """
     written: list[Path] = []
     if result.ok:
@@ -280,6 +215,12 @@ def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool =
             written.append(write_header_copy(result, out_dir))
     if debug:
         written += write_debug_products(result, out_dir)
+    already = debug and plots_dir is not None and Path(plots_dir).resolve() == Path(out_dir).resolve()
+    if plots_dir is not None and not already:
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        plot = plot_solution(result, plots_dir) if result.ok else (
+            plot_failure(result, plots_dir) if result.diagnostics is not None else None)
+        written += [plot] if plot else []
     return written
 
 

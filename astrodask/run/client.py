@@ -91,11 +91,12 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
                    config: PipelineConfig, catalog_path: str | Path | None = None,
                    pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
                    retries: int = DEFAULT_RETRIES, cache_url: str | None = None,
-                   detach: bool = False, on_row: Callable[[int, int, dict[str, Any]], None] | None = None
-                   ) -> list[dict[str, Any]]:
+                   detach: bool = False, on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
+                   plots_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Submit a backlog's graph and (unless ``detach``) wait for every exposure.
 
-    Returns the summary rows in completion order. An exposure whose tasks
+    Returns the summary rows in completion order (``plots_dir``: each exposure's diagnostic plots
+    go there too). An exposure whose tasks
     raise beyond their retries (or kill workers beyond the scheduler's allowed
     failures) is reported as failed with the error, and its status record is
     written by the client; the others go on.
@@ -106,7 +107,7 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
     from astrodask.io.output import summary_row
 
     tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
-                          debug=debug, write_header=write_header, cache_url=cache_url)
+                          debug=debug, write_header=write_header, cache_url=cache_url, plots_dir=plots_dir)
     futures = connection.client.compute(tasks, retries=retries, optimize_graph=False)
     by_key = {f.key: str(Path(p).resolve()) for f, p in zip(futures, paths)}
     if detach:

@@ -47,6 +47,7 @@ from dask.delayed import Delayed
 
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
+from astrodask.run import monitor
 from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FirstPass, Prepared,
                              Reduced, References,
                              RegionOutcome, Stage, TileFill, TileState, exposure_name)
@@ -202,6 +203,7 @@ def task_references(detected: FirstPass | Failed, catalog: Any, config: Pipeline
                                       cache_url=cache_url, fill=fill)
     except AstrodaskError as err:
         return Failed(str(info.path), Stage.REFERENCES, str(err))
+    monitor.report_references_of(info, catalog=catalog, cache_url=cache_url, config=config, pointing=pointing)
     return References(references.wcs0, references.stars, time.perf_counter() - started)
 
 
@@ -229,7 +231,9 @@ def task_fill_tile(cache_url: str, pixel: int, config: PipelineConfig) -> TileFi
                 state, rows = TileState.FILLED, fill_tile_from_archive(cache, pixel, config=config.gaia)
     except AstrodaskError as err:
         state, rows, reason = TileState.FAILED, 0, str(err)
-    return TileFill(int(pixel), state, rows, reason, time.perf_counter() - started, name)
+    record = TileFill(int(pixel), state, rows, reason, time.perf_counter() - started, name)
+    monitor.report_tile(record)
+    return record
 
 
 def archive_slot(max_queries: int) -> Any:
@@ -358,17 +362,22 @@ def task_solve(first: FirstPass | Failed, depth: DepthPass | Failed, references:
 
 
 def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, debug: bool,
-               write_header: bool = False) -> dict[str, Any]:
-    """Write the solution (when solved) and the exposure's status record; returns the summary row."""
+               write_header: bool = False, plots_dir: str | None = None) -> dict[str, Any]:
+    """Write the solution (when solved) and the exposure's status record; returns the summary row.
+
+    With ``plots_dir``, the exposure's diagnostic plots go there too. The row is also reported to
+    the scheduler's live view (:func:`astrodask.run.monitor.report_exposure`).
+    """
     from astrodask.run.backlog import write_status
     from astrodask.io.output import summary_row, write_products
 
     if isinstance(result, Failed):
         result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings,
                                diagnostics=result.diagnostics)
-    write_products(result, out_dir, debug=debug, write_header=write_header)
+    write_products(result, out_dir, debug=debug, write_header=write_header, plots_dir=plots_dir)
     row = summary_row(result)
     write_status(row, out_dir)
+    monitor.report_exposure(row)
     return row
 
 
@@ -401,7 +410,7 @@ def catalog_task(path: str | Path, *, config: PipelineConfig) -> Delayed:
 
 def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineConfig, catalog: Delayed | None = None,
                    pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
-                   cache_url: str | None = None) -> Delayed:
+                   cache_url: str | None = None, plots_dir: str | Path | None = None) -> Delayed:
     """The tasks of one exposure; the returned ``write-<name>`` task yields its summary row.
 
     Parameters
@@ -422,6 +431,8 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
         Also write a copy of the exposure with the solved WCS.
     cache_url
         The Gaia tile cache every worker reads (a folder or an fsspec URL shared by them).
+    plots_dir
+        Also write the exposure's diagnostic plots into this folder (shared by the workers).
     """
     path = str(Path(path).resolve())
     name = exposure_name(path)
@@ -438,13 +449,15 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
     result = delayed(task_solve, pure=False)(detected, depth, refs, reduced, config,
                                              dask_key_name=Task.SOLVE.key(name))
     return delayed(task_write, pure=False)(result, path, str(Path(out_dir).resolve()), config, debug, write_header,
+                                           str(Path(plots_dir).resolve()) if plots_dir else None,
                                            dask_key_name=Task.WRITE.key(name))
 
 
 def backlog_graph(paths: Sequence[str | Path], *, out_dir: str | Path, config: PipelineConfig,
                   catalog_path: str | Path | None = None, pointing: dict[str, Any] | None = None,
-                  debug: bool = False, write_header: bool = False, cache_url: str | None = None) -> list[Delayed]:
+                  debug: bool = False, write_header: bool = False, cache_url: str | None = None,
+                  plots_dir: str | Path | None = None) -> list[Delayed]:
     """One ``write-<name>`` task per exposure of a backlog, sharing one catalog task."""
     catalog = catalog_task(catalog_path, config=config) if catalog_path else None
     return [exposure_graph(p, out_dir=out_dir, config=config, catalog=catalog, pointing=pointing, debug=debug,
-                           write_header=write_header, cache_url=cache_url) for p in paths]
+                           write_header=write_header, cache_url=cache_url, plots_dir=plots_dir) for p in paths]

@@ -83,7 +83,8 @@ class AstrodaskWorkerPlugin(WorkerPlugin):
 
 
 def setup_client(client: Client, *, level: int = WORKER_LOG_LEVEL) -> None:
-    """Prepare a client's cluster for astrodask: the worker plugin on every worker, logs forwarded.
+    """Prepare a client's cluster for astrodask: the worker plugin on every worker, logs forwarded,
+    the scheduler's live view installed (:func:`astrodask.run.monitor.install_from_client`).
 
     Workers started by ``cluster/launch.py`` already carry the plugin (their preload registers
     it); registering it from the client covers workers started any other way (Kubernetes,
@@ -96,8 +97,11 @@ def setup_client(client: Client, *, level: int = WORKER_LOG_LEVEL) -> None:
     level
         Lowest level of the astrodask records handled on the workers and forwarded.
     """
+    from astrodask.run.monitor import install_from_client
+
     client.register_plugin(AstrodaskWorkerPlugin(level=level), name=PLUGIN_NAME)
     forward_worker_logs(client, level=level)
+    install_from_client(client)  # the scheduler's live view: dashboard page, JSON, /metrics
 
 
 def forward_worker_logs(client: Client, *, level: int = WORKER_LOG_LEVEL) -> None:
