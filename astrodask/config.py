@@ -240,9 +240,9 @@ class RegionConfig(_Section):
                                      lo=0.0, hi=0.5)
     verify_radius_px: float = param(10.0, "a coarse transform is verified by the stars it pairs within this "
                                     "distance (it absorbs the distortion)", unit="px", lo=0.5, hi=1000.0)
-    first_method: str = param("astroalign", "how a region is matched first: 'astroalign' (its triangles, then "
-                              "proximity where that fails) or 'proximity' (the references the coarse transform "
-                              "predicts, paired by their common shift; astroalign where that fails)",
+    first_method: str = param("proximity", "how a region is matched first: 'proximity' (the references the coarse "
+                              "transform predicts, paired by their common shift; astroalign where that fails) or "
+                              "'astroalign' (its triangles first, as the Condor pipeline; proximity where that fails)",
                               choices=("astroalign", "proximity"))
     proximity_shift_px: float = param(40.0, "where astroalign fails in a region, references predicted by the "
                                       "field's transform are paired with sources after a common shift up to this",

@@ -61,13 +61,13 @@ def test_hard_cases_solve_to_the_truth(case: str, tmp_path: Path) -> None:
 
 
 def test_regions_matched_by_proximity_first_give_the_same_solution(tmp_path: Path) -> None:
-    """regions.first_method=proximity skips astroalign's triangles where the coarse transform suffices:
-    the same pairs, the same solution, against the truth."""
+    """regions.first_method=proximity (the default) skips astroalign's triangles where the coarse transform
+    suffices: the same pairs, the same solution, against the truth, as astroalign first (the Condor way)."""
     field = simulate(tmp_path, "proximity-first")
     catalog = read_catalog(field.catalog_path)
-    triangles = solve_file(field.image_path, catalog=catalog)
-    nearby = solve_file(field.image_path, catalog=catalog,
-                        config=PipelineConfig.from_dict({"regions": {"first_method": "proximity"}}))
+    triangles = solve_file(field.image_path, catalog=catalog,
+                           config=PipelineConfig.from_dict({"regions": {"first_method": "astroalign"}}))
+    nearby = solve_file(field.image_path, catalog=catalog)
     assert triangles.ok and nearby.ok, (triangles.reason, nearby.reason)
     assert [r[1] for r in nearby.regions] == [r[1] for r in triangles.regions]
     assert nearby.n_matches == triangles.n_matches

@@ -581,8 +581,8 @@ PROXIMITY_DEPTH = 4
 PROXIMITY_BIN_PX = 2.0
 
 
-#: The ways a region is matched, in the default order (``regions.first_method`` picks the first).
-REGION_METHODS = ("astroalign", "proximity")
+#: The ways a region is matched (``regions.first_method`` picks the first; the other is the fallback).
+REGION_METHODS = ("proximity", "astroalign")
 
 
 def match_region(region: Region, src_ij: np.ndarray, tgt_xy: np.ndarray, *, guess: Affine,
