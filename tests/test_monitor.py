@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from astrodask.cli import EXIT_PARTIAL
 from astrodask.config import PipelineConfig
 from astrodask.io.output import SUMMARY_NAME
 from astrodask.run.backlog import assemble_summary
@@ -63,7 +64,7 @@ def watched(tmp_path_factory):
         rows += submit_backlog(connection, paths[:1], out_dir=out, config=PipelineConfig(), catalog_path=catalog_path)
         assemble_summary(out)
         base = connection.dashboard.rsplit("/", 1)[0]
-        yield connection, base, out, plots, rows
+        yield connection, base, out, plots, rows, paths, catalog_path
 
 
 def get(url: str) -> str:
@@ -73,7 +74,7 @@ def get(url: str) -> str:
 
 
 def test_json_endpoint_agrees_with_the_summary(watched) -> None:
-    connection, base, out, _plots, rows = watched
+    connection, base, out, _plots, rows, _paths, _catalog = watched
     snapshot = json.loads(get(base + JSON_ROUTE))
     summary = Table.read(out / SUMMARY_NAME, format="ascii.ecsv")
     assert snapshot["counts"] == {"pending": 0, "running": 0, "solved": 2, "failed": 1, "total": 3}
@@ -95,7 +96,7 @@ def test_json_endpoint_agrees_with_the_summary(watched) -> None:
 
 
 def test_metrics_hold_the_backlog(watched) -> None:
-    _connection, base, out, _plots, _rows = watched
+    _connection, base, out, _plots, _rows, _paths, _catalog = watched
     lines = get(base + "/metrics").splitlines()
     summary = Table.read(out / SUMMARY_NAME, format="ascii.ecsv")
     solved = summary[summary["status"] == "solved"]
@@ -124,7 +125,7 @@ def test_page_is_in_the_menu_and_answers_with_data(watched) -> None:
     from bokeh.client import pull_session
     from bokeh.models import Div
 
-    _connection, base, _out, _plots, _rows = watched
+    _connection, base, _out, _plots, _rows, _paths, _catalog = watched
     status_page = get(base + "/status")
     assert 'href="astrodask"' in status_page  # the menu bar of every dashboard page
     assert "bokeh" in get(base + "/astrodask").lower()  # the Bokeh application answers at its route
@@ -135,7 +136,7 @@ def test_page_is_in_the_menu_and_answers_with_data(watched) -> None:
 
 
 def test_plots_are_written(watched) -> None:
-    _connection, _base, _out, plots, _rows = watched
+    _connection, _base, _out, plots, _rows, _paths, _catalog = watched
     for name in ("mon00", "mon01"):
         png = plots / f"{name}.residuals.png"
         assert png.stat().st_size > 20_000
@@ -204,7 +205,7 @@ async def browse(url: str, screenshot: Path, expect: list[str]) -> str:
 
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
 def test_a_headless_browser_shows_the_backlog(watched) -> None:
-    _connection, base, _out, _plots, _rows = watched
+    _connection, base, _out, _plots, _rows, _paths, _catalog = watched
     text = asyncio.run(browse(base + "/astrodask", SCREENSHOT,
                               ["3 of 3 exposures done", "2 solved", "1 failed", "not a readable FITS file"]))
     assert "Astrodask" in text  # the menu
@@ -223,7 +224,7 @@ def progress_script(n: int) -> str:
             "        p.advance(failed=k == 1, echo=lambda k=k: print(f'[{k + 1}/" + str(n) + "] exp{k}: line'))\n")
 
 
-def run_in_pty(args: list[str]) -> str:
+def run_in_pty(args: list[str], returncode: int = 0) -> str:
     """Run ``args`` with a pseudo-terminal as stdout and stderr; what it drew."""
     leader, follower = pty.openpty()
     env = {**os.environ, "COLUMNS": "120", "TERM": "xterm-256color"}
@@ -241,7 +242,7 @@ def run_in_pty(args: list[str]) -> str:
         chunks.append(data)
     proc.wait(timeout=60)
     os.close(leader)
-    assert proc.returncode == 0
+    assert proc.returncode == returncode, b"".join(chunks).decode(errors="replace")
     return b"".join(chunks).decode(errors="replace")
 
 
@@ -253,3 +254,12 @@ def test_progress_bar_in_a_terminal_and_lines_in_a_pipe() -> None:
     piped = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     assert piped.splitlines() == [f"[{k + 1}/4] exp{k}: line" for k in range(4)]
     assert "━" not in piped and "\x1b[" not in piped
+
+
+def test_serial_solve_of_several_files_draws_the_bar_in_a_terminal(watched, tmp_path: Path) -> None:
+    *_, paths, catalog = watched
+    args = [sys.executable, "-m", "astrodask.cli", "solve", *map(str, paths), "--catalog", str(catalog), "--serial",
+            "--out", str(tmp_path / "out")]
+    drawn = run_in_pty(args, returncode=EXIT_PARTIAL)  # one of three failed
+    assert "━" in drawn and "3/3" in drawn and "1 failed" in drawn
+    assert "broken.fits: FAILED" in drawn and "mon00.fits.fz: solved" not in drawn  # only the failure above the bar

@@ -24,31 +24,44 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
     and with ``write_header``/``debug`` the header copy, matched list and plots) and its
     status record; then the summary. Returns the :class:`~astrodask.types.ExposureResult` list.
     """
+    from astrodask.cli.progress import BacklogProgress
     from astrodask.io.output import summary_row, write_products
     from astrodask.run.backlog import assemble_summary, write_status
     from astrodask.solve.pipeline import solve_file
 
     results = []
-    for index, path in enumerate(files, start=1):
-        started = time.perf_counter()
-        result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
-        results.append(result)
-        written = write_products(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
-        write_status(summary_row(result), out)
-        assemble_summary(out)
-        prefix = f"[{index}/{len(files)}] " if len(files) > 1 else ""
-        if result.ok:
-            q, m = result.quality, result.error_model
-            click.echo(f"{prefix}{path}: solved in {time.perf_counter() - started:.1f} s: {result.n_matches} matches "
-                       f"({result.counts.get('regions_ok', 0)}/{len(result.regions)} regions), rms "
-                       f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas, "
-                       f"chi2/dof {q.chi2_dof:.3f} (dof {q.dof}), error model: scale {m.scale:.3f}, "
-                       f"floor {m.floor_mas:.1f} mas")
-        else:
-            click.echo(f"{prefix}{path}: FAILED at {result.stage}: {result.reason}", err=True)
-        for p in written:
-            click.echo(f"  {p}")
+    # several files on a terminal: a live bar (failures printed above it); else one line per file
+    progress = BacklogProgress(len(files), unit="exposures")
+    progress.live = progress.live and len(files) > 1
+    with progress:
+        for index, path in enumerate(files, start=1):
+            started = time.perf_counter()
+            result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
+            results.append(result)
+            written = write_products(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
+            write_status(summary_row(result), out)
+            assemble_summary(out)
+            seconds = time.perf_counter() - started
+            progress.advance(failed=not result.ok,
+                             echo=lambda i=index, p=path, r=result, w=written, s=seconds: _echo_result(
+                                 i, len(files), p, r, w, s))
     return results
+
+
+def _echo_result(index: int, total: int, path: str, result: Any, written: Sequence[Path], seconds: float) -> None:
+    """The line (and the files written) of one exposure solved in this process."""
+    prefix = f"[{index}/{total}] " if total > 1 else ""
+    if result.ok:
+        q, m = result.quality, result.error_model
+        click.echo(f"{prefix}{path}: solved in {seconds:.1f} s: {result.n_matches} matches "
+                   f"({result.counts.get('regions_ok', 0)}/{len(result.regions)} regions), rms "
+                   f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas, "
+                   f"chi2/dof {q.chi2_dof:.3f} (dof {q.dof}), error model: scale {m.scale:.3f}, "
+                   f"floor {m.floor_mas:.1f} mas")
+    else:
+        click.echo(f"{prefix}{path}: FAILED at {result.stage}: {result.reason}", err=True)
+    for p in written:
+        click.echo(f"  {p}")
 
 
 def plots_option(func: Any) -> Any:
