@@ -180,6 +180,9 @@ class DetectConfig(_Section):
 
     first: DetectPassConfig = field(default_factory=_first_pass, metadata={"doc": "first (matching) pass"})
     depth: DetectPassConfig = field(default_factory=_depth_pass, metadata={"doc": "relaxed depth-match pass"})
+    first_from_depth: bool = param(True, "one extraction: the first pass is the depth pass's sources that clear "
+                                   "the first pass's threshold and minarea (False: each pass extracts with its own "
+                                   "settings, twice the time)")
     back_size_px: int = param(128, "background mesh size", unit="px", lo=8, hi=4096)
     back_filter_size: int = param(3, "background median filter size", unit="meshes", lo=1, hi=15)
     winpos_fwhm_px: float = param(0.0, "FWHM for windowed centroids (0: from each source's half-flux radius)", unit="px", lo=0.0, hi=50.0)

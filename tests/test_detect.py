@@ -136,18 +136,54 @@ def test_depth_pass_reaches_fainter_sources() -> None:
     assert len(strict) < len(first)
 
 
-def test_both_passes_on_one_background_equal_two_separate_passes() -> None:
-    """Detecting once (one copy, one background) changes nothing: the tables are the same to the bit."""
-    rng = np.random.default_rng(12)
+def _grid_image(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
     gx, gy = np.meshgrid(np.arange(20, 480, 25.0), np.arange(20, 280, 25.0))
-    image = render((300, 500), gx.ravel(), gy.ravel(), np.geomspace(150, 3e4, gx.size), rng=rng)
+    flux = np.geomspace(150, 3e4, gx.size)
+    image = render((300, 500), gx.ravel(), gy.ravel(), flux, rng=rng)
     image[5:9, 40:44] = np.nan
-    first, deep = get_image_ij_passes(image, gain=1.3)
-    for shared, alone in ((first, get_image_ij(image, gain=1.3)), (deep, get_image_ij(image, gain=1.3, depth=True))):
+    return image, gx.ravel(), gy.ravel(), flux
+
+
+def test_two_extractions_on_one_background_equal_two_separate_passes() -> None:
+    """Detecting once (one copy, one background) changes nothing: the tables are the same to the bit."""
+    image, *_ = _grid_image(12)
+    config = DetectConfig(first_from_depth=False)
+    first, deep = get_image_ij_passes(image, gain=1.3, config=config)
+    for shared, alone in ((first, get_image_ij(image, gain=1.3, config=config)),
+                          (deep, get_image_ij(image, gain=1.3, depth=True, config=config))):
         assert shared.colnames == alone.colnames and len(shared) == len(alone) > 0
         for name in shared.colnames:
             np.testing.assert_array_equal(np.asarray(shared[name]), np.asarray(alone[name]), err_msg=name)
         assert shared.meta == alone.meta
+
+
+def test_first_pass_from_the_depth_extraction() -> None:
+    """One extraction (the default): the depth pass is the depth pass of its own, to the bit; the first
+    pass is a part of its rows, unchanged, holding the sources the first pass's own extraction finds."""
+    image, x, y, flux = _grid_image(13)
+    first, deep = get_image_ij_passes(image, gain=1.3)
+    alone = get_image_ij(image, gain=1.3, depth=True)
+    assert len(deep) == len(alone) > len(first) > 0
+    for name in deep.colnames:
+        np.testing.assert_array_equal(np.asarray(deep[name]), np.asarray(alone[name]), err_msg=name)
+    rows = {(a, b): k for k, (a, b) in enumerate(zip(deep["i"], deep["j"], strict=True))}
+    picked = [rows[(a, b)] for a, b in zip(first["i"], first["j"], strict=True)]
+    assert picked == sorted(picked)  # brightest first, as in the depth pass
+    for name in first.colnames:
+        np.testing.assert_array_equal(np.asarray(first[name]), np.asarray(deep[name])[picked], err_msg=name)
+    assert first.meta["pass"] == "first" and first.meta["first_from_depth"]
+    assert first.meta["n_sources"] == len(first) and deep.meta["n_sources"] == len(deep)
+    # the first pass's own extraction: each of its sources is in this first pass
+    own = get_image_ij(image, gain=1.3, config=DetectConfig(first_from_depth=False))
+    d = np.hypot(own["i"][:, None] - first["i"][None, :], own["j"][:, None] - first["j"][None, :]).min(axis=1)
+    assert np.all(d < 0.5), d.max()
+    # and the truth: every rendered star bright enough for the first pass is there, none spurious
+    d_true = np.hypot(first["i"][:, None] - x[None, :], first["j"][:, None] - y[None, :]).min(axis=1)
+    assert np.all(d_true < 1.0)
+    # a stricter first pass keeps fewer
+    strict, _ = get_image_ij_passes(image, gain=1.3, config=DetectConfig(first=DetectPassConfig(thresh_sigma=20.0)))
+    assert 0 < len(strict) < len(first)
 
 
 def test_nan_pixels_are_masked() -> None:

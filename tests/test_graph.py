@@ -67,28 +67,43 @@ def test_every_stage_is_timed_by_one_task() -> None:
 
 
 def test_backlog_on_a_local_cluster(backlog, tmp_path: Path) -> None:
+    """The default command's path: the first exposure is read and detected in this process while the
+    LocalCluster starts (its tables scattered in place of its detect task), the others on the cluster;
+    the first's solution is the serial solve's."""
     from distributed import get_task_stream
+
+    from astrodask.run.client import detect_ahead
+    from astrodask.solve.pipeline import solve_file
 
     paths, catalog = backlog
     out = tmp_path / "out"
-    with connect(n_workers=2) as connection:
+    ahead: dict = {}
+    with connect(n_workers=2, while_starting=lambda: ahead.update(detect_ahead(paths[:1], config=PipelineConfig()))
+                 ) as connection:
         assert connection.embedded and connection.dashboard
+        assert list(ahead) == [str(paths[0].resolve())]
         with get_task_stream(connection.client) as stream:
-            rows = submit_backlog(connection, paths, out_dir=out, config=PipelineConfig(), catalog_path=catalog)
+            rows = submit_backlog(connection, paths, out_dir=out, config=PipelineConfig(), catalog_path=catalog,
+                                  detected=ahead)
     assert sorted(r["status"] for r in rows) == ["solved"] * 4
-    writes = [t["key"] for t in stream.data if str(t["key"]).startswith("write-")]
+    keys = [str(t["key"]) for t in stream.data]
+    writes = [k for k in keys if k.startswith("write-")]
     assert sorted(writes) == [f"write-exp{k:02d}" for k in range(4)]  # each solution written exactly once
-    regions = {t["key"] for t in stream.data if str(t["key"]).startswith("region-exp00-")}
+    regions = {k for k in keys if k.startswith("region-exp00-")}
     assert len(regions) == 24
-    # the depth pass runs where the image is: the background-subtracted image never travels
-    where = {t["key"]: t["worker"] for t in stream.data}
-    assert all(where[f"depth-exp{k:02d}"] == where[f"detect-exp{k:02d}"] for k in range(4))
-    assert all(r["t_detect_s"] > 0 and r["t_detect_depth_s"] > 0 and r["t_regions_s"] > 0 for r in rows)
+    detects = sorted(k for k in keys if k.startswith("detect-"))
+    assert detects == [f"detect-exp{k:02d}" for k in range(1, 4)]  # exp00 was detected ahead
+    assert all(r["t_detect_s"] > 0 and r["t_regions_s"] > 0 for r in rows)
     for path in paths:
         header = fits.getheader(out / f"{path.name.replace('.fits.fz', '')}.wcs.fits")
         error = wcs_error_mas(WCS(header), read_truth_wcs(path), SHAPE)
         assert np.sqrt(np.mean(error**2)) < 40.0
     assert len(read_statuses(out)) == 4
+    from astrodask.reference.catalog import read_catalog
+
+    serial = solve_file(paths[0], catalog=read_catalog(catalog), config=PipelineConfig())
+    on_cluster = WCS(fits.getheader(out / "exp00.wcs.fits"))
+    assert np.max(wcs_error_mas(on_cluster, serial.wcs, SHAPE)) < 1e-3
 
 
 def test_a_killed_worker_loses_nothing(backlog, tmp_path: Path) -> None:

@@ -6,17 +6,19 @@ Cluster code: with :mod:`astrodask.run.graph`, the only place that knows about D
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from astrodask.config import PipelineConfig
-from astrodask.run.graph import backlog_graph, failed_result
+from astrodask.run.graph import Detected, backlog_graph, failed_result
 from astrodask.types import TileFill, TileState
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class Connection:
 @contextmanager
 def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None,
             threads_per_worker: int = 1, memory_limit: str | None = "auto",
-            kubernetes: bool = False) -> Iterator[Connection]:
+            kubernetes: bool = False, while_starting: Callable[[], Any] | None = None) -> Iterator[Connection]:
     """Connect to a running scheduler, or start the embedded LocalCluster.
 
     The scheduler is, in order: ``scheduler`` (``--scheduler``), the
@@ -53,9 +55,13 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
     loopback and closes on exit. With ``kubernetes`` (``--cluster kubernetes``), the
     operator's DaskCluster instead (:func:`astrodask.run.kube.connect_kubernetes`; ``n_workers``
     sizes a cluster it creates).
+
+    ``while_starting`` (embedded cluster only) is called in this thread while the LocalCluster
+    starts in another: work for the seconds its worker processes take to start and import
+    (:func:`detect_ahead`). Elsewhere it is not called.
     """
     import dask.config
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if kubernetes:
         from astrodask.run.kube import KubeSettings, connect_kubernetes
@@ -71,10 +77,17 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
     elif scheduler_file:
         client = Client(scheduler_file=scheduler_file)
     else:
-        cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=threads_per_worker,
-                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                               memory_limit=memory_limit)
-        client = Client(cluster)
+        start = functools.partial(_start_local_cluster, n_workers=n_workers or os.cpu_count() or 1,
+                                  threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+        if while_starting is None:
+            cluster, client = start()
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="astrodask-cluster-start") as pool:
+                starting = pool.submit(start)
+                try:
+                    while_starting()
+                finally:
+                    cluster, client = starting.result()
     from astrodask.run.plugins import setup_client
 
     setup_client(client)  # the astrodask worker plugin everywhere, worker logs forwarded here
@@ -87,17 +100,48 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
             cluster.close()
 
 
+def _start_local_cluster(*, n_workers: int, threads_per_worker: int, memory_limit: str | None) -> tuple[Any, Any]:
+    """The embedded LocalCluster (worker processes on loopback) and its client."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit)
+    return cluster, Client(cluster)
+
+
+def detect_ahead(paths: Sequence[str | Path], *, config: PipelineConfig) -> dict[str, Detected]:
+    """Read and detect exposures in this process (:func:`astrodask.run.graph.task_detect`), e.g. while the
+    embedded cluster starts; keyed by resolved path, for :func:`submit_backlog`'s ``detected``.
+
+    An exposure whose detection fails unexpectedly is left out (logged): the cluster then
+    detects it, with its retries and report. An expected failure is kept: it is the exposure's result.
+    """
+    from astrodask.run.graph import task_detect
+
+    done: dict[str, Detected] = {}
+    for path in paths:
+        resolved = str(Path(path).resolve())
+        try:
+            done[resolved] = task_detect(resolved, config)
+        except Exception as err:  # noqa: BLE001 - the cluster tries again and reports it
+            log.warning("%s: detection ahead of the cluster failed (%s: %s); the cluster detects it",
+                        resolved, type(err).__name__, err)
+    return done
+
+
 def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_dir: str | Path,
                    config: PipelineConfig, catalog_path: str | Path | None = None,
                    pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
                    retries: int = DEFAULT_RETRIES, cache_url: str | None = None,
                    detach: bool = False, on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
-                   plots_dir: str | Path | None = None) -> list[dict[str, Any]]:
+                   plots_dir: str | Path | None = None,
+                   detected: Mapping[str, Detected] | None = None) -> list[dict[str, Any]]:
     """Submit a backlog's graph and (unless ``detach``) wait for every exposure.
 
     Returns the summary rows in completion order (``plots_dir``: each exposure's diagnostic plots
-    go there too). An exposure whose tasks
-    raise beyond their retries (or kill workers beyond the scheduler's allowed
+    go there too). ``detected`` holds exposures already read and detected (:func:`detect_ahead`,
+    by resolved path): their tables are scattered to the cluster in place of their ``detect`` task.
+    An exposure whose tasks raise beyond their retries (or kill workers beyond the scheduler's allowed
     failures) is reported as failed with the error, and its status record is
     written by the client; the others go on.
     """
@@ -106,8 +150,10 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
     from astrodask.run.backlog import write_status
     from astrodask.io.output import summary_row
 
+    scattered = {path: connection.client.scatter(value, hash=False) for path, value in (detected or {}).items()}
     tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
-                          debug=debug, write_header=write_header, cache_url=cache_url, plots_dir=plots_dir)
+                          debug=debug, write_header=write_header, cache_url=cache_url, plots_dir=plots_dir,
+                          detected=scattered)
     futures = connection.client.compute(tasks, retries=retries, optimize_graph=False)
     by_key = {f.key: str(Path(p).resolve()) for f, p in zip(futures, paths)}
     if detach:

@@ -4,11 +4,10 @@ the refinement, and a writer.
 Per exposure ``<name>`` (file name without the FITS suffixes), with deterministic keys so that
 submitting the same exposure twice computes it once:
 
-- ``detect-<name>``: reads the file, subtracts the background and runs the first detection
-  pass; the background-subtracted image stays on that worker;
-- ``sources-<name>``: the first pass's source table alone, which the matching tasks take, so
-  that they can run on other workers while
-- ``depth-<name>`` runs the relaxed depth pass where the image is, beside the matching;
+- ``detect-<name>``: reads the file, subtracts the background and runs both detection passes
+  (one SEP extraction, ``detect.first_from_depth``); the image goes no further;
+- ``sources-<name>``, ``depth-<name>``: the first pass's and the depth pass's source tables,
+  the first for the matching tasks, the second for the solve;
 - ``references-<name>``: ``get_gaia_xy`` (from the catalog task, or the archive);
 - ``prepare-<name>``: usable sources, references to the same depth, the coarse alignment, the grid;
 - ``region-<name>-<k>``, k = 0..23: region k's match (astroalign, proximity);
@@ -36,11 +35,11 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dask import delayed
 from dask.delayed import Delayed
@@ -51,9 +50,6 @@ from astrodask.run import monitor
 from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FirstPass, Prepared,
                              Reduced, References,
                              RegionOutcome, Stage, TileFill, TileState, exposure_name)
-
-if TYPE_CHECKING:
-    from astrodask.solve.detect import Background
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +85,9 @@ class Task(StrEnum):
 
 
 _TASK_STAGES: dict[Task, tuple[Stage, ...]] = {
-    Task.DETECT: (Stage.READ, Stage.DETECT),
+    Task.DETECT: (Stage.READ, Stage.DETECT, Stage.DETECT_DEPTH),
     Task.SOURCES: (),
-    Task.DEPTH: (Stage.DETECT_DEPTH,),
+    Task.DEPTH: (),
     Task.REFERENCES: (Stage.REFERENCES,),
     Task.PREPARE: (Stage.REGIONS,),
     Task.REGION: (Stage.REGIONS,),
@@ -137,48 +133,44 @@ def task_catalog(path: str, default_ref_epoch: float) -> Any:
 
 @dataclass(frozen=True)
 class Detected:
-    """What the detect task leaves on its worker: the first pass, and the background-subtracted image
-    the depth pass runs on (kept there: only the small tables travel)."""
+    """What the detect task hands on: the first pass, and the depth pass (the image is not kept)."""
 
     first: FirstPass | Failed
-    background: Background | None = None
+    deep: DepthPass | Failed | None = None
 
 
 def task_detect(path: str, config: PipelineConfig) -> Detected:
-    """Read the exposure, subtract its background and run the first detection pass."""
+    """Read the exposure, subtract its background and run both detection passes (one extraction
+    with ``detect.first_from_depth``); only the source tables leave the task."""
     from astrodask.io.exposure import read_exposure
-    from astrodask.solve.pipeline import StageClock, stage_first_pass
+    from astrodask.solve.pipeline import StageClock, stage_sources
 
     clock = StageClock()
     try:
         exposure = read_exposure(path)
         clock.lap(Stage.DETECT)
-        sources, background = stage_first_pass(exposure, config=config)
+        sources, deep = stage_sources(exposure, config=config, clock=clock)
     except AstrodaskError as err:
         stage = clock.stage
         clock.lap(None)
         return Detected(Failed(path, stage, str(err), clock.timings))
     clock.lap(None)
-    return Detected(FirstPass(exposure.info, sources, clock.timings), background)
+    timings = dict(clock.timings)
+    depth_s = timings.pop(Stage.DETECT_DEPTH, 0.0)
+    return Detected(FirstPass(exposure.info, sources, timings), DepthPass(deep, depth_s))
 
 
 def task_sources(detected: Detected) -> FirstPass | Failed:
-    """The first pass alone (small), for the matching tasks: they need not run where the image is."""
+    """The first pass alone, for the matching tasks."""
     return detected.first
 
 
-def task_depth(detected: Detected, config: PipelineConfig) -> DepthPass | Failed:
-    """The relaxed depth pass, on the worker holding the background-subtracted image."""
-    from astrodask.solve.pipeline import stage_depth_pass
-
-    if isinstance(detected.first, Failed) or detected.background is None:
-        return detected.first if isinstance(detected.first, Failed) else Failed("", Stage.DETECT_DEPTH, "no image")
-    started = time.perf_counter()
-    try:
-        deep = stage_depth_pass(detected.first.info, detected.background, config=config)
-    except AstrodaskError as err:
-        return Failed(str(detected.first.info.path), Stage.DETECT_DEPTH, str(err))
-    return DepthPass(deep, time.perf_counter() - started)
+def task_depth(detected: Detected) -> DepthPass | Failed:
+    """The depth pass alone, for the solve task."""
+    if detected.deep is None:
+        assert isinstance(detected.first, Failed)
+        return detected.first
+    return detected.deep
 
 
 def task_references(detected: FirstPass | Failed, catalog: Any, config: PipelineConfig, pointing: dict[str, Any],
@@ -410,7 +402,8 @@ def catalog_task(path: str | Path, *, config: PipelineConfig) -> Delayed:
 
 def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineConfig, catalog: Delayed | None = None,
                    pointing: dict[str, Any] | None = None, debug: bool = False, write_header: bool = False,
-                   cache_url: str | None = None, plots_dir: str | Path | None = None) -> Delayed:
+                   cache_url: str | None = None, plots_dir: str | Path | None = None,
+                   detected: Any = None) -> Delayed:
     """The tasks of one exposure; the returned ``write-<name>`` task yields its summary row.
 
     Parameters
@@ -433,12 +426,15 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
         The Gaia tile cache every worker reads (a folder or an fsspec URL shared by them).
     plots_dir
         Also write the exposure's diagnostic plots into this folder (shared by the workers).
+    detected
+        The exposure's :class:`Detected` computed already (or a future of it): no ``detect`` task.
     """
     path = str(Path(path).resolve())
     name = exposure_name(path)
-    image = delayed(task_detect, pure=False)(path, config, dask_key_name=Task.DETECT.key(name))
+    image = detected if detected is not None else \
+        delayed(task_detect, pure=False)(path, config, dask_key_name=Task.DETECT.key(name))
     detected = delayed(task_sources, pure=False)(image, dask_key_name=Task.SOURCES.key(name))
-    depth = delayed(task_depth, pure=False)(image, config, dask_key_name=Task.DEPTH.key(name))
+    depth = delayed(task_depth, pure=False)(image, dask_key_name=Task.DEPTH.key(name))
     refs = delayed(task_references, pure=False)(detected, catalog, config, dict(pointing or {}), cache_url,
                                                 dask_key_name=Task.REFERENCES.key(name))
     prepared = delayed(task_prepare, pure=False)(detected, refs, config, dask_key_name=Task.PREPARE.key(name))
@@ -456,8 +452,14 @@ def exposure_graph(path: str | Path, *, out_dir: str | Path, config: PipelineCon
 def backlog_graph(paths: Sequence[str | Path], *, out_dir: str | Path, config: PipelineConfig,
                   catalog_path: str | Path | None = None, pointing: dict[str, Any] | None = None,
                   debug: bool = False, write_header: bool = False, cache_url: str | None = None,
-                  plots_dir: str | Path | None = None) -> list[Delayed]:
-    """One ``write-<name>`` task per exposure of a backlog, sharing one catalog task."""
+                  plots_dir: str | Path | None = None, detected: Mapping[str, Any] | None = None) -> list[Delayed]:
+    """One ``write-<name>`` task per exposure of a backlog, sharing one catalog task.
+
+    ``detected``: by resolved path, an exposure's :class:`Detected` (or a future of it) computed
+    already, which takes the place of its ``detect`` task.
+    """
     catalog = catalog_task(catalog_path, config=config) if catalog_path else None
+    detected = detected or {}
     return [exposure_graph(p, out_dir=out_dir, config=config, catalog=catalog, pointing=pointing, debug=debug,
-                           write_header=write_header, cache_url=cache_url, plots_dir=plots_dir) for p in paths]
+                           write_header=write_header, cache_url=cache_url, plots_dir=plots_dir,
+                           detected=detected.get(str(Path(p).resolve()))) for p in paths]

@@ -285,6 +285,8 @@ class BacklogMonitor(SchedulerPlugin):
         if finish == "processing" and task == Task.DETECT:
             record = self._record(name)  # a resubmitted exposure runs again: its new report replaces the old
             record.status, record.finished = ExposureStatus.RUNNING, None
+        elif finish == "processing" and task == Task.SOURCES and self._record(name).status == ExposureStatus.PENDING:
+            self._record(name).status = ExposureStatus.RUNNING  # detected by the client, ahead of the cluster
         elif finish == "erred":
             record = self._record(name)
             if record.status == ExposureStatus.FAILED and record.reason:

@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
-from astrodask.solve.detect import Background, detect_pass, subtract_background
+from astrodask.solve.detect import Background, detect_pass, detect_passes, subtract_background
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
 from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
@@ -88,27 +88,13 @@ class Pairs:
 
 def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClock | None = None,
                   trace: dict[str, Any] | None = None) -> tuple[Table, Table]:
-    """``get_image_ij`` on the exposure: the first pass, then the relaxed depth pass, on one background.
+    """``get_image_ij`` on the exposure: the first pass and the relaxed depth pass, on one background.
 
-    The image is copied and its background subtracted once (:func:`astrodask.solve.detect.subtract_background`);
-    ``clock`` (if given) times the first pass as :attr:`Stage.DETECT` and the second as
-    :attr:`Stage.DETECT_DEPTH`; ``trace`` (if given) gets the first pass as ``"sources"``.
-
-    Raises
-    ------
-    NoSourcesError
-        The first pass found no source at all: blank sky, a closed shutter, not a sky image.
-    """
-    sources, background = stage_first_pass(exposure, config=config)
-    if trace is not None:
-        trace["sources"] = sources
-    if clock is not None:
-        clock.lap(Stage.DETECT_DEPTH)
-    return sources, stage_depth_pass(exposure.info, background, config=config)
-
-
-def stage_first_pass(exposure: Exposure, *, config: PipelineConfig) -> tuple[Table, Background]:
-    """The background, subtracted once, and the first detection pass on it (``detect.first``).
+    The image is copied and its background subtracted once
+    (:func:`astrodask.solve.detect.subtract_background`), and with ``detect.first_from_depth``
+    (the default) SEP extracts once (:func:`astrodask.solve.detect.measure_passes`): ``clock``
+    (if given) then times all of it as :attr:`Stage.DETECT`; with two extractions, the depth
+    pass as :attr:`Stage.DETECT_DEPTH`. ``trace`` (if given) gets the first pass as ``"sources"``.
 
     Raises
     ------
@@ -116,17 +102,27 @@ def stage_first_pass(exposure: Exposure, *, config: PipelineConfig) -> tuple[Tab
         The first pass found no source at all: blank sky, a closed shutter, not a sky image.
     """
     background = subtract_background(exposure.data, config=config.detect)
-    sources = detect_pass(exposure, background, config=config.detect)
+    if config.detect.first_from_depth:
+        sources, deep = detect_passes(exposure, background, config=config.detect)
+        _check_sources(exposure.info, sources, background, config=config)
+        if clock is not None:
+            clock.lap(Stage.DETECT_DEPTH)
+    else:
+        sources = detect_pass(exposure, background, config=config.detect)
+        _check_sources(exposure.info, sources, background, config=config)
+        if clock is not None:
+            clock.lap(Stage.DETECT_DEPTH)
+        deep = detect_pass(exposure.info, background, config=config.detect, depth=True)
+    if trace is not None:
+        trace["sources"] = sources
+    return sources, deep
+
+
+def _check_sources(info: ExposureInfo, sources: Table, background: Background, *, config: PipelineConfig) -> None:
     if len(sources) == 0:
-        raise NoSourcesError(f"{exposure.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
+        raise NoSourcesError(f"{info.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
                              f"(background rms {background.rms_adu:.3g} ADU): "
                              "blank sky, a closed shutter or not a sky image")
-    return sources, background
-
-
-def stage_depth_pass(info: ExposureInfo, background: Background, *, config: PipelineConfig) -> Table:
-    """The relaxed depth pass (``detect.depth``) on the first pass's background."""
-    return detect_pass(info, background, config=config.detect, depth=True)
 
 
 def stage_references(exposure: Exposure | ExposureInfo, *, catalog: Table | None, config: PipelineConfig,
