@@ -162,6 +162,9 @@ class DetectPassConfig(_Section):
     filter_fwhm_px: float = param(2.5, "FWHM of the Gaussian matched filter (0 disables filtering)", unit="px", lo=0.0, hi=20.0)
     clean: bool = param(True, "clean spurious detections near bright objects")
     max_sources: int = param(300_000, "keep at most this many sources, brightest first", lo=10, hi=10_000_000)
+    strip_px: int = param(1024, "SEP extracts in strips of this many rows (and an overlap), each object kept by the "
+                          "strip holding its centroid: SEP's cleaning costs more than in proportion to the objects "
+                          "it sees at once (0: the whole image at once)", unit="px", lo=0, hi=1_000_000)
 
 
 def _first_pass() -> DetectPassConfig:

@@ -186,6 +186,37 @@ def test_first_pass_from_the_depth_extraction() -> None:
     assert 0 < len(strict) < len(first)
 
 
+def test_extraction_in_strips_is_the_whole_images() -> None:
+    """SEP in strips of rows (with their overlap) finds the objects of one whole-image extraction, once each,
+    in the image's rows, and every measured column follows."""
+    rng = np.random.default_rng(14)
+    n = 900
+    x, y = rng.uniform(5, 395, n), rng.uniform(5, 1495, n)
+    image = render((1500, 400), x, y, rng.uniform(300, 3e4, n), rng=rng)
+    image[700:705, 100:110] = np.nan  # a masked patch in a strip's overlap
+    whole = DetectConfig(depth=DetectPassConfig(thresh_sigma=1.5, minarea=3, deblend_cont=0.001, strip_px=0))
+    strips = DetectConfig(depth=DetectPassConfig(thresh_sigma=1.5, minarea=3, deblend_cont=0.001, strip_px=200))
+    one = get_image_ij(image, config=whole, depth=True)
+    cut = get_image_ij(image, config=strips, depth=True)
+    assert len(one) > 500
+    d = np.hypot(one["i"][:, None] - cut["i"][None, :], one["j"][:, None] - cut["j"][None, :])
+    nearest = d.argmin(axis=1)
+    same = d[np.arange(len(one)), nearest] < 1e-3  # SEP's centroids in a strip's rows differ by rounding
+    assert same.mean() > 0.99 and abs(len(cut) - len(one)) <= 0.01 * len(one)
+    assert len(set(nearest[same])) == same.sum()  # no object twice
+    for name in ("var_i", "var_j", "peak_adu"):
+        np.testing.assert_allclose(np.asarray(cut[name])[nearest[same]], np.asarray(one[name])[same], rtol=1e-3,
+                                   err_msg=name)
+    # SEP's cleaning (which merges a spurious detection into its neighbour's flux) buffers the objects it
+    # has seen, so the isophotal fluxes of some objects differ, not their centroids
+    flux_ratio = np.asarray(cut["flux_adu"])[nearest[same]] / np.asarray(one["flux_adu"])[same]
+    assert np.median(np.abs(flux_ratio - 1)) < 1e-3 and np.percentile(np.abs(flux_ratio - 1), 95) < 0.1
+    # the true stars are found in every strip
+    found = np.hypot(cut["i"][:, None] - x[None, :], cut["j"][:, None] - y[None, :]).min(axis=0) < 1.0
+    rows = np.digitize(y, np.arange(0, 1500, 200))
+    assert all(found[rows == k].mean() > 0.9 for k in np.unique(rows))
+
+
 def test_nan_pixels_are_masked() -> None:
     rng = np.random.default_rng(5)
     image = render((100, 100), np.array([50.0]), np.array([50.0]), np.array([1e5]), rng=rng)
