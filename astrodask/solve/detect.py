@@ -546,6 +546,9 @@ LOCUS_CUT_SIGMAS = 4.0
 MAD_TO_SIGMA = 1.4826
 #: Half-flux radius aperture: this many times the source's semi-major axis (at least ``R50_MIN_APERTURE_PX``).
 R50_APERTURE_A = 6.0
+#: Sub-pixel sampling of the half-flux radius's aperture edge: 3 x 3 moves r50 by 0.35 % (median; 1.9 % at
+#: the 99th percentile) from 5 x 5, far inside the cuts on it, in 60 % of the time.
+R50_SUBPIX = 3
 #: Smallest half-flux radius aperture, px.
 R50_MIN_APERTURE_PX = 3.0
 #: Largest half-flux radius aperture: this many times the median semi-major axis of the classified sources.
@@ -678,7 +681,7 @@ def classify_sources(image: np.ndarray, objects: np.ndarray, *, snr: np.ndarray,
     cap = max(R50_MIN_APERTURE_PX, R50_MAX_APERTURE_A * float(np.median(obj["a"])))
     aperture = np.clip(R50_APERTURE_A * np.asarray(obj["a"], dtype=np.float64), R50_MIN_APERTURE_PX, cap)
     radius, rflag = sep.flux_radius(image, obj["x"].astype(np.float64), obj["y"].astype(np.float64), aperture,
-                                    0.5, subpix=5, mask=mask)
+                                    0.5, subpix=R50_SUBPIX, mask=mask)
     good = (rflag == 0) & np.isfinite(radius) & (radius > 0)
     r50[bright[good]] = radius[good]
     unsat = good & ~np.asarray(saturated)[bright]
