@@ -18,7 +18,10 @@ Our renderer, in the order a simulated exposure is made (one module each):
    write, with chosen pointing, rotation and scale errors.
 5. :mod:`~astrodask.simulate.files` -- :func:`write_exposure` and :func:`read_truth_wcs`: the
    image and its exact truth beside it.
-6. :mod:`~astrodask.simulate.demo` -- :func:`simulate_field` and :func:`make_demo`: all of the
+6. :mod:`~astrodask.simulate.atmosphere` -- :class:`TurbulenceSpec` and :func:`field_for_wcs`:
+   an optional atmospheric displacement (curl-free, von Karman) that both renderers apply to
+   the stars and write beside the truth WCS.
+7. :mod:`~astrodask.simulate.demo` -- :func:`simulate_field` and :func:`make_demo`: all of the
    above for one field.
 
 A second, independent renderer built on GalSim, for tests and benchmarks only (GalSim is
@@ -37,6 +40,7 @@ last axis), ``j`` the row; only FITS ``CRPIX`` is 1-based.
 """
 
 from astrodask.reference.healpix import healpix_nested_index
+from astrodask.simulate.atmosphere import DisplacementField, TurbulenceSpec, field_for_wcs, turbulence_field
 from astrodask.simulate.catalog import (
     DEFAULT_BRIGHT_LIMIT,
     DEFAULT_COUNT_SLOPE_DEX_PER_MAG,
@@ -83,6 +87,11 @@ from astrodask.simulate.render import DEFAULT_GAIN_E_PER_ADU, render_exposure, r
 from astrodask.simulate.truth import condor_wcs
 
 __all__ = [
+    # the atmosphere (both renderers)
+    "DisplacementField",
+    "TurbulenceSpec",
+    "field_for_wcs",
+    "turbulence_field",
     # our renderer
     "ExposurePaths",
     "SimulatedField",
