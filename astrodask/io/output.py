@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,10 @@ STATUS_KEYWORD = "ASTSTAT"
 SOLVED_VALUE = SOLVED.upper()
 #: The summary table of an output folder.
 SUMMARY_NAME = "summary.ecsv"
+#: Mode asked for every file written, before the umask: read-write for all, as ``open()`` does.
+USER_FILE_MODE = 0o666
+#: Random temporary names tried before giving up (each try fails only if the name exists).
+TEMPORARY_NAME_ATTEMPTS = 100
 #: WCS keywords removed from an exposure's header before the solution is written in.
 _WCS_KEY_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "PV1_", "PV2_",
                      "A_", "B_", "AP_", "BP_", "CROTA")
@@ -79,10 +83,14 @@ def solution_header(result: ExposureResult) -> fits.Header:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    """Write through a temporary file in the same folder, then rename it over ``path``.
+
+    The file gets the permissions of any file the user writes, ``0o666`` less the
+    process's umask (``tempfile.mkstemp`` would make it ``0o600``: on a shared cluster
+    nobody but the worker's own user could read a solution).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -90,6 +98,24 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temporary(path: Path) -> str:
+    """Create an empty, uniquely named temporary file beside ``path`` with mode ``0o666 & ~umask``.
+
+    ``os.open`` with ``O_EXCL`` applies the umask itself (no process-wide ``os.umask`` call, which
+    would race between the threads of a Dask worker).
+    """
+    for _ in range(TEMPORARY_NAME_ATTEMPTS):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, USER_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name} "
+                          f"after {TEMPORARY_NAME_ATTEMPTS} attempts")
 
 
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
