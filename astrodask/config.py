@@ -369,6 +369,24 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
+#: Hexadecimal digits kept of a config's SHA-256 in :func:`config_digest`.
+CONFIG_DIGEST_CHARS = 16
+
+
+def config_digest(config: PipelineConfig | Mapping[str, Any]) -> str:
+    """A short fingerprint of a configuration: equal configs give equal digests.
+
+    A status record keeps it, so that a resubmit under another config retries a failure
+    that the old config made (``fit.min_matches`` lowered, ``gaia.margin_deg`` raised...).
+    """
+    import hashlib
+    import json
+
+    plain = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:CONFIG_DIGEST_CHARS]
+
+
 def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Recursively merge ``over`` into a copy of ``base`` (keys normalised: '-' -> '_')."""
     out = {str(k).replace("-", "_"): v for k, v in base.items()}

@@ -18,6 +18,9 @@ import pytest
 
 from astrodask.simulate import SimulatedField, simulate_field
 
+#: Broken input makes data-quality notices (no sources, defaults assumed): expected here, not errors.
+pytestmark = pytest.mark.filterwarnings("ignore::astrodask.errors.AstrodaskWarning")
+
 BIN = Path(sys.executable).parent
 #: Small exposures: a solve takes well under a second.
 SHAPE = (700, 1000)
@@ -93,3 +96,78 @@ def test_a_solve_subprocess_writes_under_its_umask(good: SimulatedField, tmp_pat
         files = [p for p in out.rglob("*") if p.is_file()]
         assert {p.name for p in files} >= {"good.wcs.fits", "summary.ecsv", "good.json"}
         assert all(mode(p) == 0o666 & ~mask for p in files), [(p.name, oct(mode(p))) for p in files]
+
+
+# --------------------------------------------------------------------------
+# 2. Deterministic failures are not solved again
+# --------------------------------------------------------------------------
+
+
+def test_failure_kind_comes_from_the_error_class() -> None:
+    from astrodask import errors
+    from astrodask.types import FailureKind
+
+    deterministic = [errors.InputFileError("x"), errors.ImageError("x"), errors.PointingError("x"),
+                     errors.HeaderError("x"), errors.NoSourcesError("x"), errors.MatchError("x"),
+                     errors.SolveError("x"), errors.CatalogError("x"), errors.FitError("x")]
+    transient = [errors.ArchiveError("x"), errors.ArchiveUnreachableError("x"), errors.CacheError("x"),
+                 errors.LaunchError("x"), ConnectionResetError("x"), KeyboardInterrupt(), RuntimeError("x")]
+    assert {FailureKind.of(e) for e in deterministic} == {FailureKind.DETERMINISTIC}
+    assert {FailureKind.of(e) for e in transient} == {FailureKind.TRANSIENT}
+    # the same message under another class: the class decides, not the text
+    text = "tile unreadable"
+    assert FailureKind.of(errors.CatalogError(text)) != FailureKind.of(errors.CacheError(text))
+
+
+def test_a_resubmit_skips_unchanged_deterministic_failures_only(tmp_path: Path) -> None:
+    from astrodask.config import PipelineConfig
+    from astrodask.io.output import summary_row
+    from astrodask.run.backlog import plan_backlog, unchanged_failures, write_status
+    from astrodask.types import FAILED, ExposureResult, FailureKind
+
+    config = PipelineConfig()
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    paths = {name: data / f"{name}.fits" for name in ("gate", "archive", "edited", "fresh")}
+    for path in paths.values():
+        path.write_bytes(b"\0" * 2880)
+    for name, kind in [("gate", FailureKind.DETERMINISTIC), ("archive", FailureKind.TRANSIENT),
+                       ("edited", FailureKind.DETERMINISTIC)]:
+        write_status(summary_row(ExposureResult(file=str(paths[name]), name=name, status=FAILED, reason="r",
+                                                config=config.to_dict(), kind=kind)), out)
+    paths["edited"].write_bytes(b"\0" * 5760)  # the user fixed the file since
+
+    assert unchanged_failures(paths.values(), out, config=config) == {"gate"}
+    plan = plan_backlog(paths.values(), out, config=config)
+    assert plan.failed_before == (paths["gate"],) and len(plan.todo) == 3 and plan.n_total == 4
+    assert plan_backlog(paths.values(), out, config=config, retry_failed=True).n_todo == 4
+    assert plan_backlog(paths.values(), out, config=config, redo=True).n_todo == 4
+    # another config, or another astrodask: retried
+    assert unchanged_failures(paths.values(), out, config=config.replace({"fit": {"min_matches": 10}})) == set()
+    record = out / ".astrodask" / "gate.json"
+    record.write_text(record.read_text().replace('"astrodask_version": "', '"astrodask_version": "0.0.0+old'))
+    assert unchanged_failures(paths.values(), out, config=config) == set()
+
+
+def test_solve_serial_leaves_a_deterministic_failure_alone(good: SimulatedField, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from astrodask.cli import main
+
+    from astropy.io import fits
+
+    blank = tmp_path / "blank.fits"
+    header = fits.getheader(good.image_path, 1)
+    fits.PrimaryHDU(np.full(SHAPE, 1000.0, np.float32), header=header).writeto(blank)
+    out = tmp_path / "out"
+    args = ["solve", "--serial", str(blank), str(good.image_path), "--catalog", str(good.catalog_path),
+            "--out", str(out)]
+    runner = CliRunner()
+    first = runner.invoke(main, args)
+    assert first.exit_code == 3 and "blank.fits: FAILED at detect" in first.output, first.output
+    again = runner.invoke(main, args)
+    assert again.exit_code == 3, again.output
+    assert again.output.count("1 exposure(s) failed earlier for a reason that will not change") == 1
+    assert "blank.fits: FAILED" not in again.output and "[1/1]" not in again.output
+    retried = runner.invoke(main, [*args, "--retry-failed"])
+    assert "blank.fits: FAILED at detect" in retried.output and "failed earlier" not in retried.output

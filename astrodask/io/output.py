@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 
 from astrodask import __version__
+from astrodask.config import config_digest
 from astrodask.errors import InputFileError
 from astrodask.solve.tpv import tpv_header
 from astrodask.types import SOLVED, ExposureResult, Stage
@@ -147,7 +148,7 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
     return atomic_write(target, write)
 
 
-SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
+SUMMARY_COLUMNS = ("file", "name", "status", "kind", "reason", "stage", "sources", "references", "regions_ok",
                    "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
                    "err_scale", "err_floor_mas")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
@@ -155,10 +156,16 @@ STAGES = tuple(stage.value for stage in Stage)
 
 
 def summary_row(result: ExposureResult) -> dict[str, Any]:
-    """One row of the summary table: counts, figures and seconds per stage."""
+    """One row of the summary table: counts, figures and seconds per stage.
+
+    Besides :data:`SUMMARY_COLUMNS` and the timings, ``config_digest``
+    (:func:`astrodask.config.config_digest` of the config the solve ran with) goes into the
+    exposure's status record, not the summary.
+    """
     q, m = result.quality, result.error_model
     row: dict[str, Any] = {
-        "file": result.file, "name": result.name, "status": result.status, "reason": result.reason,
+        "file": result.file, "name": result.name, "status": result.status,
+        "kind": "" if result.ok else str(result.kind), "reason": result.reason,
         "stage": result.stage,
         "sources": int(result.counts.get("depth_sources", result.counts.get("sources", 0))),
         "references": int(result.counts.get("references", 0)),
@@ -173,6 +180,7 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
     }
     for stage in STAGES:
         row[f"t_{stage}_s"] = float(result.timings.get(stage, 0.0))
+    row["config_digest"] = config_digest(result.config) if result.config else ""
     return row
 
 

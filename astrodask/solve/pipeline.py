@@ -49,7 +49,7 @@ from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionM
 from astrodask.solve.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
                            pixel_to_world, world_to_pixel)
 from astrodask.types import (ARTEFACT_FLAGS, FAILED, SOLVED, Detections, Exposure, ExposureInfo, ExposureResult,
-                             FailureDiagnostics, Reduced, References, SourceFlag, Stage, exposure_name)
+                             FailureDiagnostics, FailureKind, Reduced, References, SourceFlag, Stage, exposure_name)
 
 log = logging.getLogger(__name__)
 
@@ -724,14 +724,16 @@ def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: T
     except AstrodaskError as err:
         reason = str(err)
         details = dict(getattr(err, "details", {}))
+        kind = FailureKind.of(err)
     except Exception as err:  # noqa: BLE001 - the one place: a failed exposure must not stop a backlog
         log.error("%s: unexpected error in stage %s:\n%s", path, clock.stage, traceback.format_exc())
         reason = f"internal error ({type(err).__name__}: {err})"
+        kind = FailureKind.of(err)
     stage = clock.stage
     clock.lap(None)
     log.warning("%s: failed at %s: %s", name, stage, reason)
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason,
-                          stage=stage, timings=clock.timings, config=config.to_dict(),
+                          stage=stage, timings=clock.timings, config=config.to_dict(), kind=kind,
                           diagnostics=failure_diagnostics(stage, reason, details, trace.get("sources"),
                                                           trace.get("references")))
 
