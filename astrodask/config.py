@@ -269,6 +269,7 @@ class GaiaConfig(_Section):
     margin_deg: float = param(0.2, "margin added around the footprint (covers pointing errors)", unit="deg", lo=0.0, hi=10.0)
     mag_limit: float = param(GAIA_MAG_LIMIT, "faintest G magnitude requested", unit="mag", lo=3.0, hi=23.0)
     timeout_s: float = param(600.0, "time allowed for one archive job", unit="s", lo=1.0, hi=86400.0)
+    request_timeout_s: float = param(60.0, "time allowed for one HTTP request to the archive (connect or answer) before it counts as a failed attempt", unit="s", lo=0.1, hi=3600.0)
     retries: int = param(3, "retries of a failed archive query", lo=0, hi=20)
     retry_backoff_s: float = param(2.0, "first wait before a retry, doubled each time", unit="s", lo=0.0, hi=600.0)
     default_ref_epoch: float = param(GAIA_DR3_EPOCH, "epoch assumed for catalogs without ref_epoch", unit="yr", lo=1900.0, hi=2200.0)

@@ -171,3 +171,81 @@ def test_solve_serial_leaves_a_deterministic_failure_alone(good: SimulatedField,
     assert "blank.fits: FAILED" not in again.output and "[1/1]" not in again.output
     retried = runner.invoke(main, [*args, "--retry-failed"])
     assert "blank.fits: FAILED at detect" in retried.output and "failed earlier" not in retried.output
+
+
+# --------------------------------------------------------------------------
+# 3. The archive unreachable: one clear error within seconds
+# --------------------------------------------------------------------------
+
+#: A failure without a retry loop takes seconds; the bound is loose (a loaded 2-core machine).
+FAST_FAILURE_S = 20.0
+
+
+def refused_url() -> str:
+    """A loopback URL with nothing listening: connections are refused."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/tap-server/tap"
+
+
+def solve_from_archive(field: SimulatedField, cache: Path, **gaia):
+    """Solve ``field`` with an empty tile cache filled from the archive of ``gaia``; (result, seconds)."""
+    import time
+
+    from astrodask.config import PipelineConfig
+    from astrodask.solve.pipeline import solve_file
+
+    config = PipelineConfig().replace({"gaia": {"retry_backoff_s": 0.1, **gaia}})
+    started = time.perf_counter()
+    result = solve_file(field.image_path, config=config, cache_url=str(cache))
+    return result, time.perf_counter() - started
+
+
+@pytest.mark.parametrize("where", ["refused", "unresolvable"])
+def test_an_unreachable_archive_fails_once_and_fast_with_the_fix(good: SimulatedField, tmp_path: Path,
+                                                                   where: str) -> None:
+    from astrodask.reference.store import TileCache
+
+    url = refused_url() if where == "refused" else "http://gaia.invalid/tap-server/tap"
+    result, seconds = solve_from_archive(good, tmp_path / "tiles", tap_url=url, retries=5, retry_backoff_s=5.0)
+    assert not result.ok and result.stage == "references"
+    assert seconds < FAST_FAILURE_S  # no retries: 5 of them with this backoff would take 155 s
+    reason = result.reason
+    assert reason.count(url) == 1 and reason.count("cannot be reached") == 1, reason
+    assert ("connection refused" if where == "refused" else "does not resolve") in reason
+    assert "--catalog FILE" in reason and "astrodask cache import" in reason and "cache prefetch" in reason
+    assert "tile(s) of the field could not be filled: 6/" in reason  # the tiles named, the error once
+    assert len(reason) < 600
+    assert result.kind == "transient"  # a resubmit with a network back retries it
+    assert TileCache(tmp_path / "tiles").tiles() == []
+
+
+def test_an_archive_answering_503_is_retried_with_backoff_then_fails_clearly(good: SimulatedField,
+                                                                              tmp_path: Path) -> None:
+    from archive_server import RecordedTapServer
+
+    with RecordedTapServer() as archive:
+        archive.fail_on, archive.fail_count = "post", -1
+        result, seconds = solve_from_archive(good, tmp_path / "tiles", tap_url=archive.base, retries=2)
+        attempts = len(archive.posts)
+    assert attempts == 3  # the first tile: 1 + 2 retries; the field's other tile is not tried
+    assert not result.ok and "failed after 3 attempt(s)" in result.reason and "Service Unavailable" in result.reason
+    assert "more tile(s) of the field not tried" in result.reason and "--catalog FILE" in result.reason
+    assert 0.3 <= seconds < FAST_FAILURE_S  # backoff 0.1 s then 0.2 s
+    assert result.kind == "transient"
+
+
+def test_an_archive_that_does_not_answer_times_out_and_is_retried(good: SimulatedField, tmp_path: Path) -> None:
+    from archive_server import RecordedTapServer
+
+    with RecordedTapServer() as archive:
+        archive.stall_s = 3.0
+        result, seconds = solve_from_archive(good, tmp_path / "tiles", tap_url=archive.base, retries=1,
+                                             request_timeout_s=0.5)
+        attempts = len(archive.requests)  # each stalled past the timeout before it was read
+    assert attempts == 2
+    assert not result.ok and "failed after 2 attempt(s)" in result.reason and "timed out" in result.reason
+    assert "gaia.request_timeout_s" in result.reason
+    assert seconds < FAST_FAILURE_S

@@ -246,5 +246,6 @@ def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
     failed = runner.invoke(main, ["solve", str(far), "--cache", str(tiles), "--out", str(out), "--serial",
                                   "--set", f"gaia.tap_url={dead}", "--set", "gaia.retries=0"])
     assert failed.exit_code != 0
-    assert "could not be filled" in failed.output and "tile 6/" in failed.output and dead in failed.output
+    assert "tile(s) of the field could not be filled: 6/" in failed.output and dead in failed.output
+    assert failed.output.count("cannot be reached (connection refused)") == 2  # the log line and the result
     assert set(TileCache(str(tiles)).tiles()) == before  # nothing half-written, nothing lost

@@ -274,17 +274,19 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
     Raises
     ------
     ArchiveError
-        When some tiles could not be filled, naming each with its reason.
+        When some tiles could not be filled: each distinct reason once, with its tiles.
     """
     from distributed import worker_client
 
     from astrodask.errors import ArchiveError
+    from astrodask.reference.fill import summarise_tile_failures
 
     with worker_client() as client:
         records = client.gather(tile_tasks(client, cache_url, pixels, config=config))
-    failed = [f"tile {r.label}: {r.reason}" for r in records if r.state == TileState.FAILED]
+    failed = [(r.label, r.reason) for r in records if r.state == TileState.FAILED]
     if failed:
-        raise ArchiveError(f"{len(failed)} tile(s) of the field could not be filled: " + "; ".join(failed))
+        # the archive down fails every tile the same way: one reason, not one per tile
+        raise ArchiveError(summarise_tile_failures(failed))
     return {r.tile: r.rows for r in records}
 
 
