@@ -186,6 +186,7 @@ class DetectConfig(_Section):
     edge_margin_px: float = param(5.0, "sources this close to the image edge are flagged EDGE", unit="px", lo=0.0, hi=1000.0)
     saturation_fraction: float = param(0.95, "a peak above this fraction of SATURATE flags the source SATURATED", lo=0.1, hi=1.0)
     default_saturation_adu: float = param(65535.0, "saturation level when the header has no SATURATE", unit="ADU", lo=1.0, hi=1e12)
+    max_saturated_fraction: float = param(0.5, "an exposure with a larger fraction of its pixels at saturation (saturation_fraction x SATURATE) is overexposed and not solved", lo=0.01, hi=1.0)
     default_gain: float = param(1.0, "gain when the header has no GAIN", unit="e-/ADU", lo=1e-4, hi=1e4)
     classify_snr_min: float = param(15.0, "sources at this signal-to-noise or above are told from artefacts "
                                     "(sharp, extended, elongated) and define the stars' size", lo=1.0, hi=1e6)
@@ -377,13 +378,16 @@ CONFIG_DIGEST_CHARS = 16
 def config_digest(config: PipelineConfig | Mapping[str, Any]) -> str:
     """A short fingerprint of a configuration: equal configs give equal digests.
 
-    A status record keeps it, so that a resubmit under another config retries a failure
-    that the old config made (``fit.min_matches`` lowered, ``gaia.margin_deg`` raised...).
+    Only the config's sections count (a result's ``config`` also holds the version and
+    the depth-match method). A status record keeps it, so that a resubmit under another
+    config retries a failure that the old config made (``fit.min_matches`` lowered, ``gaia.margin_deg`` raised...).
     """
     import hashlib
     import json
 
     plain = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+    sections = {f.name for f in fields(PipelineConfig)}
+    plain = {key: value for key, value in plain.items() if key in sections}  # not a result's extra entries
     text = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:CONFIG_DIGEST_CHARS]
 

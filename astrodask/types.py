@@ -331,6 +331,9 @@ class ExposureResult:
     kind
         Whether a failure can change when run again (:class:`FailureKind`); a failed result
         without one (a quality gate) is deterministic. Unused when solved.
+    notes
+        What the solve assumed for facts its header lacks (the epoch, the gain...), one
+        sentence each (:func:`astrodask.io.exposure.header_notes`).
     """
 
     file: str
@@ -350,6 +353,7 @@ class ExposureResult:
     matched: Table | None = None
     diagnostics: FailureDiagnostics | None = None
     kind: FailureKind = FailureKind.DETERMINISTIC
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

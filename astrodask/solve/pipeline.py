@@ -39,10 +39,10 @@ from scipy.spatial import cKDTree
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
-from astrodask.solve.detect import Background, detect_pass, subtract_background
+from astrodask.solve.detect import Background, check_pixels, detect_pass, subtract_background
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
-from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
+from astrodask.io.exposure import approximate_wcs, get_pointing, header_notes, read_exposure
 from astrodask.reference.footprint import get_gaia_xy
 from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
                              match_region, matching_depth, mean_affine, region_grid)
@@ -112,13 +112,18 @@ def stage_first_pass(exposure: Exposure, *, config: PipelineConfig) -> tuple[Tab
 
     Raises
     ------
+    ImageError
+        No pixel is finite (:func:`astrodask.solve.detect.check_pixels`).
     NoSourcesError
-        The first pass found no source at all: blank sky, a closed shutter, not a sky image.
+        The image is overexposed (:func:`astrodask.solve.detect.check_pixels`), or the first
+        pass found no source at all: blank sky, a closed shutter, not a sky image.
     """
+    check_pixels(exposure.data, saturation_adu=exposure.saturate_adu, config=config.detect,
+                 where=str(exposure.path))
     background = subtract_background(exposure.data, config=config.detect)
     sources = detect_pass(exposure, background, config=config.detect)
     if len(sources) == 0:
-        raise NoSourcesError(f"{exposure.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
+        raise NoSourcesError(f"{exposure.path}: no sources above {config.detect.first.thresh_sigma:g} sigma "
                              f"(background rms {background.rms_adu:.3g} ADU): "
                              "blank sky, a closed shutter or not a sky image")
     return sources, background
@@ -674,6 +679,9 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
                            offset_deg=pointing_offset_deg(solution, wcs0, shape),
                            search_radius_deg=config.gaia.margin_deg)
     matched_table = matched_list(deep, refs, kept, keep, solution, model)
+    notes = header_notes(info, config=config.detect)
+    for note in notes:
+        log.warning("%s: %s", info.name, note)
     clock.lap(None)
     return ExposureResult(
         file=str(info.path), name=info.name, status=FAILED if reason else SOLVED,
@@ -681,7 +689,7 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
         error_model=model, quality=quality, counts=counts, rms_arcsec=rms, timings=clock.timings,
         regions=tuple((m.region.index, m.status, m.reason, len(m.src_index)) for m in matches),
         shape=shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
-        matched=matched_table,
+        matched=matched_table, notes=notes,
     )
 
 
