@@ -20,7 +20,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
-from astrodask.constants import GAIA_DR3_EPOCH, GAIA_G_ZERO_POINT
+from astrodask.constants import GAIA_DR3_EPOCH, GAIA_G_ZERO_POINT, MAX_PARALLAX_MAS, MAX_PROPER_MOTION_MASYR
 from astrodask.errors import AstrodaskWarning, CatalogError, InputFileError
 from astrodask.types import REFERENCE_COLUMNS, RefFlag
 
@@ -254,7 +254,9 @@ def normalise_catalog(table: Table, *, default_ref_epoch: float = GAIA_DR3_EPOCH
     ------
     CatalogError
         If ra, dec or a G magnitude is missing, a column is not numeric, a
-        unit cannot be converted, or a declination is outside +-90 deg.
+        unit cannot be converted, a declination is outside +-90 deg, or a proper
+        motion or parallax is beyond any star's (:data:`MAX_PROPER_MOTION_MASYR`,
+        :data:`MAX_PARALLAX_MAS`: a column in other units than it says).
     """
     lookup: dict[str, str] = {}
     for name in table.colnames:
@@ -321,6 +323,16 @@ def normalise_catalog(table: Table, *, default_ref_epoch: float = GAIA_DR3_EPOCH
             f"catalog {catalog_path}: column {found['dec']} has declinations outside -90..+90 deg "
             f"(e.g. {dec[bad_dec][0]!r}); check its unit"
         )
+    for name, limit in (("pmra", MAX_PROPER_MOTION_MASYR), ("pmdec", MAX_PROPER_MOTION_MASYR),
+                        ("parallax", MAX_PARALLAX_MAS)):
+        column = values[name]
+        wrong = np.isfinite(column) & (np.abs(column) > limit)
+        if wrong.any():
+            raise CatalogError(
+                f"catalog {catalog_path}: column {found[name]} has {int(wrong.sum())} value(s) beyond any star's "
+                f"(e.g. {float(column[wrong][0]):.6g} {REFERENCE_UNITS[name]}, more than {limit:g}); check its "
+                "unit"
+            )
     ra = np.mod(values["ra"], 360.0)
     values["ra"] = np.where(ra >= 360.0, ra - 360.0, ra)  # np.mod(-1e-17, 360) is 360.0
 

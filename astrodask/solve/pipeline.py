@@ -262,7 +262,13 @@ def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, conf
     tgt = np.column_stack([np.asarray(refs["x"])[:n_ref], np.asarray(refs["y"])[:n_ref]])
     inside = np.asarray(refs["in_image"][:n_ref], dtype=bool)
     if len(src) < 3 or inside.sum() < 3:
-        raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
+        hint = ""
+        if len(src) >= 3 and len(refs) > inside.sum():
+            hint = (f"; {len(refs)} references lie around the image but not in it: is the header's pointing off by "
+                    f"more than gaia.margin_deg = {config.gaia.margin_deg:g} deg? Give --ra and --dec, or raise "
+                    "gaia.margin_deg")
+        raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to "
+                         f"match{hint}")
     tgt_inside = tgt[inside]
     scale = float(refs.meta.get("scale_arcsec") or config.pointing.plate_scale_arcsec)
     n_verify_ref = int(math.ceil(rc.reference_excess * min(VERIFY_STARS, len(src))))
