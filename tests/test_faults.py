@@ -5,6 +5,7 @@ and catalogs beside good exposures, and wrong answers never reported as solved."
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -461,3 +462,134 @@ def test_wrong_headers_are_never_solved_wrongly(night: dict, tmp_path: Path) -> 
     for name, outcome in outcomes.items():
         if outcome.startswith("failed"):  # the hint that fits these failures
             assert "pointing off by more than gaia.margin_deg" in outcome, (name, outcome)
+
+
+# --------------------------------------------------------------------------
+# Reference stars: catalogs and the tile cache
+# --------------------------------------------------------------------------
+
+
+def catalog_variants(good: SimulatedField, folder: Path) -> dict[str, Path]:
+    from astropy.table import Table
+
+    table = Table.read(good.catalog_path)
+    variants = {}
+
+    def write(name: str, t: Table) -> None:
+        variants[name] = folder / f"{name}.ecsv"
+        t.write(variants[name])
+
+    radians = table.copy()
+    for key in ("ra", "dec"):
+        radians[key] = np.radians(radians[key])
+    write("radians_as_deg", radians)  # radians, but the columns still say deg
+    for key in ("ra", "dec"):
+        radians[key].unit = "rad"
+    write("radians", radians)  # declared: converted like any catalog
+    pm = table.copy()
+    pm["pmra"].unit = "deg / yr"  # mas/yr values declared in deg/yr
+    write("pm_deg", pm)
+    write("empty", table[:0])
+    return variants
+
+
+def test_catalogs_with_wrong_units_empty_or_elsewhere_say_so(good: SimulatedField, tmp_path: Path) -> None:
+    from astrodask.errors import CatalogError
+    from astrodask.reference.catalog import read_catalog
+    from astrodask.solve.pipeline import solve_file
+
+    files = catalog_variants(good, tmp_path)
+    solved = solve_file(good.image_path, catalog=read_catalog(files["radians"]))
+    assert solved.ok  # units declared: converted
+    with pytest.raises(CatalogError, match=r"pm_deg.ecsv: column pmra has \d+ value\(s\) beyond any star's .* check "
+                                           "its unit"):
+        read_catalog(files["pm_deg"])
+    elsewhere = simulate(tmp_path, "elsewhere", ra_deg=200.0, dec_deg=-30.0)
+    for name, catalog, message in [
+            ("radians_as_deg", files["radians_as_deg"], "none of its .* stars lies within the field .* span RA 2.6"),
+            ("empty", files["empty"], "empty.ecsv holds no star"),
+            ("elsewhere", elsewhere.catalog_path, "elsewhere_gaia.ecsv: none of its .* span RA 199")]:
+        result = solve_file(good.image_path, catalog=read_catalog(catalog))
+        assert not result.ok and result.stage == "references", name
+        assert result.kind == "deterministic"
+        assert re.search(message, result.reason), (name, result.reason)
+
+
+def test_a_damaged_cache_tile_is_named_and_refilled_or_reported(good: SimulatedField, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from astrodask.config import PipelineConfig
+    from astrodask.reference.fill import import_catalog
+    from astrodask.reference.store import TileCache
+    from astrodask.simulate import healpix_nested_index
+    from astrodask.solve.pipeline import solve_file
+
+    wide = simulate(tmp_path, "wide", catalog_margin_deg=0.45)
+    cache = TileCache(tmp_path / "tiles")
+    import_catalog(cache, wide.catalog_path)
+    assert solve_file(wide.image_path, cache_url=cache.url).ok  # the cache as imported serves the field
+    tile = int(healpix_nested_index(np.array([FIELD[0]]), np.array([FIELD[1]]), level=cache.level)[0])
+    chunk = tmp_path / "tiles" / str(cache.level) / str(tile) / "ra" / "c" / "0"
+    chunk.write_bytes(b"not zstd at all")  # the field centre's tile, damaged
+    offline = PipelineConfig().replace({"gaia": {"fetch_missing_tiles": False}})
+    result = solve_file(wide.image_path, cache_url=cache.url, config=offline)
+    assert not result.ok and f"6/{tile} (unreadable" in result.reason and "fill them" in result.reason
+    assert result.kind == "transient"  # a prefetch or an import repairs it
+    with caplog.at_level(logging.WARNING, logger="astrodask.reference.store"):
+        result = solve_file(wide.image_path, cache_url=cache.url,
+                            config=PipelineConfig().replace({"gaia": {"tap_url": refused_url()}}))
+    assert f"tile 6/{tile} is unreadable" in caplog.text and "filling it again" in caplog.text
+    assert not result.ok and "cannot be reached (connection refused)" in result.reason
+    import_catalog(cache, wide.catalog_path)  # the fix the message names
+    assert solve_file(wide.image_path, cache_url=cache.url, config=offline).ok
+
+
+def run_with_read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``astrodask ARGS`` in a subprocess that cannot write into ``folder``.
+
+    Without root, the folder is made read-only (chmod); as root, whom permissions do not stop, the
+    command runs in a private mount namespace where ``folder`` is bind-mounted read-only.
+    """
+    import shutil
+
+    command = [str(BIN / "astrodask"), *args]
+    if os.geteuid() != 0:
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+        for path, bits in modes.items():
+            path.chmod(bits & ~0o222)
+        try:
+            return subprocess.run(command, capture_output=True, text=True)
+        finally:
+            for path, bits in modes.items():
+                path.chmod(bits)
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare(1): no way to make a folder read-only")
+    mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", mount, str(folder), "true"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"cannot bind-mount read-only here: {probe.stderr.strip()}")
+    return subprocess.run(["unshare", "-m", "sh", "-c", mount, str(folder), *command], capture_output=True,
+                          text=True)
+
+
+def test_a_read_only_cache_serves_what_it_holds_and_says_why_it_cannot_be_filled(tmp_path: Path) -> None:
+    from archive_server import RecordedTapServer
+
+    from astrodask.reference.fill import import_catalog
+    from astrodask.reference.store import TileCache
+
+    wide = simulate(tmp_path, "wide", catalog_margin_deg=0.45)
+    full, empty = TileCache(tmp_path / "full"), TileCache(tmp_path / "empty")
+    import_catalog(full, wide.catalog_path)
+    solved = run_with_read_only(tmp_path / "full", ["solve", "--serial", str(wide.image_path), "--cache", full.url,
+                                                    "--out", str(tmp_path / "out1")])
+    assert solved.returncode == 0, solved.stderr  # reading needs no write
+    with RecordedTapServer() as archive:
+        failed = run_with_read_only(tmp_path / "empty", ["solve", "--serial", str(wide.image_path), "--cache",
+                                                         empty.url, "--out", str(tmp_path / "out2"), "--set",
+                                                         f"gaia.tap_url={archive.base}"])
+        assert archive.posts  # the archive answered: the write is what failed
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "cannot be written" in failed.stdout + failed.stderr and "read-only" in failed.stderr
+    assert empty.tiles() == []
