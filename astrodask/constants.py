@@ -17,3 +17,7 @@ MAX_PROPER_MOTION_MASYR: float = 20_000.0
 
 #: Largest parallax of any star is Proxima Centauri's, 768 mas: a larger one (mas) is in other units.
 MAX_PARALLAX_MAS: float = 1_000.0
+
+#: G magnitudes a star can have: the brightest stars are near G = -1.5 and no survey reaches G = 30;
+#: a catalog outside these (mag) holds something else in its magnitude column (fluxes, another unit).
+STAR_G_MAG_RANGE: tuple[float, float] = (-5.0, 30.0)

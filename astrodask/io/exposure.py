@@ -58,6 +58,8 @@ OLD_FITS_CENTURY = 1900
 #: A CD matrix whose determinant is at most this fraction of the sum of its squared elements is
 #: singular (its two columns parallel to 1e-9 rad): no image maps through it.
 SINGULAR_CD_RELATIVE_DET = 1e-9
+#: A header whose CD matrix has an element larger than this (deg/px) describes no telescope's pixels.
+MAX_PIXEL_SCALE_DEG = 10.0
 #: Numeric WCS keywords that wcslib would silently read as 0 when they are not numbers.
 WCS_NUMBER_KEYS = ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "CDELT1", "CDELT2")
 #: Seconds per minute, for EXPOSURE keywords whose comment says minutes.
@@ -450,7 +452,7 @@ def get_pointing(
             source="cli",
             scale_source=scale_source,
         )
-    nx, ny = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+    nx, ny = _header_int(header, "NAXIS1"), _header_int(header, "NAXIS2")
     overridden = scale_arcsec is not None or rotation_deg is not None or parity is not None
     wcs_header, unusable = _celestial_header(header, path)
     if unusable:
@@ -566,6 +568,9 @@ def _celestial_header(header: fits.Header, path: str | Path) -> tuple[fits.Heade
     ctype1 = str(header.get("CTYPE1", ""))
     if not ctype1.upper().startswith("RA") or "CRVAL1" not in header:
         return None, ""
+    not_text = [f"{key} = {header[key]!r}" for key in ("CTYPE1", "CTYPE2") if not isinstance(header.get(key, ""), str)]
+    if not_text:
+        return None, f"{', '.join(not_text)}: not a projection name"
     # wcslib silently reads a non-numeric CRVAL or CD ('NaN', an unparsable card) as 0: check them first
     bad = [f"{key} = {text}" for key in WCS_NUMBER_KEYS if key in header
            for number, text in [_card_number(header, key)] if not math.isfinite(number)]
@@ -576,7 +581,7 @@ def _celestial_header(header: fits.Header, path: str | Path) -> tuple[fits.Heade
         try:
             wcs = WCS(dss.without_plate_solution(header), naxis=2)
         except (ValueError, KeyError, MemoryError) as err:
-            return None, f"wcslib cannot read it: {err}"
+            return None, f"wcslib cannot read it: {' '.join(str(err).split())}"
     if not wcs.has_celestial:
         return None, f"CTYPE1 = {ctype1!r} with no celestial pair"
     crval = np.asarray(wcs.wcs.crval, dtype=float)
@@ -585,10 +590,21 @@ def _celestial_header(header: fits.Header, path: str | Path) -> tuple[fits.Heade
         return None, f"CRVAL1, CRVAL2 = {crval[0]}, {crval[1]} are not finite"
     if not np.all(np.isfinite(matrix)):
         return None, f"its CD matrix {matrix.tolist()} is not finite"
+    if np.max(np.abs(matrix)) > MAX_PIXEL_SCALE_DEG:
+        return None, (f"its CD matrix {matrix.tolist()} deg/px has an element beyond {MAX_PIXEL_SCALE_DEG:g} deg/px: "
+                      "no plate scale")
     if abs(float(np.linalg.det(matrix))) <= SINGULAR_CD_RELATIVE_DET * float(np.sum(matrix**2)):
         return None, (f"its CD matrix {np.round(matrix, 10).tolist()} deg/px is singular (determinant "
                       f"{float(np.linalg.det(matrix)):.3g}): it maps the image onto a line")
     return wcs.to_header(relax=True), ""
+
+
+def _header_int(header: fits.Header, key: str) -> int:
+    """A non-negative integer keyword (an image axis length), 0 when absent or not such an integer."""
+    value = header.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        return 0
+    return int(value)
 
 
 def _card_number(header: fits.Header, key: str) -> tuple[float, str]:

@@ -20,7 +20,8 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
-from astrodask.constants import GAIA_DR3_EPOCH, GAIA_G_ZERO_POINT, MAX_PARALLAX_MAS, MAX_PROPER_MOTION_MASYR
+from astrodask.constants import (GAIA_DR3_EPOCH, GAIA_G_ZERO_POINT, MAX_PARALLAX_MAS, MAX_PROPER_MOTION_MASYR,
+                                 STAR_G_MAG_RANGE)
 from astrodask.errors import AstrodaskWarning, CatalogError, InputFileError
 from astrodask.types import REFERENCE_COLUMNS, RefFlag
 
@@ -299,6 +300,14 @@ def normalise_catalog(table: Table, *, default_ref_epoch: float = GAIA_DR3_EPOCH
         if name not in found:
             notes.append(f"{name}: no column, NaN")
 
+    mag = values["phot_g_mean_mag"]
+    wrong_mag = np.isfinite(mag) & ((mag < STAR_G_MAG_RANGE[0]) | (mag > STAR_G_MAG_RANGE[1]))
+    if wrong_mag.any():
+        raise CatalogError(
+            f"catalog {catalog_path}: column {found['phot_g_mean_mag']} has {int(wrong_mag.sum())} value(s) that "
+            f"are no star's G magnitude (e.g. {float(mag[wrong_mag][0]):.6g}; allowed {STAR_G_MAG_RANGE[0]:g} to "
+            f"{STAR_G_MAG_RANGE[1]:g}): is it a flux, or another quantity?"
+        )
     flux_from_mag = g_flux_from_mag(values["phot_g_mean_mag"])
     if "phot_g_mean_flux" not in found:
         values["phot_g_mean_flux"] = flux_from_mag
