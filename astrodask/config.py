@@ -192,6 +192,7 @@ class DetectConfig(_Section):
     edge_margin_px: float = param(5.0, "sources this close to the image edge are flagged EDGE", unit="px", lo=0.0, hi=1000.0)
     saturation_fraction: float = param(0.95, "a peak above this fraction of SATURATE flags the source SATURATED", lo=0.1, hi=1.0)
     default_saturation_adu: float = param(65535.0, "saturation level when the header has no SATURATE", unit="ADU", lo=1.0, hi=1e12)
+    max_saturated_fraction: float = param(0.5, "an exposure with a larger fraction of its pixels at saturation (saturation_fraction x SATURATE) is overexposed and not solved", lo=0.01, hi=1.0)
     default_gain: float = param(1.0, "gain when the header has no GAIN", unit="e-/ADU", lo=1e-4, hi=1e4)
     classify_snr_min: float = param(15.0, "sources at this signal-to-noise or above are told from artefacts "
                                     "(sharp, extended, elongated) and define the stars' size", lo=1.0, hi=1e6)
@@ -275,6 +276,7 @@ class GaiaConfig(_Section):
     margin_deg: float = param(0.2, "margin added around the footprint (covers pointing errors)", unit="deg", lo=0.0, hi=10.0)
     mag_limit: float = param(GAIA_MAG_LIMIT, "faintest G magnitude requested", unit="mag", lo=3.0, hi=23.0)
     timeout_s: float = param(600.0, "time allowed for one archive job", unit="s", lo=1.0, hi=86400.0)
+    request_timeout_s: float = param(60.0, "time allowed for one HTTP request to the archive (connect or answer) before it counts as a failed attempt", unit="s", lo=0.1, hi=3600.0)
     retries: int = param(3, "retries of a failed archive query", lo=0, hi=20)
     retry_backoff_s: float = param(2.0, "first wait before a retry, doubled each time", unit="s", lo=0.0, hi=600.0)
     default_ref_epoch: float = param(GAIA_DR3_EPOCH, "epoch assumed for catalogs without ref_epoch", unit="yr", lo=1900.0, hi=2200.0)
@@ -374,6 +376,27 @@ def _to_plain(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     return obj
+
+
+#: Hexadecimal digits kept of a config's SHA-256 in :func:`config_digest`.
+CONFIG_DIGEST_CHARS = 16
+
+
+def config_digest(config: PipelineConfig | Mapping[str, Any]) -> str:
+    """A short fingerprint of a configuration: equal configs give equal digests.
+
+    Only the config's sections count (a result's ``config`` also holds the version and
+    the depth-match method). A status record keeps it, so that a resubmit under another
+    config retries a failure that the old config made (``fit.min_matches`` lowered, ``gaia.margin_deg`` raised...).
+    """
+    import hashlib
+    import json
+
+    plain = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+    sections = {f.name for f in fields(PipelineConfig)}
+    plain = {key: value for key, value in plain.items() if key in sections}  # not a result's extra entries
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:CONFIG_DIGEST_CHARS]
 
 
 def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

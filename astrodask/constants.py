@@ -10,3 +10,14 @@ GAIA_SOURCE_ID_SHIFT: int = 35
 GAIA_HEALPIX_LEVEL: int = 12
 #: Default faintest G magnitude of reference catalogs.
 GAIA_MAG_LIMIT: float = 20.0
+
+#: Largest proper motion of any known star is Barnard's star's, 10.39 arcsec/yr: a catalog with
+#: larger values (mas/yr) has its proper motions in other units than declared.
+MAX_PROPER_MOTION_MASYR: float = 20_000.0
+
+#: Largest parallax of any star is Proxima Centauri's, 768 mas: a larger one (mas) is in other units.
+MAX_PARALLAX_MAS: float = 1_000.0
+
+#: G magnitudes a star can have: the brightest stars are near G = -1.5 and no survey reaches G = 30;
+#: a catalog outside these (mag) holds something else in its magnitude column (fluxes, another unit).
+STAR_G_MAG_RANGE: tuple[float, float] = (-5.0, 30.0)

@@ -8,9 +8,19 @@ non-zero exit status; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class AstrodaskError(Exception):
-    """Root of every error astrodask raises on purpose."""
+    """Root of every error astrodask raises on purpose.
+
+    ``transient`` says whether the same solve may succeed later without any change to
+    its input, configuration or software (the archive was down, a cache could not be
+    read): a resubmit retries an exposure that failed with a transient error and leaves
+    one that failed for a deterministic reason (a broken file, a quality gate) alone.
+    """
+
+    transient: ClassVar[bool] = False
 
 
 class ConfigError(AstrodaskError, ValueError):
@@ -35,6 +45,25 @@ class CatalogError(AstrodaskError, ValueError):
 
 class ArchiveError(AstrodaskError, RuntimeError):
     """A query to the Gaia archive failed after its retries."""
+
+    transient = True
+
+
+class ArchiveUnreachableError(ArchiveError):
+    """The Gaia archive cannot be reached at all: its name does not resolve or it refuses connections.
+
+    Not retried within a solve (waiting does not help a machine without network), but
+    transient for a resubmit (the network may be back).
+    """
+
+
+class CacheError(CatalogError):
+    """The Gaia tile cache cannot be read or written (absent, damaged or read-only tiles, storage errors).
+
+    Transient: a fill, a prefetch or a repaired storage changes the outcome.
+    """
+
+    transient = True
 
 
 class MatchError(AstrodaskError, RuntimeError):
@@ -71,9 +100,24 @@ class SolveError(AstrodaskError, RuntimeError):
 class LaunchError(AstrodaskError, RuntimeError):
     """A Dask scheduler or worker process of a launched cluster did not start."""
 
+    transient = True
+
 
 class NoSourcesError(AstrodaskError, ValueError):
     """Source detection found nothing usable."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a solve that failed with ``err`` may succeed when simply run again.
+
+    Decided by the error's class only: an :class:`AstrodaskError` says so itself
+    (:attr:`AstrodaskError.transient`); any other exception (a killed worker, a lost
+    connection, an interrupt, an internal error) is transient, since only the project's
+    own errors are known to describe the input.
+    """
+    if isinstance(err, AstrodaskError):
+        return type(err).transient
+    return True
 
 
 class AstrodaskWarning(UserWarning):

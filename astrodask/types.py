@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from astropy.io.fits import Header
 
+from astrodask.errors import is_transient
+
 if TYPE_CHECKING:  # annotations only: the data layer imports nothing from the stages
     from astropy.table import Table
     from astropy.wcs import WCS
@@ -248,6 +250,25 @@ SOLVED = "solved"
 FAILED = "failed"
 
 
+class FailureKind(StrEnum):
+    """Whether a failed solve can end otherwise when run again unchanged.
+
+    A resubmit retries :attr:`TRANSIENT` failures (a killed worker, the archive
+    unreachable, a cache I/O error, an interrupted run) and leaves
+    :attr:`DETERMINISTIC` ones alone (a quality gate, a broken file, a bad header, no
+    stars, no references) unless asked (``--retry-failed``), or unless the file, the
+    config or astrodask changed since.
+    """
+
+    DETERMINISTIC = "deterministic"
+    TRANSIENT = "transient"
+
+    @classmethod
+    def of(cls, err: BaseException) -> FailureKind:
+        """The kind of a failure raised as ``err``, by its class (:func:`astrodask.errors.is_transient`)."""
+        return cls.TRANSIENT if is_transient(err) else cls.DETERMINISTIC
+
+
 @dataclass(frozen=True)
 class FailureDiagnostics:
     """What a failed solve leaves to explain itself (written with ``--debug``).
@@ -307,6 +328,12 @@ class ExposureResult:
         normalised residual, kept in the final fit), or None.
     diagnostics
         Why a failed solve failed (:class:`FailureDiagnostics`), or None.
+    kind
+        Whether a failure can change when run again (:class:`FailureKind`); a failed result
+        without one (a quality gate) is deterministic. Unused when solved.
+    notes
+        What the solve assumed for facts its header lacks (the epoch, the gain...), one
+        sentence each (:func:`astrodask.io.exposure.header_notes`).
     """
 
     file: str
@@ -325,6 +352,8 @@ class ExposureResult:
     config: dict[str, Any] = field(default_factory=dict)
     matched: Table | None = None
     diagnostics: FailureDiagnostics | None = None
+    kind: FailureKind = FailureKind.DETERMINISTIC
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -1,5 +1,7 @@
 """Write deploy/constraints.txt: all that astrodask[kubernetes] needs (pyproject.toml), pinned as installed here.
 
+Test tools of :data:`ALSO_PINNED` are pinned with it.
+
 Run it in the tested environment (``make test`` passed in it)::
 
     .venv/bin/python deploy/constraints.py > deploy/constraints.txt
@@ -21,6 +23,9 @@ from packaging.utils import canonicalize_name
 
 #: The extras of astrodask the image installs.
 ROOT_EXTRAS = ("kubernetes",)
+#: Test tools pinned too (with what they need), beside the image's closure: ``make`` installs the
+#: ``test`` extra under these constraints, so property-based tests run the tested hypothesis.
+ALSO_PINNED = ("hypothesis",)
 #: astrodask's own requirements are read from the source tree, not from an installed copy's metadata.
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 #: The image's platform, for environment markers.
@@ -63,11 +68,12 @@ def closure(requirements: list[str]) -> dict[str, str]:
 def main() -> int:
     """Print the constraints file."""
     try:
-        pins = closure(root_requirements())
+        pins = closure([*root_requirements(), *ALSO_PINNED])
     except PackageNotFoundError as err:
         print(f"error: {err} is needed but not installed: pip install -e '.[kubernetes]' first", file=sys.stderr)
         return 1
-    print("# astrodask[kubernetes] and everything it needs, pinned as tested: python deploy/constraints.py")
+    print(f"# astrodask[kubernetes] and everything it needs, and {', '.join(ALSO_PINNED)} (tests), pinned as "
+          "tested: python deploy/constraints.py")
     for name, version in pins.items():
         print(f"{name}=={version}")
     return 0

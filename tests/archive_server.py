@@ -16,6 +16,7 @@ import json
 import re
 import string
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -50,7 +51,8 @@ class RecordedTapServer:
     "result"), ``fail_count`` (how many of those requests fail; -1: all),
     ``fail_status``, ``job_error`` (a job error message: the job ends in ERROR),
     ``executing_polls`` (phase requests answered EXECUTING before the end),
-    ``serve_rows`` (silently serve only this many rows).
+    ``serve_rows`` (silently serve only this many rows), ``stall_s`` (every request waits this
+    long before it is answered: an archive that accepts connections and does not answer in time).
     """
 
     def __init__(self) -> None:
@@ -63,6 +65,7 @@ class RecordedTapServer:
         self.job_error: str | None = None
         self.executing_polls = 0
         self.serve_rows: int | None = None
+        self.stall_s = 0.0
         #: Recorded results by exact ADQL query (empty: ``result.vot`` answers any query).
         self.recordings: dict[str, str] = {}
         #: Most jobs in phase EXECUTING at the same time.
@@ -165,6 +168,8 @@ class RecordedTapServer:
             def do_POST(self) -> None:
                 path = urlsplit(self.path).path
                 server.requests.append(("POST", path))
+                if server.stall_s:
+                    time.sleep(server.stall_s)
                 length = int(self.headers.get("Content-Length", 0))
                 params = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode("latin-1")).items()}
                 if path == f"{TAP_PATH}/async":

@@ -16,6 +16,7 @@ from astropy.table import Table
 
 from astrodask.run.backlog import (
     BacklogStatus,
+    FailedExposure,
     assemble_summary,
     backlog_status,
     expand_inputs,
@@ -237,7 +238,7 @@ def test_status_records_round_trip_and_partial_json_is_ignored(tmp_path: Path,
     assert math.isnan(alpha["chi2"])
     assert alpha["finished_utc"].endswith("+00:00")
     original = summary_row(result("alpha"))
-    assert set(alpha) == set(original) | {"finished_utc"}
+    assert set(alpha) == set(original) | {"finished_utc", "input_stamp", "astrodask_version"}
     for key, value in original.items():
         assert alpha[key] == value or (math.isnan(alpha[key]) and math.isnan(value)), key
     assert read_statuses(tmp_path / "nothing-here") == []
@@ -270,21 +271,22 @@ def test_backlog_status_counts_and_format(tmp_path: Path) -> None:
     status = backlog_status(out, inputs=read_manifest(out))
 
     assert status.done == ("e0", "e2")
-    assert status.failed == (("e1", "detect: no sources above 3 sigma"), ("e3", "like_fit: chi2/dof 9.1 > 5"))
+    assert [(f.name, f.reason) for f in status.failed] == [("e1", "detect: no sources above 3 sigma"),
+                                                           ("e3", "like_fit: chi2/dof 9.1 > 5")]
     assert [p.name for p in status.pending] == [f"e{k}.fits.fz" for k in range(4, 10)]
     assert (status.n_done, status.n_failed, status.n_pending, status.n_total) == (2, 2, 6, 10)
     assert format_status(status) == (
         "2 solved, 2 failed, 6 pending (10 exposures)\n"
         "failed:\n"
-        "  e1: detect: no sources above 3 sigma\n"
-        "  e3: like_fit: chi2/dof 9.1 > 5\n"
+        "  e1 (deterministic): detect: no sources above 3 sigma\n"
+        "  e3 (deterministic): like_fit: chi2/dof 9.1 > 5\n"
         "pending: 6 (e4, e5, e6, e7, e8, ...)")
     assert backlog_status(out).pending == ()
     assert format_status(BacklogStatus(done=("a",), failed=())) == "1 solved, 0 failed, 0 pending (1 exposures)"
 
 
 def test_format_status_caps_long_failure_lists() -> None:
-    status = BacklogStatus(done=(), failed=tuple((f"e{k}", "gaia: archive timeout") for k in range(30)))
+    status = BacklogStatus(done=(), failed=tuple(FailedExposure(f"e{k}", "gaia: archive timeout") for k in range(30)))
     text = format_status(status, max_listed=3)
     assert text.splitlines()[1:] == ["failed:", "  e0: gaia: archive timeout", "  e1: gaia: archive timeout",
                                      "  e2: gaia: archive timeout", f"  ... and 27 more (see {SUMMARY_NAME})"]

@@ -181,13 +181,17 @@ def test_query_times_out_on_a_job_that_never_finishes(archive: RecordedTapServer
         _query(archive, timeout_s=1.0)
 
 
-def test_query_retries_then_reports_connection_refused() -> None:
+def test_query_reports_connection_refused_at_once() -> None:
+    """A refused connection is not retried (issue 17): waiting does not bring the archive back."""
+    from astrodask.errors import ArchiveUnreachableError
+
     with socket.socket() as probe:  # a loopback port with nobody listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = GaiaConfig(tap_url=f"http://127.0.0.1:{port}{TAP_PATH}", retries=1, retry_backoff_s=0.0)
-    with pytest.raises(ArchiveError, match=r"after 2 attempt\(s\); last error: ConnectionRefusedError"):
-        query_gaia_archive(ra_deg=10.0, dec_deg=-5.0, radius_deg=0.2, config=config)
+    config = GaiaConfig(tap_url=f"http://127.0.0.1:{port}{TAP_PATH}", retries=3, retry_backoff_s=30.0)
+    with pytest.raises(ArchiveUnreachableError, match=r"127.0.0.1:\d+/tap-server/tap cannot be reached "
+                                                      r"\(connection refused\): .*--catalog FILE"):
+        query_gaia_archive(ra_deg=10.0, dec_deg=-5.0, radius_deg=0.2, config=config)  # 90 s if it retried
 
 
 def test_query_warns_when_the_archive_truncates_at_maxrec(archive: RecordedTapServer) -> None:

@@ -13,7 +13,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from click.testing import CliRunner
 
-from astrodask.run.backlog import read_statuses
+from astrodask.run.backlog import read_statuses, status_path
 from astrodask.cli import EXIT_PARTIAL, main
 from astrodask.config import PipelineConfig
 from astrodask.run.graph import TASK_STAGES, Task, backlog_graph, exposure_graph
@@ -152,7 +152,18 @@ def test_cli_submit_resubmit_and_broken_files(backlog, tmp_path: Path) -> None:
     assert solution.stat().st_mtime_ns == before
     status = runner.invoke(main, ["status", "--out", str(out)])
     assert status.exit_code == 0, status.output
-    assert "broken.fits" in status.output and "not a readable FITS file" in status.output
+    assert "broken (deterministic): " in status.output and "not a readable FITS file" in status.output
+    # the whole night again: the broken file failed for a reason that will not change: left alone, said once
+    third = runner.invoke(main, ["submit", f"@{listing}", "--catalog", str(catalog), "--out", str(out)])
+    assert third.exit_code == 1, third.output  # nothing solved now, one exposure failed
+    assert "3 exposures: 2 already solved (skipped), 0 to solve" in third.output
+    assert third.output.count("1 exposure(s) failed earlier for a reason that will not change; --retry-failed") == 1
+    record = status_path(out, "broken")
+    stamp = record.stat().st_mtime_ns  # the third submit did not touch it (it ran nothing)
+    retried = runner.invoke(main, ["submit", f"@{listing}", "--catalog", str(catalog), "--out", str(out),
+                                   "--retry-failed", "--workers", "1"])
+    assert "2 already solved (skipped), 1 to solve" in retried.output and "failed earlier" not in retried.output
+    assert record.stat().st_mtime_ns > stamp
 
 
 def test_submit_detached_to_a_launched_dask_scheduler(backlog, tmp_path: Path) -> None:
@@ -199,6 +210,7 @@ def test_an_exposure_that_kills_workers_is_reported_and_the_backlog_goes_on(back
         by_name = {Path(r["file"]).name: r for r in rows}
         assert by_name["huge.fits.fz"]["status"] == "failed"
         assert "KilledWorker" in by_name["huge.fits.fz"]["reason"]
+        assert by_name["huge.fits.fz"]["kind"] == "transient"  # a resubmit retries it
         assert {Path(r["file"]).name for r in read_statuses(out)} == {"huge.fits.fz", paths[0].name}
         # a good exposure that shared a dying worker may be failed with it (the scheduler cannot tell
         # which task killed the worker): it is reported as such, and a resubmit solves it
@@ -249,5 +261,6 @@ def test_backlog_reads_one_shared_tile_cache(tmp_path: Path) -> None:
     failed = runner.invoke(main, ["solve", str(far), "--cache", str(tiles), "--out", str(out), "--serial",
                                   "--set", f"gaia.tap_url={dead}", "--set", "gaia.retries=0"])
     assert failed.exit_code != 0
-    assert "could not be filled" in failed.output and "tile 6/" in failed.output and dead in failed.output
+    assert "tile(s) of the field could not be filled: 6/" in failed.output and dead in failed.output
+    assert failed.output.count("cannot be reached (connection refused)") == 2  # the log line and the result
     assert set(TileCache(str(tiles)).tiles()) == before  # nothing half-written, nothing lost

@@ -69,6 +69,20 @@ def _echo_result(index: int, total: int, path: str, result: Any, written: Sequen
         click.echo(f"  {p}")
 
 
+#: What a resubmit says, once, about the exposures it leaves alone.
+FAILED_BEFORE_NOTE = ("{n} exposure(s) failed earlier for a reason that will not change; --retry-failed to try "
+                      "again (astrodask status --out {out} lists them)")
+
+
+def retry_failed_option(func: Any) -> Any:
+    """--retry-failed: solve again the exposures whose earlier failure was deterministic."""
+    return click.option("--retry-failed", is_flag=True,
+                        help="Solve again exposures that failed earlier for a reason that will not change by itself "
+                             "(a quality gate, a broken file, a bad header). Without it they are left alone unless "
+                             "the file, the config or astrodask changed; transient failures (the archive or a worker "
+                             "lost) are always retried.")(func)
+
+
 def plots_option(func: Any) -> Any:
     """--plots DIR: each exposure's diagnostic plots (PNG) into DIR."""
     return click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
@@ -161,6 +175,7 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
 @click.option("--debug", is_flag=True, help="Keep the matched lists (<name>.matched.ecsv) and residual plots; a "
               "failed exposure leaves <name>.diagnostics.json and .png (detections, Gaia stars, regions, attempts).")
 @click.option("--serial", is_flag=True, help="Solve in this process, one exposure after the other, without Dask.")
+@retry_failed_option
 @plots_option
 @cache_option
 @cluster_options
@@ -168,7 +183,8 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
 @config_options
 @logging_options
 def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_header: bool, debug: bool,
-              serial: bool, plots_dir: str | None, cache_url: str | None, no_cache: bool, scheduler: str | None,
+              serial: bool, retry_failed: bool, plots_dir: str | None, cache_url: str | None, no_cache: bool,
+              scheduler: str | None,
               scheduler_file: str | None,
               workers: int | None,
               ra: float | None, dec: float | None, scale: float | None, rotation: float | None, parity: int | None,
@@ -181,33 +197,39 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     PV1_*, PV2_* and quality keywords) for each solved exposure and OUT/summary.ecsv
     with one row per exposure (status, reason, counts, rms, chi-square/dof, seconds
     per stage). A failed exposure is reported and the others go on; the exit status
-    is 3 when some failed.
+    is 3 when some failed. An exposure whose status record in OUT says it failed for a
+    reason that will not change is left alone (and counted as failed) unless
+    --retry-failed, or its file, the config or astrodask changed.
     """
     from astrodask.io.output import SUMMARY_NAME
     from astrodask.reference.catalog import read_catalog
-    from astrodask.types import SOLVED
+    from astrodask.run.backlog import expand_inputs, unchanged_failures
+    from astrodask.types import FAILED, SOLVED, exposure_name
 
     configure_logging(verbose, quiet)
     config = load_config(config_file, assignments)
     pointing = pointing_overrides(ra, dec, scale, rotation, parity)
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
-    if serial:
+    inputs = list(files) if serial else [str(p) for p in expand_inputs(files)]
+    skipped = set() if retry_failed else unchanged_failures(inputs, out, config=config)
+    todo = [p for p in inputs if exposure_name(p) not in skipped]
+    if skipped:
+        click.echo(FAILED_BEFORE_NOTE.format(n=len(inputs) - len(todo), out=out), err=True)
+    statuses = [FAILED] * (len(inputs) - len(todo))
+    if serial and todo:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
         with one_blas_thread():
-            results = solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
+            results = solve_and_write(todo, catalog=reference, config=config, out=out, pointing=pointing,
                                       write_header=write_header, debug=debug, cache_url=cache_url,
                                       plots_dir=plots_dir)
-        statuses = [r.status for r in results]
-    else:
-        from astrodask.run.backlog import expand_inputs
-
-        paths = expand_inputs(files)
-        rows = run_on_cluster(paths, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
-                              write_header=write_header, scheduler=scheduler, scheduler_file=scheduler_file,
-                              workers=workers, detach=False, retries=0, cache_url=cache_url,
-                              plots_dir=Path(plots_dir) if plots_dir else None)
-        statuses = [row["status"] for row in rows]
+        statuses += [r.status for r in results]
+    elif todo:
+        rows = run_on_cluster([Path(p) for p in todo], catalog=catalog, out=out, config=config, pointing=pointing,
+                              debug=debug, write_header=write_header, scheduler=scheduler,
+                              scheduler_file=scheduler_file, workers=workers, detach=False, retries=0,
+                              cache_url=cache_url, plots_dir=Path(plots_dir) if plots_dir else None)
+        statuses += [row["status"] for row in rows]
     failed = sum(s != SOLVED for s in statuses)
     click.echo(f"{len(statuses) - failed} of {len(statuses)} solved; summary: {out / SUMMARY_NAME}")
     if failed:
@@ -222,6 +244,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
               help="Output folder shared by the workers.")
 @click.option("--detach", is_flag=True, help="Return once submitted; the work goes on on the cluster.")
 @click.option("--redo", is_flag=True, help="Solve again exposures whose solution already exists.")
+@retry_failed_option
 @click.option("--recursive", is_flag=True, help="Search directories and ** globs recursively.")
 @retries_option("Retries of a task after an unexpected error.")
 @click.option("--write-header", is_flag=True, help="Also write a copy of each exposure with the solved WCS.")
@@ -232,7 +255,8 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
 @pointing_options
 @config_options
 @logging_options
-def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool, recursive: bool,
+def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach: bool, redo: bool,
+               retry_failed: bool, recursive: bool,
                retries: int, write_header: bool, debug: bool, plots_dir: str | None, cache_url: str | None,
                no_cache: bool,
                scheduler: str | None, scheduler_file: str | None,
@@ -243,8 +267,11 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
 
     ITEMS are exposure files, glob patterns ('night1/*.fits.fz'), directories, or
     @LIST files holding one path or glob per line. Exposures whose solution exists
-    in --out are skipped (--redo solves them again). Waits with progress and a
-    final summary, or --detach. Follow a backlog with 'astrodask status --out DIR'.
+    in --out are skipped (--redo solves them again), and so are those that failed
+    for a reason that will not change (--retry-failed solves them again); a
+    transient failure (the archive or a worker lost) is always retried. Waits with
+    progress and a final summary, or --detach. Follow a backlog with 'astrodask
+    status --out DIR'.
     """
     from astrodask.run.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
                                        write_manifest)
@@ -256,9 +283,11 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
     paths = expand_inputs(items, recursive=recursive)
-    plan = plan_backlog(paths, out, redo=redo)
+    plan = plan_backlog(paths, out, redo=redo, retry_failed=retry_failed, config=config)
     write_manifest(paths, out)
     click.echo(f"{len(paths)} exposures: {len(plan.done)} already solved (skipped), {len(plan.todo)} to solve")
+    if plan.failed_before:
+        click.echo(FAILED_BEFORE_NOTE.format(n=plan.n_failed_before, out=out), err=True)
     rows = []
     if plan.todo:
         rows = run_on_cluster(plan.todo, catalog=catalog, out=out, config=config, pointing=pointing, debug=debug,
@@ -268,16 +297,20 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     if detach:
         return
     click.echo(f"output folder {out}: " + format_status(backlog_status(out, inputs=read_manifest(out))))
-    failed = sum(row["status"] != SOLVED for row in rows)
+    failed = sum(row["status"] != SOLVED for row in rows) + plan.n_failed_before
     if failed:
-        raise SystemExit(EXIT_PARTIAL if failed < len(rows) else 1)
+        raise SystemExit(EXIT_PARTIAL if failed < len(rows) + plan.n_failed_before else 1)
 
 
 @click.command("status")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="The backlog's output folder.")
 @logging_options
 def status_cmd(out_dir: str, verbose: int, quiet: bool) -> None:
-    """Summarise a backlog from its output folder: done, failed (with reasons), pending."""
+    """Summarise a backlog from its output folder: done, failed (with reasons), pending.
+
+    Each failure is marked deterministic (a resubmit leaves it alone unless --retry-failed)
+    or transient (a resubmit retries it).
+    """
     from astrodask.run.backlog import assemble_summary, backlog_status, format_status, read_manifest
 
     configure_logging(verbose, quiet)

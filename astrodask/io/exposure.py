@@ -22,17 +22,24 @@ import numpy as np
 from astropy import units as u
 from astropy.coordinates import Angle
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 from erfa import ErfaWarning
 
 from astrodask.io import dss
-from astrodask.config import PointingConfig
+from astrodask.config import DetectConfig, PointingConfig
 from astrodask.errors import HeaderError, ImageError, InputFileError, PointingError
 from astrodask.types import Exposure, ExposureInfo, Pointing
 from astrodask.wcsutil import cd_to_scale_rotation_parity, tan_wcs
 
 log = logging.getLogger(__name__)
+
+try:  # astropy's tile decompression raises its own class, derived from Exception only
+    from astropy.io.fits.hdu.compressed._compression import CfitsioException as _CompressionError
+except ImportError:  # pragma: no cover - another astropy layout: such errors stay internal errors
+    class _CompressionError(Exception):  # type: ignore[no-redef]
+        """Stands for astropy's decompression error where astropy does not have it."""
 
 #: Keyword pairs searched for the pointing, in order.
 POINTING_KEYWORDS: tuple[tuple[str, str], ...] = (
@@ -48,6 +55,13 @@ DSS_SOURCE = "header-dss (AMDX/AMDY plate solution)"
 OLD_FITS_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")
 #: Century of the two-digit years of the old FITS date form.
 OLD_FITS_CENTURY = 1900
+#: A CD matrix whose determinant is at most this fraction of the sum of its squared elements is
+#: singular (its two columns parallel to 1e-9 rad): no image maps through it.
+SINGULAR_CD_RELATIVE_DET = 1e-9
+#: A header whose CD matrix has an element larger than this (deg/px) describes no telescope's pixels.
+MAX_PIXEL_SCALE_DEG = 10.0
+#: Numeric WCS keywords that wcslib would silently read as 0 when they are not numbers.
+WCS_NUMBER_KEYS = ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "CDELT1", "CDELT2")
 #: Seconds per minute, for EXPOSURE keywords whose comment says minutes.
 SECONDS_PER_MINUTE = 60.0
 #: Keywords that inherit from the primary header when the image is in an extension.
@@ -77,17 +91,26 @@ def read_exposure(path: str | Path, *, hdu: int | None = None) -> Exposure:
     InputFileError
         The file is missing or is not a FITS file.
     ImageError
-        No 2-D image in the file, the requested HDU is absent or not 2-D.
+        No 2-D image in the file, the requested HDU is absent or not 2-D, the file holds
+        less data than its header declares, a compressed tile is damaged, or BZERO/BSCALE
+        scale integer pixels beyond the float32 range.
     """
     path = _check_file(path)
     with _open_fits(path) as hdul:
         index = _find_image_hdu(path, hdul, hdu)
         image_hdu = hdul[index]
+        _check_data_size(path, image_hdu, index)
+        scaling = _scaling(image_hdu)  # before .data: astropy drops BSCALE/BZERO once it applied them
         try:
             raw = image_hdu.data
         except (OSError, ValueError, TypeError) as err:
             raise ImageError(f"{path}: HDU {index} image data cannot be decoded ({err})") from err
-        data = np.ascontiguousarray(raw, dtype=np.float32)  # native byte order
+        except _CompressionError as err:
+            raise ImageError(f"{path}: HDU {index}: a tile of the compressed image cannot be decompressed "
+                             f"({err}): the file is damaged or truncated; copy it again from its source") from err
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.ascontiguousarray(raw, dtype=np.float32)  # native byte order
+        _check_scaling(path, scaling, index, data)
         header = _merged_header(hdul, index)
     return Exposure(
         path=path,
@@ -175,6 +198,42 @@ def _open_fits(path: Path) -> fits.HDUList:
         return fits.open(path, memmap=False)
     except (OSError, ValueError, TypeError) as err:
         raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
+
+
+def _check_data_size(path: Path, hdu: fits.hdu.base.ExtensionHDU, index: int) -> None:
+    """Raise when an uncompressed image HDU declares more pixels than the file holds after its header."""
+    if isinstance(hdu, fits.CompImageHDU):
+        return  # its pixels are in a binary table: a damaged one fails to decompress
+    header = hdu.header
+    nx, ny, bitpix = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0)), int(header.get("BITPIX", 8))
+    need = nx * ny * abs(bitpix) // 8
+    info = hdu.fileinfo()
+    if info is None or need == 0:
+        return
+    have = path.stat().st_size - int(info["datLoc"])
+    if have < need:
+        raise ImageError(f"{path}: HDU {index} header declares a {nx} x {ny} px image of BITPIX {bitpix} "
+                         f"({need} bytes) but the file holds {max(have, 0)} bytes after the header: the image "
+                         "size differs from its header (a truncated or mis-written file)")
+
+
+def _scaling(hdu: fits.hdu.base.ExtensionHDU) -> tuple[int, object, object]:
+    """BITPIX (of the pixels as stored), BSCALE and BZERO of an image HDU, as its header says."""
+    header = hdu.header
+    bitpix = int(header.get("ZBITPIX", header.get("BITPIX", -32)))
+    return bitpix, header.get("BSCALE", 1), header.get("BZERO", 0)
+
+
+def _check_scaling(path: Path, scaling: tuple[int, object, object], index: int, data: np.ndarray) -> None:
+    """Raise when BZERO/BSCALE turn finite integer pixels into infinities (an overflow of float32)."""
+    bitpix, bscale, bzero = scaling
+    if bitpix < 0:
+        return  # float pixels may hold infinities of their own
+    n_inf = int(np.count_nonzero(np.isinf(data)))
+    if n_inf:
+        raise ImageError(f"{path}: HDU {index}: BSCALE = {bscale!r} and BZERO = {bzero!r} scale the integer "
+                         f"pixels (BITPIX {bitpix}) beyond the float32 range: {n_inf} of {data.size} pixels "
+                         "overflow; the header's scaling keywords are wrong")
 
 
 def _merged_header(hdul: fits.HDUList, index: int) -> fits.Header:
@@ -319,6 +378,29 @@ def _keyword_source(header: fits.Header, key: str) -> str:
     return f"no {key} keyword" if key not in header else f"{key} = {header[key]!r} is not a positive number"
 
 
+def header_notes(info: ExposureInfo, *, config: DetectConfig) -> tuple[str, ...]:
+    """What the solve of an exposure assumes because its header lacks a fact, one sentence each.
+
+    The epoch (no usable DATE-OBS or MJD-OBS: the reference stars stay at the catalog's
+    epoch), the gain (no GAIN: ``detect.default_gain``) and the exposure time (no EXPTIME:
+    unused by the solve). The pipeline logs them and writes them in the summary's ``notes``.
+    """
+    header = info.header
+    notes: list[str] = []
+    if info.epoch_yr is None:
+        date = header.get("DATE-OBS")
+        why = "no DATE-OBS" if date is None else f"DATE-OBS = {date!r} is not a date"
+        mjd = header.get("MJD-OBS")
+        why += " and no MJD-OBS" if mjd is None else f" and MJD-OBS = {mjd!r} is not a number"
+        notes.append(f"epoch: {why}; assumed the reference catalog's epoch (proper motions not applied)")
+    if info.gain is None:
+        notes.append(f"gain: {_keyword_source(header, 'GAIN')}; assumed detect.default_gain = "
+                     f"{config.default_gain:g} e-/ADU (centroid errors scale with it)")
+    if info.exptime_s is None:
+        notes.append("exposure time: no EXPTIME or EXPOSURE keyword; the solve does not use it, nothing assumed")
+    return tuple(notes)
+
+
 def get_pointing(
     header: fits.Header,
     *,
@@ -370,9 +452,11 @@ def get_pointing(
             source="cli",
             scale_source=scale_source,
         )
-    nx, ny = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+    nx, ny = _header_int(header, "NAXIS1"), _header_int(header, "NAXIS2")
     overridden = scale_arcsec is not None or rotation_deg is not None or parity is not None
-    wcs_header = _celestial_header(header, path)
+    wcs_header, unusable = _celestial_header(header, path)
+    if unusable:
+        log.warning("%s: the header's WCS is unusable (%s); looking for other pointing keywords", path, unusable)
     if wcs_header is not None:
         wcs = WCS(wcs_header)
         return _pointing_from_wcs(wcs, wcs_header, (ny, nx), source="header-wcs", scale_source="header WCS (CD matrix)",
@@ -391,6 +475,10 @@ def get_pointing(
                                       scale_arcsec=scale_arcsec, rotation_deg=rotation_deg, parity=parity,
                                       overridden=overridden, detail=detail)
     position = _keyword_position(header, (ny, nx), path)
+    if position is None and unusable:
+        raise PointingError(f"{path}: cannot find the pointing: the header's WCS is unusable ({unusable}) and no "
+                            "other keyword gives the pointing; correct the header or give --ra and --dec "
+                            "(degrees), with --scale")
     if position is None:
         raise PointingError(
             f"{path}: cannot find the pointing: no celestial WCS, no DSS plate solution and none of the "
@@ -466,25 +554,71 @@ def _keyword_position(header: fits.Header, shape: tuple[int, int],
     return None
 
 
-def _celestial_header(header: fits.Header, path: str | Path) -> fits.Header | None:
-    """The header's celestial FITS WCS keywords if it has a usable one, else None.
+def _celestial_header(header: fits.Header, path: str | Path) -> tuple[fits.Header | None, str]:
+    """The header's celestial FITS WCS keywords if it has a usable one, and why not otherwise.
 
     DSS plate solution keywords are left out: wcslib would prefer them to CTYPE/CRVAL/CD.
+
+    Returns
+    -------
+    header, unusable
+        The WCS keywords (None when there is no usable WCS) and, for a WCS that is there but
+        cannot be used, why (a non-finite CRVAL, a singular CD matrix...); "" otherwise.
     """
     ctype1 = str(header.get("CTYPE1", ""))
     if not ctype1.upper().startswith("RA") or "CRVAL1" not in header:
-        return None
+        return None, ""
+    not_text = [f"{key} = {header[key]!r}" for key in ("CTYPE1", "CTYPE2") if not isinstance(header.get(key, ""), str)]
+    if not_text:
+        return None, f"{', '.join(not_text)}: not a projection name"
+    # wcslib silently reads a non-numeric CRVAL or CD ('NaN', an unparsable card) as 0: check them first
+    bad = [f"{key} = {text}" for key in WCS_NUMBER_KEYS if key in header
+           for number, text in [_card_number(header, key)] if not math.isfinite(number)]
+    if bad:
+        return None, f"{', '.join(bad)}: not a finite number"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(dss.without_plate_solution(header), naxis=2)
         except (ValueError, KeyError, MemoryError) as err:
-            log.warning("%s: the header's WCS cannot be read (%s); using RA/DEC keywords", path, err)
-            return None
-    if not wcs.has_celestial or not np.all(np.isfinite(wcs.pixel_scale_matrix)) \
-            or abs(np.linalg.det(wcs.pixel_scale_matrix)) == 0:
-        return None
-    return wcs.to_header(relax=True)
+            return None, f"wcslib cannot read it: {' '.join(str(err).split())}"
+    if not wcs.has_celestial:
+        return None, f"CTYPE1 = {ctype1!r} with no celestial pair"
+    crval = np.asarray(wcs.wcs.crval, dtype=float)
+    matrix = wcs.pixel_scale_matrix
+    if not np.all(np.isfinite(crval)):
+        return None, f"CRVAL1, CRVAL2 = {crval[0]}, {crval[1]} are not finite"
+    if not np.all(np.isfinite(matrix)):
+        return None, f"its CD matrix {matrix.tolist()} is not finite"
+    if np.max(np.abs(matrix)) > MAX_PIXEL_SCALE_DEG:
+        return None, (f"its CD matrix {matrix.tolist()} deg/px has an element beyond {MAX_PIXEL_SCALE_DEG:g} deg/px: "
+                      "no plate scale")
+    if abs(float(np.linalg.det(matrix))) <= SINGULAR_CD_RELATIVE_DET * float(np.sum(matrix**2)):
+        return None, (f"its CD matrix {np.round(matrix, 10).tolist()} deg/px is singular (determinant "
+                      f"{float(np.linalg.det(matrix)):.3g}): it maps the image onto a line")
+    return wcs.to_header(relax=True), ""
+
+
+def _header_int(header: fits.Header, key: str) -> int:
+    """A non-negative integer keyword (an image axis length), 0 when absent or not such an integer."""
+    value = header.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        return 0
+    return int(value)
+
+
+def _card_number(header: fits.Header, key: str) -> tuple[float, str]:
+    """A header card's value as a float (NaN when it is not a finite number) and its text as written."""
+    card = header.cards[key]
+    try:
+        value = card.value
+    except VerifyError:  # an unparsable card: 'CRVAL1  =                  NaN'
+        value = card.image[len(key):].partition("=")[2].partition("/")[0].strip()
+    text = str(value).strip().strip("'").strip()
+    try:
+        return float(value), text
+    except (TypeError, ValueError):
+        return math.nan, text
 
 
 def _check_dec(dec: float, path: str | Path, key: str) -> float:
@@ -497,8 +631,12 @@ def parse_ra(value: object, *, path: str | Path = "", key: str = "RA") -> float:
     """Right ascension in degrees from a number (degrees) or a sexagesimal string (hours)."""
     try:
         if isinstance(value, (int, float)) or _is_number(value):
-            return float(value) % 360.0
-        return float(Angle(str(value).strip(), unit=u.hourangle).degree) % 360.0
+            ra = float(value)
+        else:
+            ra = float(Angle(str(value).strip(), unit=u.hourangle).degree)
+        if not math.isfinite(ra):
+            raise ValueError("not finite")
+        return ra % 360.0
     except (ValueError, TypeError) as err:
         raise PointingError(f"{path}: {key} = {value!r} is not a right ascension "
                             "(degrees, or hours as 'hh:mm:ss.s')") from err
@@ -511,6 +649,8 @@ def parse_dec(value: object, *, path: str | Path = "", key: str = "DEC") -> floa
             dec = float(value)
         else:
             dec = float(Angle(str(value).strip(), unit=u.deg).degree)
+        if not math.isfinite(dec):
+            raise ValueError("not finite")
     except (ValueError, TypeError) as err:
         raise PointingError(f"{path}: {key} = {value!r} is not a declination "
                             "(degrees, or '+dd:mm:ss.s')") from err

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 
 from astrodask import __version__
+from astrodask.config import config_digest
 from astrodask.errors import InputFileError
 from astrodask.solve.tpv import tpv_header
 from astrodask.types import SOLVED, ExposureResult, Stage
@@ -31,6 +32,10 @@ STATUS_KEYWORD = "ASTSTAT"
 SOLVED_VALUE = SOLVED.upper()
 #: The summary table of an output folder.
 SUMMARY_NAME = "summary.ecsv"
+#: Mode asked for every file written, before the umask: read-write for all, as ``open()`` does.
+USER_FILE_MODE = 0o666
+#: Random temporary names tried before giving up (each try fails only if the name exists).
+TEMPORARY_NAME_ATTEMPTS = 100
 #: WCS keywords removed from an exposure's header before the solution is written in.
 _WCS_KEY_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "PV1_", "PV2_",
                      "A_", "B_", "AP_", "BP_", "CROTA")
@@ -88,10 +93,14 @@ def chi2_gate(result: ExposureResult) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    """Write through a temporary file in the same folder, then rename it over ``path``.
+
+    The file gets the permissions of any file the user writes, ``0o666`` less the
+    process's umask (``tempfile.mkstemp`` would make it ``0o600``: on a shared cluster
+    nobody but the worker's own user could read a solution).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -99,6 +108,24 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temporary(path: Path) -> str:
+    """Create an empty, uniquely named temporary file beside ``path`` with mode ``0o666 & ~umask``.
+
+    ``os.open`` with ``O_EXCL`` applies the umask itself (no process-wide ``os.umask`` call, which
+    would race between the threads of a Dask worker).
+    """
+    for _ in range(TEMPORARY_NAME_ATTEMPTS):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, USER_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name} "
+                          f"after {TEMPORARY_NAME_ATTEMPTS} attempts")
 
 
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
@@ -130,7 +157,7 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
     return atomic_write(target, write)
 
 
-SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
+SUMMARY_COLUMNS = ("file", "name", "status", "kind", "reason", "notes", "stage", "sources", "references", "regions_ok",
                    "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
                    "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
@@ -138,10 +165,16 @@ STAGES = tuple(stage.value for stage in Stage)
 
 
 def summary_row(result: ExposureResult) -> dict[str, Any]:
-    """One row of the summary table: counts, figures and seconds per stage."""
+    """One row of the summary table: counts, figures and seconds per stage.
+
+    Besides :data:`SUMMARY_COLUMNS` and the timings, ``config_digest``
+    (:func:`astrodask.config.config_digest` of the config the solve ran with) goes into the
+    exposure's status record, not the summary.
+    """
     q, m = result.quality, result.error_model
     row: dict[str, Any] = {
-        "file": result.file, "name": result.name, "status": result.status, "reason": result.reason,
+        "file": result.file, "name": result.name, "status": result.status,
+        "kind": "" if result.ok else str(result.kind), "reason": result.reason, "notes": "; ".join(result.notes),
         "stage": result.stage,
         "sources": int(result.counts.get("depth_sources", result.counts.get("sources", 0))),
         "references": int(result.counts.get("references", 0)),
@@ -159,6 +192,7 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
     }
     for stage in STAGES:
         row[f"t_{stage}_s"] = float(result.timings.get(stage, 0.0))
+    row["config_digest"] = config_digest(result.config) if result.config else ""
     return row
 
 

@@ -27,8 +27,10 @@ import http
 import http.client
 import io
 import logging
+import errno
 import math
 import re
+import socket
 import tempfile
 import time
 import warnings
@@ -39,7 +41,7 @@ from astropy import units as u
 from astropy.table import Table
 
 from astrodask.config import GaiaConfig
-from astrodask.errors import ArchiveError, AstrodaskWarning
+from astrodask.errors import ArchiveError, ArchiveUnreachableError, AstrodaskWarning
 from astrodask.reference.catalog import normalise_catalog
 from astrodask.types import REFERENCE_COLUMNS
 
@@ -64,6 +66,14 @@ POLL_MAX_S = 5.0
 UWS_ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED"})
 #: HTTP status codes worth retrying: rate limiting and server-side failures.
 TRANSIENT_HTTP_STATUSES = frozenset({429} | set(range(500, 600)))
+#: ``errno`` values of a connection that cannot be made at all (refused, no route, no network):
+#: waiting does not help, so they are not retried.
+UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN,
+                                errno.EHOSTDOWN})
+#: What to do when the archive cannot be reached, said with every such error.
+OFFLINE_FIX = ("give reference stars without the archive: --catalog FILE (a Gaia export or VizieR I/355), or "
+               "'astrodask cache import FILE' into the tile cache, or fill the cache with 'astrodask cache "
+               "prefetch' on a machine with a network")
 
 # --------------------------------------------------------------------------
 # The Gaia archive
@@ -233,9 +243,11 @@ def run_archive_query(adql: str, *, where: str, config: GaiaConfig, maxrec: int 
     The query runs as a UWS job through astroquery's ``TapPlus`` with ``MAXREC =
     maxrec``; the job is polled until it finishes or ``config.timeout_s`` passes, and
     its VOTable result is normalised like a catalog file (:func:`normalise_catalog`).
-    Transient failures (connection errors, HTTP 5xx and 429) are retried
-    ``config.retries`` times, waiting ``config.retry_backoff_s`` seconds, then twice
-    as long each time.
+    Transient failures (timeouts of ``config.request_timeout_s``, connections reset,
+    HTTP 5xx and 429) are retried ``config.retries`` times, waiting
+    ``config.retry_backoff_s`` seconds, then twice as long each time. An archive that
+    cannot be reached at all (its name does not resolve, the connection is refused, no
+    route to it) is not retried: :class:`ArchiveUnreachableError` at once.
 
     Parameters
     ----------
@@ -260,6 +272,9 @@ def run_archive_query(adql: str, *, where: str, config: GaiaConfig, maxrec: int 
     ------
     ValueError
         For an invalid ``maxrec``.
+    ArchiveUnreachableError
+        At the first attempt whose connection cannot be made (naming the archive's URL,
+        the cause and the fix).
     ArchiveError
         If the query still fails after the retries (naming ``where``, the archive
         and the last error), the job ends in error or is aborted, or it does not
@@ -284,8 +299,8 @@ def run_archive_query(adql: str, *, where: str, config: GaiaConfig, maxrec: int 
     else:
         raise ArchiveError(
             f"Gaia archive query for {where} failed after {attempts} attempt(s); last error: "
-            f"{_error_text(last_error)}. Check the network and the archive's status, raise "
-            f"gaia.retries, or give a catalog file instead"
+            f"{_error_text(last_error)}. Check the archive's status and raise gaia.retries or "
+            f"gaia.request_timeout_s, or {OFFLINE_FIX}"
         ) from last_error
 
     raw, statuses = _parse_votable(data, where=where)
@@ -310,7 +325,7 @@ def _run_async_job(adql: str, *, config: GaiaConfig, maxrec: int, where: str) ->
     """Run one asynchronous job; return its raw result and the result's URL."""
     from astroquery.utils.tap.core import TapPlus  # lazily: never astroquery.gaia
 
-    tap = TapPlus(url=config.tap_url)
+    tap = TapPlus(url=config.tap_url, connhandler=_timed_connections(config.tap_url, config.request_timeout_s))
     with tempfile.TemporaryDirectory(prefix="astrodask-gaia-") as tmp:
         # the name ends in .gz as astroquery expects for VOTable results (else it warns)
         output = Path(tmp) / "result.vot.gz"
@@ -321,6 +336,11 @@ def _run_async_job(adql: str, *, config: GaiaConfig, maxrec: int, where: str) ->
             job.save_results()
         except (OSError, http.client.HTTPException) as err:
             # requests' HTTPError, which astroquery raises for HTTP errors, is an OSError
+            cause = _unreachable_cause(err)
+            if cause:
+                raise ArchiveUnreachableError(
+                    f"the Gaia archive at {config.tap_url} cannot be reached ({cause}): {OFFLINE_FIX}"
+                ) from err
             if _is_transient(err):
                 raise _TransientArchiveError(str(err)) from err
             raise ArchiveError(
@@ -328,6 +348,56 @@ def _run_async_job(adql: str, *, config: GaiaConfig, maxrec: int, where: str) ->
             ) from err
         data = output.read_bytes()
     return data, f"{config.tap_url.rstrip('/')}/async/{job.jobid}/results/result"
+
+
+def _timed_connections(url: str, timeout_s: float) -> Any:
+    """astroquery's TAP connection to ``url``, whose HTTP connections give up after ``timeout_s``.
+
+    astroquery's own ``ConnectionHandler`` opens ``http.client`` connections without a
+    timeout: an archive that accepts a connection and never answers would hold a worker
+    forever. The URL is split as ``TapPlus`` splits it: the last path segment is the TAP
+    context, the ones before it the server context.
+    """
+    import http.client as httplib
+    from urllib.parse import urlsplit
+
+    from astroquery.utils.tap.conn.tapconn import ConnectionHandler, TapConn
+
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+    segments = [f"/{segment}" for segment in parts.path.split("/")[1:]]
+    server_context = "".join(segments[:-1]) if len(segments) > 1 else "".join(segments)
+    tap_context = segments[-1] if len(segments) > 1 else ""
+
+    class TimedConnectionHandler(ConnectionHandler):
+        def get_connection(self, *, ishttps: bool = False, cookie: Any = None, verbose: bool = False) -> Any:
+            if ishttps or cookie is not None:
+                return self.get_connection_secure(verbose)
+            return httplib.HTTPConnection(host, port, timeout=timeout_s)
+
+        def get_connection_secure(self, verbose: bool) -> Any:
+            return httplib.HTTPSConnection(host, port, timeout=timeout_s)
+
+    return TapConn(ishttps=https, host=host, server_context=server_context, tap_context=tap_context, port=port,
+                   sslport=port, connhandler=TimedConnectionHandler(host, port, port))
+
+
+def _unreachable_cause(err: BaseException) -> str:
+    """Why a connection could not be made at all ("name ... does not resolve"...); "" for other errors."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return f"its name does not resolve: {current.strerror or current}"
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, OSError) and current.errno in UNREACHABLE_ERRNOS:
+            return current.strerror or errno.errorcode.get(current.errno or 0, "unreachable")
+        current = current.__cause__ or current.__context__
+    return ""
 
 
 def _wait_for_job(job: Any, *, timeout_s: float, where: str) -> None:

@@ -20,7 +20,8 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
-from astrodask.constants import GAIA_DR3_EPOCH, GAIA_G_ZERO_POINT
+from astrodask.constants import (GAIA_DR3_EPOCH, GAIA_G_ZERO_POINT, MAX_PARALLAX_MAS, MAX_PROPER_MOTION_MASYR,
+                                 STAR_G_MAG_RANGE)
 from astrodask.errors import AstrodaskWarning, CatalogError, InputFileError
 from astrodask.types import REFERENCE_COLUMNS, RefFlag
 
@@ -254,7 +255,9 @@ def normalise_catalog(table: Table, *, default_ref_epoch: float = GAIA_DR3_EPOCH
     ------
     CatalogError
         If ra, dec or a G magnitude is missing, a column is not numeric, a
-        unit cannot be converted, or a declination is outside +-90 deg.
+        unit cannot be converted, a declination is outside +-90 deg, or a proper
+        motion or parallax is beyond any star's (:data:`MAX_PROPER_MOTION_MASYR`,
+        :data:`MAX_PARALLAX_MAS`: a column in other units than it says).
     """
     lookup: dict[str, str] = {}
     for name in table.colnames:
@@ -297,6 +300,14 @@ def normalise_catalog(table: Table, *, default_ref_epoch: float = GAIA_DR3_EPOCH
         if name not in found:
             notes.append(f"{name}: no column, NaN")
 
+    mag = values["phot_g_mean_mag"]
+    wrong_mag = np.isfinite(mag) & ((mag < STAR_G_MAG_RANGE[0]) | (mag > STAR_G_MAG_RANGE[1]))
+    if wrong_mag.any():
+        raise CatalogError(
+            f"catalog {catalog_path}: column {found['phot_g_mean_mag']} has {int(wrong_mag.sum())} value(s) that "
+            f"are no star's G magnitude (e.g. {float(mag[wrong_mag][0]):.6g}; allowed {STAR_G_MAG_RANGE[0]:g} to "
+            f"{STAR_G_MAG_RANGE[1]:g}): is it a flux, or another quantity?"
+        )
     flux_from_mag = g_flux_from_mag(values["phot_g_mean_mag"])
     if "phot_g_mean_flux" not in found:
         values["phot_g_mean_flux"] = flux_from_mag
@@ -321,6 +332,16 @@ def normalise_catalog(table: Table, *, default_ref_epoch: float = GAIA_DR3_EPOCH
             f"catalog {catalog_path}: column {found['dec']} has declinations outside -90..+90 deg "
             f"(e.g. {dec[bad_dec][0]!r}); check its unit"
         )
+    for name, limit in (("pmra", MAX_PROPER_MOTION_MASYR), ("pmdec", MAX_PROPER_MOTION_MASYR),
+                        ("parallax", MAX_PARALLAX_MAS)):
+        column = values[name]
+        wrong = np.isfinite(column) & (np.abs(column) > limit)
+        if wrong.any():
+            raise CatalogError(
+                f"catalog {catalog_path}: column {found[name]} has {int(wrong.sum())} value(s) beyond any star's "
+                f"(e.g. {float(column[wrong][0]):.6g} {REFERENCE_UNITS[name]}, more than {limit:g}); check its "
+                "unit"
+            )
     ra = np.mod(values["ra"], 360.0)
     values["ra"] = np.where(ra >= 360.0, ra - 360.0, ra)  # np.mod(-1e-17, 360) is 360.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from astropy.table import Table
 
 from astrodask.config import GaiaConfig
 from astrodask.constants import GAIA_HEALPIX_LEVEL, GAIA_SOURCE_ID_SHIFT
-from astrodask.errors import ArchiveError, CatalogError, ConfigError
+from astrodask.errors import ArchiveError, ArchiveUnreachableError, CatalogError, ConfigError
 from astrodask.reference.archive import build_source_id_query, run_archive_query
 from astrodask.reference.catalog import float_column, read_catalog
 from astrodask.reference.healpix import (
@@ -280,10 +281,12 @@ def fill_tile_from_archive(cache: TileCache, pixel: int, *, config: GaiaConfig,
 
 def fill_tiles(cache: TileCache | str | Path, pixels: Iterable[int], *, config: GaiaConfig,
                mag_limit: float | None = None) -> dict[int, int]:
-    """Fill tiles from the Gaia archive one after the other, in this process (no Dask).
+    """Fill the tiles of one field from the Gaia archive one after the other, in this process (no Dask).
 
     For a single process (``astrodask solve --serial``); a cluster fills tiles as
-    Dask tasks instead (:mod:`astrodask.run.graph`), one writer per tile.
+    Dask tasks instead (:mod:`astrodask.run.graph`), one writer per tile. The field
+    needs every tile, so the first tile that cannot be filled ends the fill: an archive
+    that is down costs one query's retries, not one per tile, and says so once.
 
     Returns
     -------
@@ -292,20 +295,52 @@ def fill_tiles(cache: TileCache | str | Path, pixels: Iterable[int], *, config: 
 
     Raises
     ------
+    ArchiveUnreachableError
+        At once when the archive cannot be reached: the tiles left, the URL and the fix, once.
     ArchiveError
-        After trying every tile, if some failed: names each with its error.
+        When a tile could not be filled otherwise: names it and its error, and counts the
+        tiles not tried.
     """
     store = cache if isinstance(cache, TileCache) else TileCache(cache)
+    pixels = [int(p) for p in pixels]
     written: dict[int, int] = {}
-    failed: list[str] = []
-    for pixel in pixels:
+    for index, pixel in enumerate(pixels):
         try:
-            written[int(pixel)] = fill_tile_from_archive(store, int(pixel), config=config, mag_limit=mag_limit)
+            written[pixel] = fill_tile_from_archive(store, pixel, config=config, mag_limit=mag_limit)
+        except ArchiveUnreachableError as err:
+            # every tile left would fail the same way: say it once, for all of them
+            labels = [f"{store.level}/{p}" for p in pixels[index:]]
+            raise ArchiveUnreachableError(summarise_tile_failures((label, str(err)) for label in labels)) from err
         except ArchiveError as err:
-            failed.append(str(err))
-    if failed:
-        raise ArchiveError(f"{len(failed)} tile(s) could not be filled: " + "; ".join(failed))
+            left = len(pixels) - index - 1
+            raise type(err)(f"{err}" + (f" ({left} more tile(s) of the field not tried)" if left else "")) from err
     return written
+
+
+#: A tile named in a fill's error message, e.g. "tile 6/4566".
+_TILE_IN_TEXT = re.compile(r"\btile \d+/\d+")
+
+
+def summarise_tile_failures(failures: Iterable[tuple[str, str]]) -> str:
+    """One line for the tiles of a field that could not be filled: each distinct reason once.
+
+    Parameters
+    ----------
+    failures
+        ``(label, reason)`` of each failed tile (label ``"6/4566"``).
+
+    Returns
+    -------
+    str
+        ``"N tile(s) of the field could not be filled: 6/1, 6/2: <reason>; 6/3: <reason>"``,
+        where tiles whose reasons differ only by the tile they name share one reason.
+    """
+    groups: dict[str, list[str]] = {}
+    for label, reason in failures:
+        groups.setdefault(_TILE_IN_TEXT.sub("tile", reason), []).append(label)
+    n = sum(len(labels) for labels in groups.values())
+    parts = [f"{', '.join(labels)}: {reason}" for reason, labels in groups.items()]
+    return f"{n} tile(s) of the field could not be filled: " + "; ".join(parts)
 
 
 def tiles_to_fill(cache: TileCache, pixels: Iterable[int], *, mag_limit: float | None = None,

@@ -16,7 +16,7 @@ import numpy as np
 from astropy.table import Table
 
 from astrodask.config import GaiaConfig
-from astrodask.errors import AstrodaskWarning
+from astrodask.errors import AstrodaskWarning, CatalogError
 from astrodask.sphere import angular_separation_deg, unit_vectors
 from astrodask.reference.archive import query_gaia_archive
 from astrodask.reference.catalog import float_column, propagate_table
@@ -210,6 +210,13 @@ def limit_depth(table: Table, *, mag_limit: float | None = None, max_rows: int |
 
 
 
+def _span(catalog: Table) -> str:
+    """The RA and Dec ranges of a catalog's stars, for messages."""
+    ra, dec = float_column(catalog["ra"]), float_column(catalog["dec"])
+    return (f"RA {np.nanmin(ra):.4f}..{np.nanmax(ra):.4f} deg, Dec {np.nanmin(dec):+.4f}..{np.nanmax(dec):+.4f} "
+            "deg")
+
+
 def get_gaia_xy(
     wcs: Any,
     shape: tuple[int, int],
@@ -254,8 +261,17 @@ def get_gaia_xy(
         origin = f"Gaia archive {config.tap_url} ({config.table})"
     else:
         origin = str(catalog.meta.get("catalog_path", "<table>"))
-    stars = limit_depth(select_footprint(catalog, corners, margin_deg=config.margin_deg),
-                        mag_limit=config.mag_limit)
+    from_file = "cache" not in catalog.meta  # a catalog the user gave, not the tile cache's cut
+    if from_file and len(catalog) == 0:
+        raise CatalogError(f"catalog {origin} holds no star: give a catalog of the field (Gaia export or "
+                           "VizieR I/355)")
+    inside = select_footprint(catalog, corners, margin_deg=config.margin_deg)
+    if from_file and len(inside) == 0:
+        raise CatalogError(f"catalog {origin}: none of its {len(catalog)} stars lies within the field "
+                           f"(cone of radius {radius:.3f} deg around ({ra_c:.4f}, {dec_c:+.4f}) deg); its stars "
+                           f"span {_span(catalog)}: a catalog of another field, coordinates in other units "
+                           "than declared, or a wrong pointing in the header")
+    stars = limit_depth(inside, mag_limit=config.mag_limit)
     if epoch_yr is None:
         warnings.warn("get_gaia_xy: the exposure has no epoch (DATE-OBS/MJD-OBS): reference stars are "
                       "left at their catalog epoch, off by their proper motions", AstrodaskWarning, stacklevel=2)

@@ -71,7 +71,7 @@ from zarr.core.sync import sync as zarr_sync
 from zarr.storage import FsspecStore, LocalStore
 
 from astrodask.config import GaiaConfig
-from astrodask.errors import CatalogError, ConfigError, InputFileError
+from astrodask.errors import CacheError, CatalogError, ConfigError, InputFileError
 from astrodask.reference.catalog import REFERENCE_UNITS, float_column, propagate_table
 from astrodask.reference.footprint import enclosing_cone, limit_depth, select_cone, select_footprint
 from astrodask.reference.healpix import (
@@ -115,6 +115,9 @@ MissingPolicy = Literal["error", "skip"]
 TileFiller = Callable[[list[int]], object]
 
 # HEALPix base-face geometry (HEALPix C++ ``jrll``/``jpll``).
+
+#: Beginnings of the reasons a tile is unavailable that mean it is damaged, not just absent or shallow.
+DAMAGED_PREFIXES = ("unreadable", "column data disagree", "column ", "marker has no valid")
 
 def tile_task_key(pixel: int, *, level: int = TILE_LEVEL, store: str | None = None) -> str:
     """The Dask key of the task filling a tile: ``gaia-tile-<level>-<pixel>[-<store hash>]``.
@@ -378,6 +381,8 @@ class TileCache:
         ------
         CatalogError
             If a column is missing or not numeric, or a star is not in the tile.
+        CacheError
+            If the cache cannot be written (read-only, full): transient for a resubmit.
         """
         name = self._name(pixel)
         columns = _tile_columns(table, where=self._where(pixel))
@@ -390,25 +395,30 @@ class TileCache:
                                    f"tiles (e.g. tile {int(tiles[wrong][0])}); split the table with tile_of")
         if partial and cover_deg is None:
             raise ValueError("a partial tile needs cover_deg, the cone it is complete within")
-        level_group = self._level_group()
-        group = level_group.create_group(str(int(pixel)), overwrite=True, attributes={COMPLETE_KEY: False})
-        for col, values in columns.items():
-            array = group.create_array(col, shape=(n,), dtype=TILE_DTYPES[col], chunks=(max(n, 1),),
-                                       attributes={"unit": REFERENCE_COLUMNS[col]})
-            if n:
-                array[:] = values
-        marker = {
-            COMPLETE_KEY: True,
-            "rows": int(n),
-            "checksum": _checksum(columns),
-            "level": self.level,
-            "pixel": int(pixel),
-            "partial": bool(partial),
-            "cover_deg": None if cover_deg is None else [float(v) for v in cover_deg],
-            "origin": str(origin),
-            "mag_limit": None if mag_limit is None else float(mag_limit),
-        }
-        group.attrs.put(marker)  # one write of the group metadata: the marker comes last
+        try:
+            level_group = self._level_group()
+            group = level_group.create_group(str(int(pixel)), overwrite=True, attributes={COMPLETE_KEY: False})
+            for col, values in columns.items():
+                array = group.create_array(col, shape=(n,), dtype=TILE_DTYPES[col], chunks=(max(n, 1),),
+                                           attributes={"unit": REFERENCE_COLUMNS[col]})
+                if n:
+                    array[:] = values
+            marker = {
+                COMPLETE_KEY: True,
+                "rows": int(n),
+                "checksum": _checksum(columns),
+                "level": self.level,
+                "pixel": int(pixel),
+                "partial": bool(partial),
+                "cover_deg": None if cover_deg is None else [float(v) for v in cover_deg],
+                "origin": str(origin),
+                "mag_limit": None if mag_limit is None else float(mag_limit),
+            }
+            group.attrs.put(marker)  # one write of the group metadata: the marker comes last
+        except OSError as err:  # PermissionError, a full disk, a read-only file system or bucket
+            raise CacheError(f"{self._where(pixel)} cannot be written ({type(err).__name__}: "
+                             f"{err.strerror or err}): is the cache read-only? Fill it where it can be written "
+                             "(astrodask cache prefetch / import), or give a catalog with --catalog") from err
         logger.debug("wrote %s: %d rows%s", name, n, " (partial)" if partial else "")
         return int(n)
 
@@ -446,17 +456,17 @@ class TileCache:
         """A complete tile's columns as numpy arrays (see :meth:`read_tile`)."""
         problem = self._problem(pixel, deep=False)
         if problem is not None:
-            raise CatalogError(f"{self._where(pixel)} is not available: {problem}; fill it again "
+            raise CacheError(f"{self._where(pixel)} is not available: {problem}; fill it again "
                                "(astrodask cache import / prefetch)")
         group = self._group(pixel)
         assert group is not None
         try:
             columns = {name: group[name][:] for name in TILE_DTYPES}
         except (KeyError, ValueError, OSError, RuntimeError, zarr.errors.BaseZarrError) as err:
-            raise CatalogError(f"{self._where(pixel)} is unreadable ({type(err).__name__}: {err}); "
+            raise CacheError(f"{self._where(pixel)} is unreadable ({type(err).__name__}: {err}); "
                                "fill it again") from err
         if check and _checksum(columns) != group.attrs.get("checksum"):
-            raise CatalogError(f"{self._where(pixel)}: column data disagree with the marker's checksum "
+            raise CacheError(f"{self._where(pixel)}: column data disagree with the marker's checksum "
                                "(damaged or overwritten); fill it again")
         return columns
 
@@ -640,6 +650,9 @@ def read_field(cache: TileCache, field: Any, *, margin_deg: float = DEFAULT_MARG
     if unavailable and fill is not None:
         logger.info("tile cache %s: filling %d tile(s) of the field: %s", cache.url, len(unavailable),
                     ", ".join(f"{cache.level}/{p}" for p in unavailable))
+        for pixel, why in unavailable.items():
+            if why.startswith(DAMAGED_PREFIXES):  # not merely absent: say so, whatever the fill's outcome
+                logger.warning("tile cache %s: tile %d/%d is %s; filling it again", cache.url, cache.level, pixel, why)
         fill(sorted(unavailable))
         got_tiles.update(cache.read_many(sorted(unavailable)))
     parts: list[dict[str, np.ndarray]] = []
@@ -655,7 +668,7 @@ def read_field(cache: TileCache, field: Any, *, margin_deg: float = DEFAULT_MARG
                 continue
         parts.append(got)
     if absent and missing == "error":
-        raise CatalogError(f"tile cache {cache.url}: {len(absent)} of {len(pixels)} tile(s) of the field are "
+        raise CacheError(f"tile cache {cache.url}: {len(absent)} of {len(pixels)} tile(s) of the field are "
                            f"not available: {'; '.join(absent)}; fill them (astrodask cache prefetch, or "
                            "cache import) or read with missing='skip'")
     merged = {name: (np.concatenate([p[name] for p in parts]) if parts else np.empty(0, dtype))

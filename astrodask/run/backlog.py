@@ -33,10 +33,11 @@ from astropy.io import fits
 from astropy.table import Table
 
 from astrodask import __version__
+from astrodask.config import PipelineConfig, config_digest
 from astrodask.errors import InputFileError
 from astrodask.io.output import (SOLUTION_SUFFIX, SOLVED_VALUE, STAGES, STATUS_KEYWORD, SUMMARY_COLUMNS, SUMMARY_NAME,
                                  atomic_write, solution_path, summary_row)
-from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, exposure_name
+from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, FailureKind, exposure_name
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,19 @@ class BacklogPlan:
         Exposures to solve, in the backlog's order.
     done
         Exposures skipped: their solution file exists and says ``ASTSTAT = 'SOLVED'``.
+    failed_before
+        Exposures skipped: their status record says they failed for a deterministic reason
+        (:func:`unchanged_failures`), and nothing that could change that has changed.
     """
 
     todo: tuple[Path, ...]
     done: tuple[Path, ...]
+    failed_before: tuple[Path, ...] = ()
+
+    @property
+    def n_failed_before(self) -> int:
+        """Number of exposures left alone: they failed earlier for a reason that will not change."""
+        return len(self.failed_before)
 
     @property
     def n_todo(self) -> int:
@@ -232,7 +242,7 @@ class BacklogPlan:
     @property
     def n_total(self) -> int:
         """Number of exposures in the backlog."""
-        return len(self.todo) + len(self.done)
+        return len(self.todo) + len(self.done) + len(self.failed_before)
 
 
 def is_solved_file(path: str | Path) -> bool:
@@ -253,8 +263,9 @@ def is_solved_file(path: str | Path) -> bool:
     return str(header.get(STATUS_KEYWORD, "")).strip().upper() == SOLVED_VALUE
 
 
-def plan_backlog(paths: Iterable[str | Path], out_dir: str | Path, *, redo: bool = False) -> BacklogPlan:
-    """Split a backlog into what to solve and what ``out_dir`` already holds a solution for.
+def plan_backlog(paths: Iterable[str | Path], out_dir: str | Path, *, redo: bool = False,
+                 retry_failed: bool = False, config: PipelineConfig | None = None) -> BacklogPlan:
+    """Split a backlog into what to solve, what ``out_dir`` already solved and what failed for good.
 
     Parameters
     ----------
@@ -265,20 +276,66 @@ def plan_backlog(paths: Iterable[str | Path], out_dir: str | Path, *, redo: bool
         (:func:`is_solved_file`).
     redo
         Solve everything again.
+    retry_failed
+        Solve again the exposures that failed for a deterministic reason; without it they are
+        left alone (:func:`unchanged_failures`). Transient failures are always retried.
+    config
+        The config of this run: a failure recorded under another config is retried.
     """
     paths = [Path(p) for p in paths]
     if redo:
         return BacklogPlan(todo=tuple(paths), done=())
     existing = _solution_names(Path(out_dir))
+    failed = set() if retry_failed else unchanged_failures(paths, out_dir, config=config)
     todo: list[Path] = []
     done: list[Path] = []
+    failed_before: list[Path] = []
     for path in paths:
         name = exposure_name(path)
-        solved = name in existing and is_solved_file(solution_path(out_dir, name))
-        (done if solved else todo).append(path)
-    log.info("backlog of %d exposures: %d already solved in %s, %d to do", len(paths), len(done), out_dir,
-             len(todo))
-    return BacklogPlan(todo=tuple(todo), done=tuple(done))
+        if name in existing and is_solved_file(solution_path(out_dir, name)):
+            done.append(path)
+        elif name in failed:
+            failed_before.append(path)
+        else:
+            todo.append(path)
+    log.info("backlog of %d exposures: %d already solved in %s, %d failed for good, %d to do", len(paths),
+             len(done), out_dir, len(failed_before), len(todo))
+    return BacklogPlan(todo=tuple(todo), done=tuple(done), failed_before=tuple(failed_before))
+
+
+def unchanged_failures(paths: Iterable[str | Path], out_dir: str | Path, *,
+                       config: PipelineConfig | None = None) -> set[str]:
+    """Names of the exposures whose latest solve failed for a reason that a rerun will not change.
+
+    Such an exposure's status record says ``kind = deterministic`` (a quality gate, a broken
+    file, a bad header: :class:`~astrodask.types.FailureKind`), and since it was written
+    neither the exposure file (size and modification time), nor the config (when ``config``
+    is given: :func:`~astrodask.config.config_digest`), nor astrodask's version changed.
+    Pointing overrides (``--ra``, ``--dec``...) are not recorded: after changing them, ask
+    for ``--retry-failed``.
+    """
+    wanted = {exposure_name(p): Path(p) for p in paths}
+    digest = config_digest(config) if config is not None else None
+    names: set[str] = set()
+    for record in read_statuses(out_dir):
+        name = str(record["name"])
+        path = wanted.get(name)
+        if (path is None or record["status"] == SOLVED or record.get("kind") != FailureKind.DETERMINISTIC
+                or record.get("astrodask_version") != __version__
+                or record.get("input_stamp") != input_stamp(path)
+                or (digest is not None and record.get("config_digest") != digest)):
+            continue
+        names.add(name)
+    return names
+
+
+def input_stamp(path: str | Path) -> str:
+    """``"<size>:<mtime_ns>"`` of a file, to tell whether it changed; ``""`` when it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 def _solution_names(out_dir: Path) -> set[str]:
@@ -314,7 +371,9 @@ def write_status(row: dict[str, Any], out_dir: str | Path) -> Path:
     ----------
     row
         The summary row (:func:`astrodask.io.output.summary_row`); it must have ``name`` and ``status``.
-        ``finished_utc`` (ISO 8601, UTC) is added when absent.
+        ``finished_utc`` (ISO 8601, UTC), ``input_stamp`` (:func:`input_stamp` of ``file``) and
+        ``astrodask_version`` are added when absent: with the row's ``kind`` and ``config_digest``
+        they let a resubmit leave a deterministic failure alone (:func:`unchanged_failures`).
     out_dir
         The output folder.
 
@@ -328,6 +387,8 @@ def write_status(row: dict[str, Any], out_dir: str | Path) -> Path:
         raise ValueError(f"a status record needs a file name in 'name' and a 'status', got {row!r}")
     record = {key: _plain(value) for key, value in row.items()}
     record.setdefault("finished_utc", datetime.now(UTC).isoformat(timespec="seconds"))
+    record.setdefault("input_stamp", input_stamp(str(row.get("file", ""))))
+    record.setdefault("astrodask_version", __version__)
     text = json.dumps(record, indent=1)
     return atomic_write(status_path(out_dir, name), lambda tmp: _write_text(tmp, text))
 
@@ -405,6 +466,19 @@ def write_manifest(paths: Iterable[str | Path], out_dir: str | Path) -> Path:
 
 
 @dataclass(frozen=True)
+class FailedExposure:
+    """An exposure whose latest solve failed: its name, why, and whether a resubmit retries it."""
+
+    name: str
+    reason: str
+    kind: str = ""
+
+    def __str__(self) -> str:
+        kind = f" ({self.kind})" if self.kind else ""
+        return f"{self.name}{kind}: {self.reason}"
+
+
+@dataclass(frozen=True)
 class BacklogStatus:
     """Where a backlog stands.
 
@@ -413,14 +487,14 @@ class BacklogStatus:
     done
         Names of the solved exposures.
     failed
-        ``(name, reason)`` of the exposures whose latest solve failed.
+        The exposures whose latest solve failed, with the reason and its kind.
     pending
         Inputs with neither a status record nor a solved solution file (empty when the inputs
         were not given).
     """
 
     done: tuple[str, ...]
-    failed: tuple[tuple[str, str], ...]
+    failed: tuple[FailedExposure, ...]
     pending: tuple[Path, ...] = ()
 
     @property
@@ -458,22 +532,23 @@ def backlog_status(out_dir: str | Path, *, inputs: Sequence[str | Path] | None =
         The exposures of the backlog (e.g. :func:`read_manifest`); those neither solved nor failed
         are pending.  Without them nothing is pending.
     """
-    latest: dict[str, tuple[str, str]] = {}
+    latest: dict[str, tuple[str, str, str]] = {}
     for record in read_statuses(out_dir):
-        latest[str(record["name"])] = (str(record["status"]), str(record.get("reason", "") or ""))
+        latest[str(record["name"])] = (str(record["status"]), str(record.get("reason", "") or ""),
+                                       str(record.get("kind", "") or ""))
     for name in sorted(_solution_names(Path(out_dir)) - latest.keys()):
         if is_solved_file(solution_path(out_dir, name)):
-            latest[name] = (SOLVED, "")
-    done = tuple(name for name, (status, _) in sorted(latest.items()) if status == SOLVED)
-    failed = tuple((name, reason or f"status {status!r}") for name, (status, reason) in sorted(latest.items())
-                   if status != SOLVED)
+            latest[name] = (SOLVED, "", "")
+    done = tuple(name for name, (status, _, _) in sorted(latest.items()) if status == SOLVED)
+    failed = tuple(FailedExposure(name, reason or f"status {status!r}", kind)
+                   for name, (status, reason, kind) in sorted(latest.items()) if status != SOLVED)
     pending = tuple(Path(p) for p in (inputs or ()) if exposure_name(p) not in latest)
     return BacklogStatus(done=done, failed=failed, pending=pending)
 
 
 def format_status(status: BacklogStatus, *, max_listed: int = MAX_LISTED,
                   max_pending_shown: int = MAX_PENDING_SHOWN) -> str:
-    """A human summary: the counts, the failed exposures with their reasons, then what is pending.
+    """A human summary: the counts, the failed exposures with their kind and reason, then what is pending.
 
     Parameters
     ----------
@@ -488,7 +563,7 @@ def format_status(status: BacklogStatus, *, max_listed: int = MAX_LISTED,
              f"({status.n_total} exposures)"]
     if status.failed:
         lines.append("failed:")
-        lines += [f"  {name}: {reason}" for name, reason in status.failed[:max_listed]]
+        lines += [f"  {failure}" for failure in status.failed[:max_listed]]
         if status.n_failed > max_listed:
             lines.append(f"  ... and {status.n_failed - max_listed} more (see {SUMMARY_NAME})")
     if status.pending:

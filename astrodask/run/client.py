@@ -19,7 +19,7 @@ from typing import Any
 
 from astrodask.config import PipelineConfig
 from astrodask.run.graph import Detected, backlog_graph, failed_result
-from astrodask.types import TileFill, TileState
+from astrodask.types import FailureKind, TileFill, TileState
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
         except Exception as err:  # noqa: BLE001 - a task that failed beyond its retries: report, go on
             path = by_key[future.key]
             reason = f"{type(err).__name__}: {err}"
-            row = summary_row(failed_result(path, "cluster", reason, config=config))
+            row = summary_row(failed_result(path, "cluster", reason, config=config, kind=FailureKind.of(err)))
             write_status(row, out_dir)
         rows.append(row)
         if on_row is not None:

@@ -47,8 +47,8 @@ from dask.delayed import Delayed
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
 from astrodask.run import monitor
-from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FirstPass, Prepared,
-                             Reduced, References,
+from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FailureKind, FirstPass,
+                             Prepared, Reduced, References,
                              RegionOutcome, Stage, TileFill, TileState, exposure_name)
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class Failed:
     reason: str
     timings: dict[str, float] = field(default_factory=dict)
     diagnostics: FailureDiagnostics | None = None
+    kind: FailureKind = FailureKind.DETERMINISTIC
 
 
 def _failed_input(*values: Any) -> Failed | None:
@@ -153,7 +154,7 @@ def task_detect(path: str, config: PipelineConfig) -> Detected:
     except AstrodaskError as err:
         stage = clock.stage
         clock.lap(None)
-        return Detected(Failed(path, stage, str(err), clock.timings))
+        return Detected(Failed(path, stage, str(err), clock.timings, kind=FailureKind.of(err)))
     clock.lap(None)
     timings = dict(clock.timings)
     depth_s = timings.pop(Stage.DETECT_DEPTH, 0.0)
@@ -194,7 +195,7 @@ def task_references(detected: FirstPass | Failed, catalog: Any, config: Pipeline
         references = stage_references(info, catalog=catalog, config=config, pointing=pointing,
                                       cache_url=cache_url, fill=fill)
     except AstrodaskError as err:
-        return Failed(str(info.path), Stage.REFERENCES, str(err))
+        return Failed(str(info.path), Stage.REFERENCES, str(err), kind=FailureKind.of(err))
     monitor.report_references_of(info, catalog=catalog, cache_url=cache_url, config=config, pointing=pointing)
     return References(references.wcs0, references.stars, time.perf_counter() - started)
 
@@ -265,17 +266,19 @@ def fill_tiles_on_cluster(cache_url: str, pixels: list[int], *, config: Pipeline
     Raises
     ------
     ArchiveError
-        When some tiles could not be filled, naming each with its reason.
+        When some tiles could not be filled: each distinct reason once, with its tiles.
     """
     from distributed import worker_client
 
     from astrodask.errors import ArchiveError
+    from astrodask.reference.fill import summarise_tile_failures
 
     with worker_client() as client:
         records = client.gather(tile_tasks(client, cache_url, pixels, config=config))
-    failed = [f"tile {r.label}: {r.reason}" for r in records if r.state == TileState.FAILED]
+    failed = [(r.label, r.reason) for r in records if r.state == TileState.FAILED]
     if failed:
-        raise ArchiveError(f"{len(failed)} tile(s) of the field could not be filled: " + "; ".join(failed))
+        # the archive down fails every tile the same way: one reason, not one per tile
+        raise ArchiveError(summarise_tile_failures(failed))
     return {r.tile: r.rows for r in records}
 
 
@@ -293,6 +296,7 @@ def task_prepare(detected: FirstPass | Failed, references: References | Failed,
         inputs = prepare_regions(sources, references.stars, info.shape, config=config)
     except AstrodaskError as err:
         return Failed(str(info.path), Stage.REGIONS, str(err),
+                      kind=FailureKind.of(err),
                       diagnostics=failure_diagnostics(Stage.REGIONS, str(err), getattr(err, "details", {}), sources,
                                                       references.stars))
     return Prepared(inputs, time.perf_counter() - started)
@@ -328,6 +332,7 @@ def task_reduce(detected: FirstPass | Failed, prepared: Prepared | Failed,
     except AstrodaskError as err:
         refs = None if references is None or isinstance(references, Failed) else references.stars
         return Failed(str(info.path), Stage.REGIONS, str(err),
+                      kind=FailureKind.of(err),
                       diagnostics=failure_diagnostics(Stage.REGIONS, str(err), getattr(err, "details", {}), sources,
                                                       refs))
     seconds = prepared.seconds + sum(r.seconds for r in done) + time.perf_counter() - started
@@ -349,6 +354,7 @@ def task_solve(first: FirstPass | Failed, depth: DepthPass | Failed, references:
         return finish_solve(detected, references, reduced, config=config, clock=clock)
     except AstrodaskError as err:
         return Failed(str(detected.info.path), clock.stage, str(err), clock.timings,
+                      kind=FailureKind.of(err),
                       diagnostics=failure_diagnostics(clock.stage, str(err), getattr(err, "details", {}),
                                                       detected.sources, references.stars))
 
@@ -365,7 +371,7 @@ def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, deb
 
     if isinstance(result, Failed):
         result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings,
-                               diagnostics=result.diagnostics)
+                               diagnostics=result.diagnostics, kind=result.kind)
     write_products(result, out_dir, debug=debug, write_header=write_header, plots_dir=plots_dir)
     row = summary_row(result)
     write_status(row, out_dir)
@@ -375,12 +381,13 @@ def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, deb
 
 def failed_result(path: str, stage: str, reason: str, *, config: PipelineConfig,
                   timings: dict[str, float] | None = None,
-                  diagnostics: FailureDiagnostics | None = None) -> ExposureResult:
+                  diagnostics: FailureDiagnostics | None = None,
+                  kind: FailureKind = FailureKind.DETERMINISTIC) -> ExposureResult:
     """A failed :class:`ExposureResult` for an exposure that stopped at ``stage``."""
     from astrodask.solve.pipeline import failure_diagnostics
 
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason, stage=stage,
-                          timings=dict(timings or {}), config=config.to_dict(),
+                          timings=dict(timings or {}), config=config.to_dict(), kind=kind,
                           diagnostics=diagnostics or failure_diagnostics(stage, reason, {}, None, None))
 
 

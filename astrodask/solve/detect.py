@@ -19,7 +19,7 @@ import sep
 from astropy.table import Table
 
 from astrodask.config import DetectConfig, DetectPassConfig
-from astrodask.errors import AstrodaskWarning, ImageError
+from astrodask.errors import AstrodaskWarning, ImageError, NoSourcesError
 from astrodask.types import SOURCE_COLUMNS, Exposure, ExposureInfo, SourceFlag
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,42 @@ def gaussian_kernel(fwhm_px: float) -> np.ndarray | None:
     sigma = fwhm_px * FWHM_TO_SIGMA
     kernel = np.exp(-0.5 * (x * x + y * y) / sigma**2)
     return (kernel / kernel.sum()).astype(np.float32)
+
+
+def check_pixels(data: np.ndarray, *, saturation_adu: float | None, config: DetectConfig, where: str) -> None:
+    """Refuse an image with no finite pixel, or one overexposed: too many pixels at saturation.
+
+    Parameters
+    ----------
+    data
+        The image, ADU.
+    saturation_adu
+        The header's saturation level (SATURATE); None: ``config.default_saturation_adu``.
+    config
+        ``saturation_fraction`` (a pixel at or above this fraction of the level is saturated)
+        and ``max_saturated_fraction`` (the largest fraction of such pixels).
+    where
+        The file, for the message.
+
+    Raises
+    ------
+    ImageError
+        No pixel is finite.
+    NoSourcesError
+        More than ``config.max_saturated_fraction`` of the finite pixels are saturated.
+    """
+    finite = np.isfinite(data)
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite == 0:
+        raise ImageError(f"{where}: every pixel is NaN or infinite: there is no image to solve")
+    level = float(config.default_saturation_adu if saturation_adu is None else saturation_adu)
+    n_saturated = int(np.count_nonzero(data[finite] >= config.saturation_fraction * level))
+    if n_saturated > config.max_saturated_fraction * n_finite:
+        raise NoSourcesError(f"{where}: {n_saturated / n_finite:.0%} of the pixels are at saturation (>= "
+                             f"{config.saturation_fraction:g} x {level:g} ADU, "
+                             f"{'SATURATE' if saturation_adu is not None else 'detect.default_saturation_adu'}): "
+                             f"an overexposed frame, no star can be measured (more than "
+                             f"detect.max_saturated_fraction = {config.max_saturated_fraction:g})")
 
 
 def get_image_ij(

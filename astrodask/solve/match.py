@@ -521,8 +521,9 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
         if ok and n_pairs >= need_accept:
             break
     if best is None:
-        raise MatchError("the coarse alignment failed: " + "; ".join(f"{a.name} ({a.method}): {a.outcome}"
-                                                                       for a in attempts),
+        raise MatchError("the coarse alignment failed (is the header's pointing off by more than gaia.margin_deg, "
+                         "or its scale, rotation or parity wrong? Give --ra and --dec, --scale, --rotation, "
+                         "--parity): " + "; ".join(f"{a.name} ({a.method}): {a.outcome}" for a in attempts),
                          details={"coarse": [a.as_dict() for a in attempts]})
     attempts = [replace(a, outcome="accepted") if a is best else a for a in attempts]
     log.debug("coarse alignment: %s (%s) pairs %d stars (%.1f by chance)", best.name, best.method, best.n_pairs,

@@ -40,17 +40,17 @@ from scipy.spatial import cKDTree
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
-from astrodask.solve.detect import Background, detect_pass, detect_passes, subtract_background
+from astrodask.solve.detect import Background, check_pixels, detect_pass, detect_passes, subtract_background
 from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
-from astrodask.io.exposure import approximate_wcs, get_pointing, read_exposure
+from astrodask.io.exposure import approximate_wcs, get_pointing, header_notes, read_exposure
 from astrodask.reference.footprint import get_gaia_xy
 from astrodask.solve.match import (Affine, CandidateList, CoarseAttempt, RegionMatch, adapted_grid, coarse_align,
                              match_region, matching_depth, mean_affine, region_grid)
 from astrodask.solve.tpv import (TPVSolution, fit_residuals_arcsec, fit_tpv, local_jacobian, min_points_for_degree,
                            pixel_to_world, world_to_pixel)
 from astrodask.types import (ARTEFACT_FLAGS, FAILED, SOLVED, Detections, Exposure, ExposureInfo, ExposureResult,
-                             FailureDiagnostics, Reduced, References, SourceFlag, Stage, exposure_name)
+                             FailureDiagnostics, FailureKind, Reduced, References, SourceFlag, Stage, exposure_name)
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,14 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClo
 
     Raises
     ------
+    ImageError
+        No pixel is finite (:func:`astrodask.solve.detect.check_pixels`).
     NoSourcesError
-        The first pass found no source at all: blank sky, a closed shutter, not a sky image.
+        The image is overexposed (:func:`astrodask.solve.detect.check_pixels`), or the first
+        pass found no source at all: blank sky, a closed shutter, not a sky image.
     """
+    check_pixels(exposure.data, saturation_adu=exposure.saturate_adu, config=config.detect,
+                 where=str(exposure.path))
     background = subtract_background(exposure.data, config=config.detect)
     if config.detect.first_from_depth:
         sources, deep = detect_passes(exposure, background, config=config.detect)
@@ -121,7 +126,7 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClo
 
 def _check_sources(info: ExposureInfo, sources: Table, background: Background, *, config: PipelineConfig) -> None:
     if len(sources) == 0:
-        raise NoSourcesError(f"{info.name}: no sources above {config.detect.first.thresh_sigma:g} sigma "
+        raise NoSourcesError(f"{info.path}: no sources above {config.detect.first.thresh_sigma:g} sigma "
                              f"(background rms {background.rms_adu:.3g} ADU): "
                              "blank sky, a closed shutter or not a sky image")
 
@@ -254,7 +259,13 @@ def prepare_regions(sources: Table, refs: Table, shape: tuple[int, int], *, conf
     tgt = np.column_stack([np.asarray(refs["x"])[:n_ref], np.asarray(refs["y"])[:n_ref]])
     inside = np.asarray(refs["in_image"][:n_ref], dtype=bool)
     if len(src) < 3 or inside.sum() < 3:
-        raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to match")
+        hint = ""
+        if len(src) >= 3 and len(refs) > inside.sum():
+            hint = (f"; {len(refs)} references lie around the image but not in it: is the header's pointing off by "
+                    f"more than gaia.margin_deg = {config.gaia.margin_deg:g} deg? Give --ra and --dec, or raise "
+                    "gaia.margin_deg")
+        raise MatchError(f"{len(src)} usable sources and {int(inside.sum())} references in the image: too few to "
+                         f"match{hint}")
     tgt_inside = tgt[inside]
     scale = float(refs.meta.get("scale_arcsec") or config.pointing.plate_scale_arcsec)
     n_verify_ref = int(math.ceil(rc.reference_excess * min(VERIFY_STARS, len(src))))
@@ -676,6 +687,9 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
                            offset_deg=pointing_offset_deg(solution, wcs0, shape),
                            search_radius_deg=config.gaia.margin_deg)
     matched_table = matched_list(deep, refs, kept, keep, solution, model)
+    notes = header_notes(info, config=config.detect)
+    for note in notes:
+        log.warning("%s: %s", info.name, note)
     clock.lap(None)
     return ExposureResult(
         file=str(info.path), name=info.name, status=FAILED if reason else SOLVED,
@@ -683,7 +697,7 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
         error_model=model, quality=quality, counts=counts, rms_arcsec=rms, timings=clock.timings,
         regions=tuple((m.region.index, m.status, m.reason, len(m.src_index)) for m in matches),
         shape=shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
-        matched=matched_table,
+        matched=matched_table, notes=notes,
     )
 
 
@@ -726,14 +740,16 @@ def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: T
     except AstrodaskError as err:
         reason = str(err)
         details = dict(getattr(err, "details", {}))
+        kind = FailureKind.of(err)
     except Exception as err:  # noqa: BLE001 - the one place: a failed exposure must not stop a backlog
         log.error("%s: unexpected error in stage %s:\n%s", path, clock.stage, traceback.format_exc())
         reason = f"internal error ({type(err).__name__}: {err})"
+        kind = FailureKind.of(err)
     stage = clock.stage
     clock.lap(None)
     log.warning("%s: failed at %s: %s", name, stage, reason)
     return ExposureResult(file=str(path), name=exposure_name(path), status=FAILED, reason=reason,
-                          stage=stage, timings=clock.timings, config=config.to_dict(),
+                          stage=stage, timings=clock.timings, config=config.to_dict(), kind=kind,
                           diagnostics=failure_diagnostics(stage, reason, details, trace.get("sources"),
                                                           trace.get("references")))
 
