@@ -74,3 +74,15 @@ def test_describe_documents_every_field() -> None:
     assert "fit.CLIPPING_THRESHOLD" in keys and "detect.depth.thresh_sigma" in keys
     assert len(keys) == len(set(keys))
     assert all(doc for *_, doc in rows)
+
+
+def test_a_key_of_a_nested_section_keeps_that_sections_own_defaults() -> None:
+    """Setting one key of detect.depth keeps the depth pass's defaults, not those of the class it shares
+    with detect.first (a --set detect.depth.minarea=4 once turned the relaxed pass into a 3-sigma one)."""
+    default = PipelineConfig()
+    changed = PipelineConfig.from_dict({"detect": {"depth": {"minarea": 4}}})
+    assert changed.detect.depth.minarea == 4
+    assert changed.detect.depth.thresh_sigma == default.detect.depth.thresh_sigma != default.detect.first.thresh_sigma
+    assert changed.detect.depth.deblend_cont == default.detect.depth.deblend_cont
+    assert changed.detect.first == default.detect.first
+    assert default.replace({"detect": {"first": {"thresh_sigma": 5.0}}}).detect.depth == default.detect.depth

@@ -159,11 +159,12 @@ def test_two_extractions_on_one_background_equal_two_separate_passes() -> None:
 
 
 def test_first_pass_from_the_depth_extraction() -> None:
-    """One extraction (the default): the depth pass is the depth pass of its own, to the bit; the first
+    """One extraction (detect.first_from_depth): the depth pass is the depth pass of its own, to the bit; the first
     pass is a part of its rows, unchanged, holding the sources the first pass's own extraction finds."""
     image, x, y, flux = _grid_image(13)
-    first, deep = get_image_ij_passes(image, gain=1.3)
-    alone = get_image_ij(image, gain=1.3, depth=True)
+    one = DetectConfig(first_from_depth=True)
+    first, deep = get_image_ij_passes(image, gain=1.3, config=one)
+    alone = get_image_ij(image, gain=1.3, depth=True, config=one)
     assert len(deep) == len(alone) > len(first) > 0
     for name in deep.colnames:
         np.testing.assert_array_equal(np.asarray(deep[name]), np.asarray(alone[name]), err_msg=name)
@@ -182,7 +183,8 @@ def test_first_pass_from_the_depth_extraction() -> None:
     d_true = np.hypot(first["i"][:, None] - x[None, :], first["j"][:, None] - y[None, :]).min(axis=1)
     assert np.all(d_true < 1.0)
     # a stricter first pass keeps fewer
-    strict, _ = get_image_ij_passes(image, gain=1.3, config=DetectConfig(first=DetectPassConfig(thresh_sigma=20.0)))
+    strict, _ = get_image_ij_passes(image, gain=1.3, config=DetectConfig(first_from_depth=True,
+                                                                        first=DetectPassConfig(thresh_sigma=20.0)))
     assert 0 < len(strict) < len(first)
 
 
