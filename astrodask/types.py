@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only: the data layer imports nothing from the s
     from astrodask.solve.match import Affine, RegionMatch
     from astrodask.solve.pipeline import RegionInputs
     from astrodask.solve.tpv import TPVSolution
+    from astrodask.solve.turbulence import TurbulenceResult
 
 
 class SourceFlag(IntFlag):
@@ -240,6 +241,7 @@ class Stage(StrEnum):
     DETECT_DEPTH = "detect_depth"
     DEPTH_MATCH = "depth_match"
     LIKE_FIT = "like_fit"
+    TURBULENCE = "turbulence"
     CHI_SQUARE = "chi_square"
 
 
@@ -307,6 +309,9 @@ class ExposureResult:
         normalised residual, kept in the final fit), or None.
     diagnostics
         Why a failed solve failed (:class:`FailureDiagnostics`), or None.
+    turbulence
+        The turbulence stage (:class:`astrodask.solve.turbulence.TurbulenceResult`): the correction
+        when applied, why not otherwise, and the solution's predicted error; None when failed early.
     """
 
     file: str
@@ -325,6 +330,7 @@ class ExposureResult:
     config: dict[str, Any] = field(default_factory=dict)
     matched: Table | None = None
     diagnostics: FailureDiagnostics | None = None
+    turbulence: TurbulenceResult | None = None
 
     @property
     def ok(self) -> bool:
