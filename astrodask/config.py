@@ -297,7 +297,8 @@ class FitConfig(_Section):
     neighbour_flux_ratio: float = param(0.02, "... brighter than this fraction of its own G flux is left out of the fits (an unresolved blend in the image)", lo=0.0, hi=100.0)
     min_matches: int = param(30, "quality gate: a solve needs at least this many matched stars in the final fit", lo=4, hi=1_000_000)
     max_rms_px: float = param(1.0, "quality gate: largest residual rms per axis of the final fit", unit="px", lo=0.001, hi=100.0)
-    max_chi2_dof: float = param(5.0, "quality gate: largest chi-square per degree of freedom over the whole matched list", lo=1.0, hi=1e9)
+    max_chi2_dof: float = param(5.0, "quality gate: largest chi-square per degree of freedom (over the pairs fit.chi2_gate names)", lo=1.0, hi=1e9)
+    chi2_gate: str = param("all", "which chi-square/dof fit.max_chi2_dof limits: 'all' matched pairs, clipped ones included (the honest figure, CHI2DOF), or the 'kept' pairs of the final fit (CHI2DOFK)", choices=("all", "kept"))
     max_floor_px: float = param(0.5, "quality gate: largest systematic floor of the error model", unit="px", lo=0.0, hi=100.0)
 
 

@@ -132,7 +132,7 @@ class Prepared:
     name: str
     about: str
     files: CaseFiles
-    truth: WCS
+    truth: Any  #: a WCS, or an astrodask.simulate.TruthMapping (the truth WCS seen through the atmosphere)
     truth_note: str = ""  #: said in the output when the truth is not exact
     overrides: dict[str, Any] = field(default_factory=dict)  #: PipelineConfig.from_dict for our solve
     pointing: dict[str, Any] | None = None  #: get_pointing overrides for our solve
@@ -159,17 +159,16 @@ def known_cases() -> list[str]:
 
 
 def prepare_simulated(work: Path, name: str) -> Prepared:
-    from astrodask.simulate import read_truth_wcs
+    from astrodask.simulate import read_truth
 
     files = simulate_case(work, CASES[name])
-    return Prepared(name=name, about=CASES[name].about, files=files, truth=read_truth_wcs(files.truth_wcs),
+    return Prepared(name=name, about=CASES[name].about, files=files, truth=read_truth(files.truth_wcs),
                     approx=header_wcs(files.image))
 
 
 def prepare_galsim(work: Path, name: str) -> Prepared:
     """A GalSim case at its bench size, rendered when any of its files is absent."""
-    from astrodask.simulate import case_scene, render_scene
-    from astrodask.simulate import read_truth_wcs
+    from astrodask.simulate import case_scene, read_truth, render_scene
 
     scene = case_scene(name[len(GS_PREFIX):], "bench")
     base = work / scene.name
@@ -186,7 +185,7 @@ def prepare_galsim(work: Path, name: str) -> Prepared:
         guess = peers.tan_guess_from_wcs(approx, (ny, nx))
         guess["MJD-OBS"] = (float(Time(scene.date_obs, scale="tt").mjd), "exposure start (from the DSS DATE-OBS)")
         guess["EXPTIME"] = (scene.exptime_s, "[s] from EXPOSURE (minutes)")
-    return Prepared(name=name, about=scene.about, files=files, truth=read_truth_wcs(files.truth_wcs),
+    return Prepared(name=name, about=scene.about, files=files, truth=read_truth(files.truth_wcs),
                     scamp_guess=guess, approx=approx)
 
 
@@ -293,14 +292,17 @@ def great_circle_mas(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: n
     return np.degrees(np.arctan2(cross, np.sum(p1 * p2, axis=0))) * MAS_PER_DEG
 
 
-def score_wcs(wcs: WCS, truth_wcs: WCS, shape: tuple[int, int], *, step_px: float = DEFAULT_STEP_PX) -> Score:
+def score_wcs(wcs: WCS, truth_wcs: Any, shape: tuple[int, int], *, step_px: float = DEFAULT_STEP_PX) -> Score:
     """Score a WCS against the truth on a pixel grid over the whole image.
 
     Parameters
     ----------
     wcs, truth_wcs
         Evaluated with 0-based pixels (``pixel_to_world_values``), both built from FITS
-        keywords (1-based CRPIX), so the same pixel means the same place.
+        keywords (1-based CRPIX), so the same pixel means the same place. ``truth_wcs``
+        may be an :class:`astrodask.simulate.TruthMapping` (:func:`astrodask.simulate.read_truth`):
+        with turbulence, the true sky position of what lands on each pixel, atmosphere
+        included, is what a solution is measured against.
     shape
         (ny, nx) of the image.
     step_px

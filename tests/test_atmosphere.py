@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 from astropy.io import fits
+from scipy.spatial import cKDTree
 
 from astrodask.errors import ConfigError
 from astrodask.simulate.atmosphere import (
@@ -150,3 +151,104 @@ def test_hdus_round_trip_and_grid_bounds(tmp_path):
     with pytest.raises(ConfigError, match="more than"):
         turbulence_field(TurbulenceSpec(rms_mas=1.0, outer_scale_arcmin=0.1), tangent_ra_deg=0.0,
                          tangent_dec_deg=0.0, half_widths_deg=(2.0, 2.0))
+
+
+# --------------------------------------------------------------------------
+# Both renderers draw the displaced stars, and the truth says where they are
+# --------------------------------------------------------------------------
+
+#: A displacement large enough to measure on single stars: 0.3 px rms at 0.85"/px, mas.
+RENDER_RMS_MAS = 250.0
+
+
+def _winpos(image: np.ndarray, i: np.ndarray, j: np.ndarray, fwhm_px: float) -> tuple[np.ndarray, np.ndarray]:
+    import sep
+
+    data = np.ascontiguousarray(image, dtype=np.float64)
+    data = data - sep.Background(data).back()
+    xw, yw, flag = sep.winpos(data, i, j, np.full(i.size, 2.0 / 2.35 * fwhm_px))
+    assert not np.any(flag)
+    return xw, yw
+
+
+def _check_centroids(image, truth, truth_path, wcs, fwhm_px, *, tolerance_px: float) -> None:
+    """Centroids sit on the truth's (displaced) pixels, not on the plain WCS's; the file's mapping agrees."""
+    from astrodask.simulate import read_truth
+
+    mapping = read_truth(truth_path)
+    assert mapping.field is not None and mapping.field.spec.rms_mas == RENDER_RMS_MAS
+    ra, dec = np.asarray(truth["ra"], float), np.asarray(truth["dec"], float)
+    i_t, j_t = np.asarray(truth["i"], float), np.asarray(truth["j"], float)
+    i_m, j_m = mapping.world_to_pixel_values(ra, dec)
+    assert np.max(np.hypot(i_m - i_t, j_m - j_t)) < 1e-6  # the file's mapping is the one rendered
+    ra_b, dec_b = mapping.pixel_to_world_values(i_t, j_t)
+    # wcslib inverts TPV iteratively to ~1e-4 px: 0.1 mas
+    assert np.max(np.hypot((ra_b - ra) * np.cos(np.radians(dec)), dec_b - dec)) * 3.6e6 < 0.1
+    i_0, j_0 = wcs.world_to_pixel_values(ra, dec)  # where they would be without the atmosphere
+    moved = np.hypot(i_t - i_0, j_t - j_0)
+    assert np.sqrt(np.mean(moved**2)) > 0.2
+    xw, yw = _winpos(image, i_t, j_t, fwhm_px)
+    on_truth = np.hypot(xw - i_t, yw - j_t)
+    assert np.sqrt(np.mean(on_truth**2)) < tolerance_px < 0.2 * np.sqrt(np.mean(moved**2))
+
+
+def test_our_renderer_draws_displaced_stars(tmp_path):
+    from astrodask import simulate as sim
+
+    shape = (500, 700)
+    wcs = sim.condor_wcs(150.1, 2.2, shape=shape, distortion_px=2.0, rotation_deg=8.0)
+    ii, jj = np.meshgrid(np.linspace(30, shape[1] - 31, 12), np.linspace(30, shape[0] - 31, 9))
+    ra, dec = wcs.pixel_to_world_values(ii.ravel(), jj.ravel())
+    from astropy.table import Table
+
+    stars = Table({"ra": ra, "dec": dec, "phot_g_mean_mag": np.full(ra.size, 13.0)})
+    spec = TurbulenceSpec(rms_mas=RENDER_RMS_MAS, outer_scale_arcmin=3.0, seed=9)
+    field = field_for_wcs(spec, wcs)
+    image, truth = sim.render_stars(stars, wcs, turbulence=field)
+    assert truth.meta["turbulence"]["rms_mas"] == RENDER_RMS_MAS
+    dxi, deta = field.displacement_at_sky_mas(np.asarray(truth["ra"]), np.asarray(truth["dec"]))
+    np.testing.assert_array_equal(np.asarray(truth["dxi_mas"]), dxi)
+    paths = sim.write_exposure(tmp_path / "t.fits", np.zeros(shape, np.uint16), fits.Header(), truth_wcs=wcs,
+                               truth_table=truth, compress=False, turbulence=field)
+    _check_centroids(image, truth, paths.truth_wcs, wcs, 2.5, tolerance_px=0.01)
+    # without the field the truth is the WCS itself and the image has no atmosphere
+    plain, plain_truth = sim.render_stars(stars, wcs)
+    assert "dxi_mas" not in plain_truth.colnames and not np.array_equal(plain, image)
+
+
+def test_galsim_renderer_draws_displaced_stars(tmp_path):
+    pytest.importorskip("galsim")
+    from astropy.table import Table
+
+    from astrodask import simulate as sim
+
+    spec = TurbulenceSpec(rms_mas=RENDER_RMS_MAS, outer_scale_arcmin=3.0, seed=4)
+    scene = sim.Scene("turb", seed=31, shape=(1000, 1400), star_density_per_deg2=15000.0, turbulence=spec)
+    files = sim.render_scene(scene, tmp_path, rng=np.random.default_rng(scene.seed))
+    truth = Table.read(files.truth_table)
+    assert truth.meta["turbulence"]["seed"] == 4
+    ny, nx = scene.shape
+    i, j, f = (np.asarray(truth[k], float) for k in ("i", "j", "flux_adu"))
+    tree = cKDTree(np.c_[i, j])
+    crowded = np.array([any(f[m] > 0.01 * f[k] for m in tree.query_ball_point([i[k], j[k]], 12.0) if m != k)
+                        for k in range(i.size)])
+    keep = (np.asarray(truth["in_frame"]) & ~np.asarray(truth["saturated"]) & (f > 3e4) & ~crowded
+            & (i > 20) & (i < nx - 21) & (j > 20) & (j < ny - 21))
+    assert keep.sum() >= 10
+    image = fits.getdata(files.image, 1).astype(np.float64)
+    _check_centroids(image, truth[keep], files.truth_wcs, sim.read_truth_wcs(files.truth_wcs), scene.fwhm_px,
+                     tolerance_px=0.05)
+
+
+def test_truth_mapping_scores_the_atmosphere_a_wcs_cannot_follow():
+    """Against the true mapping, the undisturbed truth WCS is off by the field itself; without a field, by nothing."""
+    from astrodask.simulate import TruthMapping
+    from astrodask.wcsutil import wcs_error_mas
+
+    shape = (1500, 2200)  # 0.35 x 0.52 deg: a few outer scales of 5'
+    wcs = condor_wcs(150.0, 2.0, shape=shape, distortion_px=2.0)
+    field = field_for_wcs(TurbulenceSpec(rms_mas=15.0, outer_scale_arcmin=5.0, seed=2), wcs)
+    error = wcs_error_mas(wcs, TruthMapping(wcs=wcs, field=field), shape, step_px=20.0)
+    # total displacement rms = sqrt(2) x the rms per axis (the frame's grid is the box of the normalisation)
+    assert np.sqrt(np.mean(error**2)) == pytest.approx(15.0 * math.sqrt(2.0), rel=0.05)
+    assert wcs_error_mas(wcs, TruthMapping(wcs=wcs), shape).max() == 0.0

@@ -64,11 +64,29 @@ def test_simulate_and_retries_defaults_come_from_the_code_they_configure() -> No
         assert defaults[option] == keywords[keyword].default, option
     assert (defaults["height"], defaults["width"]) == keywords["shape"].default == sim.CONDOR_SHAPE
     assert (defaults["ra_deg"], defaults["dec_deg"]) == (sim.DEMO_RA_DEG, sim.DEMO_DEC_DEG)
+    assert defaults["turbulence_scale_arcmin"] == inspect.signature(sim.TurbulenceSpec).parameters[
+        "outer_scale_arcmin"].default
     for name in ("submit", "cache"):
         command = main.commands[name]
         command = command.commands["prefetch"] if name == "cache" else command
         retries = next(p for p in command.params if p.name == "retries")
         assert retries.get_default(click.Context(command)) == DEFAULT_RETRIES
+
+
+def test_simulate_with_turbulence_writes_the_field_beside_the_truth(runner: CliRunner, tmp_path: Path) -> None:
+    from astrodask.simulate import read_truth
+
+    args = ["simulate", str(tmp_path), "--width", "500", "--height", "400", "--seed", "3"]
+    result = runner.invoke(main, [*args, "--turbulence-mas", "20", "--turbulence-scale-arcmin", "5"])
+    assert result.exit_code == 0, result.output
+    assert "turbulence 20 mas rms per axis, outer scale 5'" in result.output
+    truth = read_truth(tmp_path / "sim.fits.fz")
+    assert truth.field is not None and (truth.field.spec.rms_mas, truth.field.spec.outer_scale_arcmin) == (20.0, 5.0)
+    moved = Table.read(tmp_path / "sim.truth.ecsv")
+    assert np.sqrt(np.mean(np.square(moved["dxi_mas"]))) > 5.0
+    assert runner.invoke(main, [*args, "--name", "calm"]).exit_code == 0
+    assert read_truth(tmp_path / "calm.fits.fz").field is None
+    assert "dxi_mas" not in Table.read(tmp_path / "calm.truth.ecsv").colnames
 
 
 def test_console_scripts_astrodask_and_dask_astrodask() -> None:

@@ -209,6 +209,27 @@ def test_chi_square_of_the_true_model_is_one_per_degree_of_freedom() -> None:
     assert abs(fitted.chi2_dof - 1.0) < 4 * np.sqrt(2.0 / fitted.dof)
 
 
+def test_chi_square_over_all_and_over_the_kept_points() -> None:
+    """A few gross outliers lift the chi-square over all points; over the kept ones it stays 1 per dof."""
+    residuals, cov = simulate(np.random.default_rng(13), 3000)
+    residuals[:30] *= 8.0  # 1 % of points at 8 times their error: clipped by error_clip
+    model = ErrorModel(scale=SCALE, floor_mas=FLOOR_MAS)
+    keep = np.ones(len(residuals), dtype=bool)
+    keep[:30] = False
+    quality = chi_square(residuals, cov, model, n_params=20, keep=keep)
+    terms = normalized_residuals(residuals, cov, model) ** 2
+    assert quality.n_points == 3000 and quality.n_kept == 2970
+    assert quality.chi2 == pytest.approx(terms.sum()) and quality.chi2_kept == pytest.approx(terms[keep].sum())
+    assert quality.dof_kept == 2 * 2970 - 20 - 2
+    assert abs(quality.chi2_dof_kept - 1.0) < 4 * np.sqrt(2.0 / quality.dof_kept)
+    assert quality.chi2_dof > 1.5  # 30 points of ~ 64 x 2 each over ~ 6000 dof
+    # without a mask both figures are the same
+    whole = chi_square(residuals, cov, model, n_params=20)
+    assert (whole.chi2_kept, whole.dof_kept, whole.n_kept) == (whole.chi2, whole.dof, whole.n_points)
+    with pytest.raises(ValueError, match="one flag per residual"):
+        chi_square(residuals, cov, model, n_params=20, keep=keep[:10])
+
+
 def test_chi_square_without_degrees_of_freedom_is_nan() -> None:
     residuals, cov = simulate(np.random.default_rng(12), 3)
     quality = chi_square(residuals, cov, ErrorModel(scale=1.0, floor_mas=0.0), n_params=4)

@@ -60,6 +60,50 @@ def test_hard_cases_solve_to_the_truth(case: str, tmp_path: Path) -> None:
     assert result.error_model.scale == pytest.approx(1.0, abs=0.3)  # windowed-centroid errors are right
 
 
+def test_two_chi_squares_and_the_gate_that_uses_one(tmp_path: Path) -> None:
+    """Issue 18 item 5: chi2/dof over all matched pairs and over the kept ones, in the result, header and summary.
+
+    Some bright reference stars are given catalog positions 0.4" off (as a Gaia binary with a wrong
+    motion would be): like_fit clips them at ERROR_THRESHOLD. The kept pairs' chi2/dof is then 1
+    within its own scatter (sqrt(2 / dof)); the one over all pairs is above it; and fit.chi2_gate
+    decides which of the two fit.max_chi2_dof limits.
+    """
+    from astrodask.io.output import solution_header, summary_row
+
+    field = simulate(tmp_path, "two-chi2", shape=(1000, 1400), ra_deg=150.1, rng=np.random.default_rng(1))
+    catalog = read_catalog(field.catalog_path)
+    rng = np.random.default_rng(101)
+    bad = (np.asarray(catalog["phot_g_mean_mag"]) < 16.5) & (rng.uniform(size=len(catalog)) < 0.15)
+    pa = rng.uniform(0.0, 2.0 * np.pi, int(bad.sum()))
+    off_deg = 0.4 / 3600.0
+    catalog["dec"][bad] += off_deg * np.cos(pa)
+    catalog["ra"][bad] += off_deg * np.sin(pa) / np.cos(np.radians(np.asarray(catalog["dec"])[bad]))
+    kept_gate = PipelineConfig.from_dict({"fit": {"chi2_gate": "kept", "max_chi2_dof": 1e6}})
+    result = solve_file(field.image_path, catalog=catalog, config=kept_gate)
+    assert result.ok, result.reason
+    q = result.quality
+    assert q.n_kept == result.n_matches < q.n_points  # some pairs were clipped at ERROR_THRESHOLD
+    assert abs(q.chi2_dof_kept - 1.0) < 4.0 * np.sqrt(2.0 / q.dof_kept)
+    assert q.chi2_dof > q.chi2_dof_kept + 4.0 * np.sqrt(2.0 / q.dof_kept)
+    chi = np.asarray(result.matched["chi"])
+    kept = np.asarray(result.matched["kept"])
+    assert q.chi2 == pytest.approx(np.sum(chi**2)) and q.chi2_kept == pytest.approx(np.sum(chi[kept] ** 2))
+    header = solution_header(result)
+    assert (header["CHI2DOF"], header["CHI2DOFK"]) == (round(q.chi2_dof, 5), round(q.chi2_dof_kept, 5))
+    assert (header["DOF"], header["DOFK"], header["CHI2GATE"]) == (q.dof, q.dof_kept, "KEPT")
+    row = summary_row(result)
+    assert (row["chi2_dof"], row["chi2_dof_kept"], row["dof_kept"]) == (q.chi2_dof, q.chi2_dof_kept, q.dof_kept)
+    # a limit between the two: the kept-pair gate passes, the all-pair gate (the default) fails and says why
+    limit = max(1.0, 0.5 * (q.chi2_dof + q.chi2_dof_kept))
+    passes = solve_file(field.image_path, catalog=catalog,
+                        config=PipelineConfig.from_dict({"fit": {"chi2_gate": "kept", "max_chi2_dof": limit}}))
+    assert passes.ok, passes.reason
+    fails = solve_file(field.image_path, catalog=catalog,
+                       config=PipelineConfig.from_dict({"fit": {"max_chi2_dof": limit}}))
+    assert not fails.ok and "over all matched pairs" in fails.reason and "fit.chi2_gate = all" in fails.reason
+    assert solution_header(passes)["CHI2GATE"] == "KEPT"
+
+
 def test_regions_matched_by_proximity_first_give_the_same_solution(tmp_path: Path) -> None:
     """regions.first_method=proximity (the default) skips astroalign's triangles where the coarse transform
     suffices: the same pairs, the same solution, against the truth, as astroalign first (the Condor way)."""

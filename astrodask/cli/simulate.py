@@ -72,31 +72,42 @@ def simulator_option(*decls: str, default: LazyDefault, **kwargs: Any) -> Any:
 @click.option("--header-style", type=click.Choice(["wcs", "keywords"]), default="wcs", show_default=True,
               help="Approximate TAN WCS in the header, or only RA/DEC keywords.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed (same seed, same files).")
+@click.option("--turbulence-mas", type=float, default=0.0, show_default=True,
+              help="Atmospheric displacement of the stars, mas rms per axis (curl-free, von Karman; 0: none).")
+@simulator_option("--turbulence-scale-arcmin", type=float, default=simulator_default("DEFAULT_OUTER_SCALE_ARCMIN"),
+                  help="Outer scale of the atmospheric displacement, arcmin.")
 @logging_options
 def simulate_cmd(out_dir: str, name: str, ra_deg: float, dec_deg: float, width: int, height: int, scale: float,
                  rotation: float, flip: bool, distortion: float, density: float, mag_limit: float,
                  catalog: str | None, epoch: float, pointing_error: float, rotation_error: float,
-                 scale_error: float, header_style: str, seed: int, verbose: int, quiet: bool) -> None:
+                 scale_error: float, header_style: str, seed: int, turbulence_mas: float,
+                 turbulence_scale_arcmin: float, verbose: int, quiet: bool) -> None:
     """Render a Condor-like exposure with an exact TAN + TPV truth (default: a full 9576 x 6388 frame).
 
     Writes OUT_DIR/<name>.fits.fz (approximate header), <name>_gaia.ecsv (the
     reference catalog, Gaia archive columns), <name>.truth.wcs.fits (the exact
     WCS) and <name>.truth.ecsv (every rendered star's true pixel position).
+    With --turbulence-mas, the stars are displaced by a seeded atmospheric field
+    written beside the truth WCS (astrodask.simulate.read_truth reads both).
     """
     from astrodask.reference.catalog import read_catalog
-    from astrodask.simulate import simulate_field
+    from astrodask.simulate import TurbulenceSpec, simulate_field
 
     configure_logging(verbose, quiet)
     started = time.perf_counter()
+    turbulence = (TurbulenceSpec(rms_mas=turbulence_mas, outer_scale_arcmin=turbulence_scale_arcmin, seed=seed)
+                  if turbulence_mas > 0 else None)
     field = simulate_field(
         out_dir, name, ra_deg=ra_deg, dec_deg=dec_deg, rng=np.random.default_rng(seed), shape=(height, width),
         scale_arcsec=scale, rotation_deg=rotation, parity=-1 if flip else 1, distortion_px=distortion,
         epoch_yr=epoch, catalog=read_catalog(catalog) if catalog else None, density_per_deg2=density,
         mag_limit=mag_limit, header_style=header_style, pointing_error_arcmin=pointing_error,
-        rotation_error_deg=rotation_error, scale_error_frac=scale_error)
+        rotation_error_deg=rotation_error, scale_error_frac=scale_error, turbulence=turbulence)
     in_frame = int(np.count_nonzero(field.truth["in_frame"]))
     click.echo(f"simulated {width} x {height} px at ({ra_deg}, {dec_deg:+}) with {in_frame} stars in the frame "
-               f"in {time.perf_counter() - started:.1f} s:")
+               f"in {time.perf_counter() - started:.1f} s"
+               + (f", turbulence {turbulence_mas:g} mas rms per axis, outer scale {turbulence_scale_arcmin:g}'"
+                  if turbulence else "") + ":")
     for path in (field.paths.image, field.catalog_path, field.paths.truth_wcs, field.paths.truth_table):
         click.echo(f"  {path}")
 

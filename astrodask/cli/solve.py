@@ -50,13 +50,17 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
 
 def _echo_result(index: int, total: int, path: str, result: Any, written: Sequence[Path], seconds: float) -> None:
     """The line (and the files written) of one exposure solved in this process."""
+    from astrodask.io.output import chi2_gate
+
     prefix = f"[{index}/{total}] " if total > 1 else ""
     if result.ok:
         q, m = result.quality, result.error_model
         click.echo(f"{prefix}{path}: solved in {seconds:.1f} s: {result.n_matches} matches "
                    f"({result.counts.get('regions_ok', 0)}/{len(result.regions)} regions), rms "
                    f"({result.rms_arcsec[0] * 1000:.1f}, {result.rms_arcsec[1] * 1000:.1f}) mas, "
-                   f"chi2/dof {q.chi2_dof:.3f} (dof {q.dof}), error model: scale {m.scale:.3f}, "
+                   f"chi2/dof {q.chi2_dof:.3f} over all {q.n_points} pairs (dof {q.dof}), "
+                   f"{q.chi2_dof_kept:.3f} over the {q.n_kept} kept (dof {q.dof_kept}; the gate uses "
+                   f"{chi2_gate(result)}), error model: scale {m.scale:.3f}, "
                    f"floor {m.floor_mas:.1f} mas")
     else:
         click.echo(f"{prefix}{path}: FAILED at {result.stage}: {result.reason}", err=True)
@@ -79,7 +83,8 @@ def print_row(done: int, total: int, row: dict[str, Any]) -> None:
     prefix = f"[{done}/{total}] "
     if row["status"] == SOLVED:
         click.echo(f"{prefix}{row['file']}: solved: {row['matches']} matches, rms ({row['rms_xi_arcsec'] * 1000:.1f}, "
-                   f"{row['rms_eta_arcsec'] * 1000:.1f}) mas, chi2/dof {row['chi2_dof']:.3f}")
+                   f"{row['rms_eta_arcsec'] * 1000:.1f}) mas, chi2/dof {row['chi2_dof']:.3f} all, "
+                   f"{row.get('chi2_dof_kept', float('nan')):.3f} kept")
     else:
         click.echo(f"{prefix}{row['file']}: FAILED at {row['stage']}: {row['reason']}", err=True)
 

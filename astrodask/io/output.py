@@ -67,7 +67,11 @@ def solution_header(result: ExposureResult) -> fits.Header:
     if q is not None:
         cards += [("CHI2", round(float(q.chi2), 3), "chi-square over the entire matched list"),
                   ("DOF", int(q.dof), "degrees of freedom of CHI2"),
-                  ("CHI2DOF", round(float(q.chi2_dof), 5), "chi-square per degree of freedom")]
+                  ("CHI2DOF", round(float(q.chi2_dof), 5), "chi-square per degree of freedom"),
+                  ("CHI2K", round(float(q.chi2_kept), 3), "chi-square over the kept pairs (NMATCH)"),
+                  ("DOFK", int(q.dof_kept), "degrees of freedom of CHI2K"),
+                  ("CHI2DOFK", round(float(q.chi2_dof_kept), 5), "CHI2K per degree of freedom"),
+                  ("CHI2GATE", chi2_gate(result).upper(), "chi-square of the quality gate: ALL or KEPT")]
     if m is not None:
         cards += [("ERRSCALE", round(float(m.scale), 5), "like_fit: scale on the SEP centroid errors"),
                   ("ERRFLOOR", round(float(m.floor_mas), 3), "[mas] like_fit: systematic floor per axis")]
@@ -76,6 +80,11 @@ def solution_header(result: ExposureResult) -> fits.Header:
     if result.reason:
         header["ASTREASN"] = (result.reason[:68], "why the solve failed")
     return header
+
+
+def chi2_gate(result: ExposureResult) -> str:
+    """Which chi-square/dof the quality gate limited in this solve: ``"all"`` or ``"kept"`` (``fit.chi2_gate``)."""
+    return str(result.config.get("fit", {}).get("chi2_gate", "all"))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -123,7 +132,7 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
 
 SUMMARY_COLUMNS = ("file", "name", "status", "reason", "stage", "sources", "references", "regions_ok",
                    "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
-                   "err_scale", "err_floor_mas")
+                   "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
 STAGES = tuple(stage.value for stage in Stage)
 
@@ -142,6 +151,9 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
         "rms_xi_arcsec": float(result.rms_arcsec[0]), "rms_eta_arcsec": float(result.rms_arcsec[1]),
         "chi2": float(q.chi2) if q is not None else np.nan, "dof": int(q.dof) if q is not None else 0,
         "chi2_dof": float(q.chi2_dof) if q is not None else np.nan,
+        "chi2_kept": float(q.chi2_kept) if q is not None else np.nan,
+        "dof_kept": int(q.dof_kept) if q is not None else 0,
+        "chi2_dof_kept": float(q.chi2_dof_kept) if q is not None else np.nan,
         "err_scale": float(m.scale) if m is not None else np.nan,
         "err_floor_mas": float(m.floor_mas) if m is not None else np.nan,
     }

@@ -16,11 +16,12 @@ Our renderer, in the order a simulated exposure is made (one module each):
    (:mod:`~astrodask.simulate.artefacts`); sky, noise, gain, bias and saturation.
 4. :mod:`~astrodask.simulate.header` -- :func:`approximate_header`: what the telescope would
    write, with chosen pointing, rotation and scale errors.
-5. :mod:`~astrodask.simulate.files` -- :func:`write_exposure` and :func:`read_truth_wcs`: the
-   image and its exact truth beside it.
+5. :mod:`~astrodask.simulate.files` -- :func:`write_exposure`, :func:`read_truth_wcs` and
+   :func:`read_truth`: the image and its exact truth beside it (with the atmosphere, if any).
 6. :mod:`~astrodask.simulate.atmosphere` -- :class:`TurbulenceSpec` and :func:`field_for_wcs`:
    an optional atmospheric displacement (curl-free, von Karman) that both renderers apply to
-   the stars and write beside the truth WCS.
+   the stars and write beside the truth WCS (:class:`TruthMapping`, the true mapping, is what
+   scoring compares a solution with).
 7. :mod:`~astrodask.simulate.demo` -- :func:`simulate_field` and :func:`make_demo`: all of the
    above for one field.
 
@@ -40,7 +41,14 @@ last axis), ``j`` the row; only FITS ``CRPIX`` is 1-based.
 """
 
 from astrodask.reference.healpix import healpix_nested_index
-from astrodask.simulate.atmosphere import DisplacementField, TurbulenceSpec, field_for_wcs, turbulence_field
+from astrodask.simulate.atmosphere import (
+    DEFAULT_OUTER_SCALE_ARCMIN,
+    DisplacementField,
+    TruthMapping,
+    TurbulenceSpec,
+    field_for_wcs,
+    turbulence_field,
+)
 from astrodask.simulate.catalog import (
     DEFAULT_BRIGHT_LIMIT,
     DEFAULT_COUNT_SLOPE_DEX_PER_MAG,
@@ -75,7 +83,7 @@ from astrodask.simulate.demo import (
     make_demo,
     simulate_field,
 )
-from astrodask.simulate.files import ExposurePaths, read_truth_wcs, write_exposure
+from astrodask.simulate.files import ExposurePaths, read_truth, read_truth_wcs, write_exposure
 from astrodask.simulate.galsim_cases import CASES, case_scene
 from astrodask.simulate.galsim_draw import bleed
 from astrodask.simulate.galsim_plate import dss_header, dss_sky
@@ -89,6 +97,7 @@ from astrodask.simulate.truth import condor_wcs
 __all__ = [
     # the atmosphere (both renderers)
     "DisplacementField",
+    "TruthMapping",
     "TurbulenceSpec",
     "field_for_wcs",
     "turbulence_field",
@@ -99,6 +108,7 @@ __all__ = [
     "condor_wcs",
     "healpix_nested_index",
     "make_demo",
+    "read_truth",
     "read_truth_wcs",
     "render_exposure",
     "render_stars",
@@ -132,6 +142,7 @@ __all__ = [
     "DEFAULT_FIELD_RA_DEG",
     "DEFAULT_GAIN_E_PER_ADU",
     "DEFAULT_MAG_LIMIT",
+    "DEFAULT_OUTER_SCALE_ARCMIN",
     "DEFAULT_POINTING_ERROR_ARCMIN",
     "DEFAULT_ROTATION_ERROR_DEG",
     "DEFAULT_SCALE_ERROR_FRAC",

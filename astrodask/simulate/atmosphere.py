@@ -47,7 +47,7 @@ from astrodask.sphere import gnomonic, inverse_gnomonic
 from astrodask.simulate._checks import check_positive, resolve_shape
 from astrodask.simulate.constants import MAS_PER_DEG
 
-__all__ = ["DEFAULT_OUTER_SCALE_ARCMIN", "DisplacementField", "TurbulenceSpec", "field_for_wcs",
+__all__ = ["DEFAULT_OUTER_SCALE_ARCMIN", "DisplacementField", "TruthMapping", "TurbulenceSpec", "field_for_wcs",
            "turbulence_field", "von_karman_correlation"]
 
 #: Default outer scale of the von Karman spectrum, arcmin (Bernstein et al. 2017: 5-10' on DECam).
@@ -262,8 +262,8 @@ class DisplacementField:
                                   seed=int(h["TURBSEED"]))
             return cls(spec=spec, tangent_ra_deg=float(h["TANRA"]), tangent_dec_deg=float(h["TANDEC"]),
                        xi0_deg=float(h["XI0"]), eta0_deg=float(h["ETA0"]), step_deg=float(h["STEP"]),
-                       dxi_mas=np.asarray(hdus[HDU_DXI].data, np.float64),
-                       deta_mas=np.asarray(hdus[HDU_DETA].data, np.float64),
+                       dxi_mas=np.array(hdus[HDU_DXI].data, dtype=np.float64),  # a copy: the file may close
+                       deta_mas=np.array(hdus[HDU_DETA].data, dtype=np.float64),
                        frame_half_widths_deg=(float(h["FRAMEHXI"]), float(h["FRAMEHET"])))
         except KeyError as err:
             raise InputFileError(f"{source}: extension {HDU_DXI} lacks keyword {err}; rewrite it with "
@@ -376,3 +376,43 @@ def field_for_wcs(spec: TurbulenceSpec, wcs: WCS, *, shape: tuple[int, int] | No
     reach = GRID_REACH_FACTOR * float(np.hypot(xi, eta).max()) + GRID_MARGIN_DEG
     return turbulence_field(spec, tangent_ra_deg=ra_c, tangent_dec_deg=dec_c, half_widths_deg=(reach, reach),
                             frame_half_widths_deg=frame)
+
+
+@dataclass(frozen=True, eq=False)
+class TruthMapping:
+    """The true sky <-> pixel mapping of a simulated exposure: its truth WCS, seen through the atmosphere.
+
+    A star of true position (ra, dec) lands on pixel ``wcs.world_to_pixel(field.displace(ra, dec))``;
+    without a field this is the truth WCS itself, to the bit. It has the two methods that
+    scoring uses (``pixel_to_world_values``, ``world_to_pixel_values``, origin 0), so it stands
+    where a truth WCS stood (e.g. ``benchmarks/bench_solve.score_wcs``).
+
+    Attributes
+    ----------
+    wcs
+        The truth WCS (no atmosphere).
+    field
+        The atmospheric displacement, or None.
+    """
+
+    wcs: WCS
+    field: DisplacementField | None = None
+
+    @property
+    def pixel_shape(self) -> tuple[int, int] | None:
+        """(nx, ny) of the truth WCS."""
+        return self.wcs.pixel_shape
+
+    def pixel_to_world_values(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """True sky position (degrees) of what lands on 0-based pixel (i, j)."""
+        ra, dec = self.wcs.pixel_to_world_values(i, j)
+        if self.field is None:
+            return ra, dec
+        return self.field.undisplace(np.asarray(ra), np.asarray(dec))
+
+    def world_to_pixel_values(self, ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """0-based pixel where a star of true sky position (ra, dec), degrees, lands."""
+        if self.field is None:
+            return self.wcs.world_to_pixel_values(ra_deg, dec_deg)
+        ra, dec = self.field.displace(np.asarray(ra_deg, np.float64), np.asarray(dec_deg, np.float64))
+        return self.wcs.world_to_pixel_values(ra, dec)

@@ -22,6 +22,7 @@ from astropy.wcs import WCS
 from astrodask.config import GaiaConfig
 from astrodask.simulate._checks import check_shape
 from astrodask.simulate.artefacts import COSMIC_RAY_RATE_PER_CM2_S
+from astrodask.simulate.atmosphere import DisplacementField, TruthMapping, TurbulenceSpec, field_for_wcs
 from astrodask.simulate.catalog import DEFAULT_COUNT_SLOPE_DEX_PER_MAG, synthetic_gaia_catalog
 from astrodask.simulate.constants import (
     CONDOR_PIXEL_SIZE_UM,
@@ -82,6 +83,9 @@ class SimulatedField:
         The image header (approximate pointing).
     truth
         The truth table (also in ``paths.truth_table``).
+    turbulence
+        The atmospheric displacement the stars were rendered with (also in
+        ``paths.truth_wcs``), or None.
     """
 
     paths: ExposurePaths
@@ -89,6 +93,12 @@ class SimulatedField:
     truth_wcs: WCS
     header: fits.Header
     truth: Table
+    turbulence: DisplacementField | None = None
+
+    @property
+    def truth_mapping(self) -> TruthMapping:
+        """The true sky <-> pixel mapping: the truth WCS seen through the atmosphere."""
+        return TruthMapping(wcs=self.truth_wcs, field=self.turbulence)
 
     @property
     def image_path(self) -> Path:
@@ -111,7 +121,8 @@ def simulate_field(out_dir: str | Path, name: str, *, ra_deg: float, dec_deg: fl
                    pointing_error_arcmin: float = DEFAULT_POINTING_ERROR_ARCMIN,
                    rotation_error_deg: float = DEFAULT_ROTATION_ERROR_DEG,
                    scale_error_frac: float = DEFAULT_SCALE_ERROR_FRAC, compress: bool = True,
-                   render_options: Mapping[str, Any] | None = None) -> SimulatedField:
+                   render_options: Mapping[str, Any] | None = None,
+                   turbulence: TurbulenceSpec | None = None) -> SimulatedField:
     """Simulate one complete exposure of a field and write it with its catalog and truth.
 
     Writes ``<name>.fits.fz`` (or ``.fits``), ``<name>_gaia.ecsv`` (the reference
@@ -153,6 +164,10 @@ def simulate_field(out_dir: str | Path, name: str, *, ra_deg: float, dec_deg: fl
         Write ``.fits.fz`` (RICE_1) rather than ``.fits``.
     render_options
         Extra keyword arguments of :func:`~astrodask.simulate.render.render_exposure` (PSF, noise, zero point...).
+    turbulence
+        Atmospheric displacement of the stars (:func:`~astrodask.simulate.atmosphere.field_for_wcs`
+        over this frame, seeded by the spec: ``rng`` is not drawn from, so the rest of the
+        exposure is the same as without it); written beside the truth WCS. None: none.
 
     Returns
     -------
@@ -191,22 +206,23 @@ def simulate_field(out_dir: str | Path, name: str, *, ra_deg: float, dec_deg: fl
     n_cosmic_rays = int(rng.poisson(cosmic_ray_rate_per_cm2_s * area_cm2 * exptime_s))
     if n_hot_columns is None:
         n_hot_columns = int(round(HOT_COLUMNS_PER_CONDOR_FRAME * nx / CONDOR_SHAPE[1]))
+    field = field_for_wcs(turbulence, wcs, shape=shape) if turbulence is not None else None
     image, truth = render_exposure(stars, wcs, rng=rng, shape=shape, epoch_yr=epoch_yr,
                                    n_galaxies=n_galaxies, n_cosmic_rays=n_cosmic_rays,
-                                   n_hot_columns=n_hot_columns, **options)
+                                   n_hot_columns=n_hot_columns, turbulence=field, **options)
     header_keys = ("gain_e_per_adu", "read_noise_e", "saturation_adu")
     header = approximate_header(wcs, style=header_style, pointing_error_arcmin=pointing_error_arcmin,
                                 rotation_error_deg=rotation_error_deg, scale_error_frac=scale_error_frac,
                                 rng=rng, epoch_yr=epoch_yr, exptime_s=exptime_s, object_name=name,
                                 **{k: options[k] for k in header_keys if k in options})
     paths = write_exposure(out_dir / name, image, header, truth_wcs=wcs, truth_table=truth,
-                           compress=compress)
+                           compress=compress, turbulence=field)
     catalog_path = out_dir / f"{name}_gaia.ecsv"
     reference.write(catalog_path, format="ascii.ecsv", overwrite=True)
     log.info("simulated %s: %d stars rendered, %d in the catalog, %d galaxies, %d cosmic rays",
              paths.image, len(truth), len(reference), n_galaxies, n_cosmic_rays)
     return SimulatedField(paths=paths, catalog_path=catalog_path, truth_wcs=wcs, header=header,
-                          truth=truth)
+                          truth=truth, turbulence=field)
 
 
 #: Margin of the demo's Gaia stars around its footprint, deg: wide enough that the cone they

@@ -2,7 +2,10 @@
 
 :func:`write_exposure` writes ``X.fits.fz`` (RICE_1) or ``X.fits``, the exact truth
 ``X.truth.wcs.fits`` (checked on re-reading) and ``X.truth.ecsv``; :func:`read_truth_wcs`
-reads the truth WCS back (also of the GalSim renderer's exposures).
+reads the truth WCS back (also of the GalSim renderer's exposures), :func:`read_truth` the
+whole true mapping: the WCS and, when the exposure was simulated with turbulence, the
+atmospheric displacement field written as two image extensions of ``X.truth.wcs.fits``
+(:class:`~astrodask.simulate.atmosphere.TruthMapping`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from astrodask.errors import ConfigError, InputFileError
+from astrodask.simulate.atmosphere import DisplacementField, TruthMapping
 from astrodask.types import exposure_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExposurePaths", "read_truth_wcs", "write_exposure"]
+__all__ = ["ExposurePaths", "read_truth", "read_truth_wcs", "truth_wcs_path", "write_exposure"]
 
 #: Largest difference allowed between a written and a re-read truth WCS, pixels.
 TRUTH_WCS_TOLERANCE_PX: float = 1e-8
@@ -38,7 +42,7 @@ class ExposurePaths:
 
 def write_exposure(path: str | Path, image: np.ndarray, header: fits.Header, *, truth_wcs: WCS,
                    truth_table: Table | None = None, compress: bool = True,
-                   overwrite: bool = True) -> ExposurePaths:
+                   overwrite: bool = True, turbulence: DisplacementField | None = None) -> ExposurePaths:
     """Write a simulated exposure and, beside it, its exact truth.
 
     Parameters
@@ -61,6 +65,9 @@ def write_exposure(path: str | Path, image: np.ndarray, header: fits.Header, *, 
         Tile-compress the image.
     overwrite
         Replace existing files.
+    turbulence
+        The atmospheric displacement the stars were rendered with: written as two image
+        extensions of ``<name>.truth.wcs.fits`` (read back by :func:`read_truth`).
 
     Returns
     -------
@@ -89,7 +96,8 @@ def write_exposure(path: str | Path, image: np.ndarray, header: fits.Header, *, 
     wcs_header["IMAGEW"] = (nx, "[px] image width")
     wcs_header["IMAGEH"] = (ny, "[px] image height")
     wcs_header["COMMENT"] = "Exact truth WCS of a simulated exposure (astrodask.simulate)"
-    fits.PrimaryHDU(header=wcs_header).writeto(wcs_path, overwrite=overwrite)
+    extensions = turbulence.to_hdus() if turbulence is not None else []
+    fits.HDUList([fits.PrimaryHDU(header=wcs_header), *extensions]).writeto(wcs_path, overwrite=overwrite)
     _check_truth_wcs(truth_wcs, read_truth_wcs(wcs_path), (ny, nx), wcs_path)
 
     table_path = None
@@ -126,9 +134,7 @@ def read_truth_wcs(path: str | Path) -> WCS:
     astropy.wcs.WCS
         With ``pixel_shape`` from IMAGEW/IMAGEH.
     """
-    path = Path(path)
-    if not path.name.endswith(".truth.wcs.fits"):
-        path = path.parent / (exposure_name(path) + ".truth.wcs.fits")
+    path = truth_wcs_path(path)
     if not path.is_file():
         raise InputFileError(f"truth WCS file {path} not found; write it with "
                              "astrodask.simulate.write_exposure(..., truth_wcs=...)")
@@ -140,3 +146,32 @@ def read_truth_wcs(path: str | Path) -> WCS:
     if "IMAGEW" in header and "IMAGEH" in header:
         wcs.pixel_shape = (int(header["IMAGEW"]), int(header["IMAGEH"]))
     return wcs
+
+
+def truth_wcs_path(path: str | Path) -> Path:
+    """The ``X.truth.wcs.fits`` of an exposure ``X.fits.fz``/``X.fits`` (or that file itself)."""
+    path = Path(path)
+    if not path.name.endswith(".truth.wcs.fits"):
+        path = path.parent / (exposure_name(path) + ".truth.wcs.fits")
+    return path
+
+
+def read_truth(path: str | Path) -> TruthMapping:
+    """Read the true sky <-> pixel mapping of a simulated exposure: truth WCS and atmosphere.
+
+    Parameters
+    ----------
+    path
+        The ``X.truth.wcs.fits`` file, or the exposure ``X.fits.fz``/``X.fits`` beside it.
+
+    Returns
+    -------
+    TruthMapping
+        Its ``field`` is None when the exposure was simulated without turbulence; then it
+        maps exactly as :func:`read_truth_wcs`'s WCS.
+    """
+    wcs = read_truth_wcs(path)
+    wcs_path = truth_wcs_path(path)
+    with fits.open(wcs_path) as hdus:
+        field = DisplacementField.from_hdus(hdus, source=str(wcs_path))
+    return TruthMapping(wcs=wcs, field=field)

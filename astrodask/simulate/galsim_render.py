@@ -6,7 +6,9 @@ HDU 1), a Gaia-like catalog that :func:`astrodask.reference.catalog.read_catalog
 truth WCS (the file :func:`astrodask.simulate.read_truth_wcs` reads), a per-star truth table and
 the artefacts. Proper motions move stars along great circles
 (:func:`astrodask.reference.catalog.propagate_to_epoch`); parallax is not applied to the truth (the
-solver neglects it too).
+solver neglects it too). A scene with ``turbulence`` moves every star by its atmospheric
+displacement (:mod:`astrodask.simulate.atmosphere`) before it is drawn, and writes the field
+beside the truth WCS (:func:`astrodask.simulate.read_truth` reads both).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from astropy.wcs import WCS
 
 from astrodask.reference.catalog import propagate_to_epoch
 from astrodask.sphere import angular_separation_deg
+from astrodask.simulate.atmosphere import DisplacementField, field_for_wcs
 from astrodask.simulate.constants import UINT16_MAX_ADU
 from astrodask.simulate.files import read_truth_wcs
 from astrodask.simulate.galsim_draw import (
@@ -109,14 +112,20 @@ def image_header(scene: Scene, *, saturate_adu: float) -> fits.Header:
     return header
 
 
-def write_truth_wcs(path: Path, wcs: WCS, shape: tuple[int, int]) -> None:
-    """The exact truth WCS as a primary header (SIP included) with IMAGEW/IMAGEH, checked on re-reading."""
+def write_truth_wcs(path: Path, wcs: WCS, shape: tuple[int, int], *,
+                    turbulence: DisplacementField | None = None) -> None:
+    """The exact truth WCS as a primary header (SIP included) with IMAGEW/IMAGEH, checked on re-reading.
+
+    With ``turbulence``, the displacement field follows as two image extensions
+    (:meth:`~astrodask.simulate.atmosphere.DisplacementField.to_hdus`).
+    """
     ny, nx = shape
     header = wcs.to_header(relax=True)
     header["IMAGEW"] = (nx, "[px] image width")
     header["IMAGEH"] = (ny, "[px] image height")
     header["COMMENT"] = "Exact truth WCS (TAN-SIP) of a GalSim-rendered exposure (astrodask.simulate.galsim_render)"
-    fits.PrimaryHDU(header=header).writeto(path, overwrite=True)
+    extensions = turbulence.to_hdus() if turbulence is not None else []
+    fits.HDUList([fits.PrimaryHDU(header=header), *extensions]).writeto(path, overwrite=True)
     gi, gj = np.meshgrid(np.linspace(0, nx - 1, 7), np.linspace(0, ny - 1, 5))
     a = wcs.pixel_to_world_values(gi.ravel(), gj.ravel())
     b = read_truth_wcs(path).pixel_to_world_values(gi.ravel(), gj.ravel())
@@ -156,8 +165,11 @@ def render_scene(scene: Scene, out_dir: str | Path, *, rng: np.random.Generator)
                                      scene.epoch_yr - ref_epoch)
     near = angular_separation_deg(ra_e, dec_e, scene.ra_deg, scene.dec_deg) <= half_diagonal_deg(scene) + 0.02
     i, j = np.full(len(stars), np.nan), np.full(len(stars), np.nan)
+    field = field_for_wcs(scene.turbulence, wcs, shape=scene.shape) if scene.turbulence is not None else None
+    ra_seen, dec_seen = (ra_e, dec_e) if field is None else field.displace(
+        np.where(near, ra_e, scene.ra_deg), np.where(near, dec_e, scene.dec_deg))  # far stars are not drawn
     if near.any():
-        i[near], j[near] = wcs.all_world2pix(ra_e[near], dec_e[near], 0, tolerance=SIP_INVERSE_TOLERANCE_PX,
+        i[near], j[near] = wcs.all_world2pix(ra_seen[near], dec_seen[near], 0, tolerance=SIP_INVERSE_TOLERANCE_PX,
                                              maxiter=100, quiet=True)
     mag = np.asarray(stars["phot_g_mean_mag"], float)
     flux = scene.exptime_s * 10.0 ** (-0.4 * (mag - scene.zero_point_mag))
@@ -231,7 +243,7 @@ def render_scene(scene: Scene, out_dir: str | Path, *, rng: np.random.Generator)
                        truth_table=base.with_name(base.name + ".truth.ecsv"))
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data=image, header=header, compression_type="RICE_1")]
                  ).writeto(files.image, overwrite=True)
-    write_truth_wcs(files.truth_wcs, wcs, scene.shape)
+    write_truth_wcs(files.truth_wcs, wcs, scene.shape, turbulence=field)
     catalog_table(stars, scene).write(files.catalog, format="ascii.ecsv", overwrite=True)
     truth = Table()
     truth["source_id"] = np.asarray(stars["source_id"], np.int64)
@@ -244,15 +256,24 @@ def render_scene(scene: Scene, out_dir: str | Path, *, rng: np.random.Generator)
     truth["flux_adu"] = flux
     truth["in_frame"] = in_frame
     truth["saturated"] = saturated
+    if field is not None:
+        dxi, deta = field.displacement_at_sky_mas(np.where(near, ra_e, scene.ra_deg),
+                                                  np.where(near, dec_e, scene.dec_deg))
+        truth["dxi_mas"], truth["deta_mas"] = dxi, deta
     truth = truth[near]
     for key, unit in (("ra_cat", "deg"), ("dec_cat", "deg"), ("ra", "deg"), ("dec", "deg"), ("pmra_true", "mas / yr"),
-                      ("pmdec_true", "mas / yr"), ("i", "pix"), ("j", "pix"), ("phot_g_mean_mag", "mag")):
-        truth[key].unit = unit
+                      ("pmdec_true", "mas / yr"), ("i", "pix"), ("j", "pix"), ("phot_g_mean_mag", "mag"),
+                      ("dxi_mas", "mas"), ("deta_mas", "mas")):
+        if key in truth.colnames:
+            truth[key].unit = unit
     truth.meta.update(scene=scene.name, epoch_yr=scene.epoch_yr, catalog_ref_epoch=ref_epoch,
                       catalog_release=scene.catalog_release, mag_limit=scene.faint_mag,
                       seeded_from=stars.meta["seeded_from"], artefacts=artefacts,
                       note="ra/dec: true positions at epoch_yr; ra_cat/dec_cat: catalog positions at "
                            "catalog_ref_epoch; i/j: 0-based true pixel positions")
+    if field is not None:
+        truth.meta["turbulence"] = dataclasses.asdict(field.spec)
+        truth.meta["note"] += " (after the atmospheric displacement dxi_mas, deta_mas)"
     truth.write(files.truth_table, format="ascii.ecsv", overwrite=True)
     art = Table(rows=rows or None, names=("kind", "event", "i", "j", "level_adu"),
                 dtype=(str, int, int, int, float))

@@ -32,6 +32,7 @@ from astropy.wcs import WCS, Sip
 from astrodask.constants import GAIA_DR3_EPOCH
 from astrodask.errors import ConfigError
 from astrodask.sphere import offset_position
+from astrodask.simulate.atmosphere import TurbulenceSpec
 from astrodask.simulate.constants import (
     ARCSEC_PER_DEG,
     CONDOR_SCALE_ARCSEC,
@@ -119,6 +120,8 @@ class Scene:
     rotation_deg: float = 0.0
     parity: int = 1
     sip_distortion_px: float = SCENE_SIP_DISTORTION_PX
+    #: atmospheric displacement of the stars (astrodask.simulate.atmosphere); None: none
+    turbulence: TurbulenceSpec | None = None
     # time
     date_obs: str = SCENE_DATE_OBS  #: exposure start, ISO UTC (the truth epoch is mid-exposure)
     exptime_s: float = DEFAULT_EXPTIME_S

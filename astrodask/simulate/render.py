@@ -1,7 +1,8 @@
 """Rendering a star catalog through a truth WCS: :func:`render_stars` and :func:`render_exposure`.
 
 Stars are propagated to the exposure epoch with
-:func:`astrodask.reference.catalog.propagate_to_epoch`, projected through the truth WCS and
+:func:`astrodask.reference.catalog.propagate_to_epoch`, moved by the atmosphere when a
+displacement field is given (:mod:`astrodask.simulate.atmosphere`), projected through the truth WCS and
 rendered as pixel-integrated elliptical Moffat profiles whose flux-weighted centre is
 exactly the truth position (:mod:`astrodask.simulate.profiles`); :func:`render_exposure`
 adds galaxies, cosmic rays and hot columns (:mod:`astrodask.simulate.artefacts`), sky, Poisson
@@ -13,6 +14,7 @@ last axis), ``j`` the row; pixel ``(i, j)`` covers ``[i - 0.5, i + 0.5] x [j - 0
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -26,6 +28,7 @@ from astrodask.errors import CatalogError, ConfigError
 from astrodask.reference.catalog import propagate_to_epoch
 from astrodask.sphere import angular_separation_deg
 from astrodask.simulate._checks import check_positive, resolve_shape
+from astrodask.simulate.atmosphere import DisplacementField
 from astrodask.simulate.artefacts import add_galaxies, cosmic_ray_pixels, draw_hot_columns
 from astrodask.simulate.constants import (
     DEFAULT_BIAS_ADU,
@@ -98,7 +101,8 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
                  psf_angle_deg: float = DEFAULT_PSF_ANGLE_DEG,
                  psf_beta: float = DEFAULT_PSF_BETA, exptime_s: float = DEFAULT_EXPTIME_S,
                  zero_point_mag: float = DEFAULT_ZERO_POINT_MAG,
-                 supersample: int = DEFAULT_SUPERSAMPLE) -> tuple[np.ndarray, Table]:
+                 supersample: int = DEFAULT_SUPERSAMPLE,
+                 turbulence: DisplacementField | None = None) -> tuple[np.ndarray, Table]:
     """Noiseless image of the stars of a catalog, in ADU above the sky, and its truth.
 
     Parameters
@@ -129,6 +133,10 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
         G magnitude giving 1 ADU/s.
     supersample
         Sub-samples per pixel and axis of the pixel integration.
+    turbulence
+        Atmospheric displacement (e.g. from :func:`~astrodask.simulate.atmosphere.field_for_wcs`):
+        each star is drawn where the field moves it; None: no atmosphere (the image is then
+        bit-identical to one rendered without this option).
 
     Returns
     -------
@@ -141,7 +149,10 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
         ``peak_adu`` (the star's brightest pixel), ``in_frame`` (centre on a pixel of
         the frame), ``isolated`` (no other star brighter than ISOLATION_FLUX_RATIO of its
         flux within ISOLATION_RADIUS_PX) and ``saturated`` (False here;
-        :func:`render_exposure` sets it).
+        :func:`render_exposure` sets it). With ``turbulence``: ``i``, ``j`` are where the
+        displaced star lands, ``ra``, ``dec`` stay its true position, and ``dxi_mas``,
+        ``deta_mas`` are its displacement (tangent plane, mas); ``meta["turbulence"]``
+        records the field's spec.
     """
     ny, nx = resolve_shape(shape, wcs)
     check_positive("fwhm_px", fwhm_px)
@@ -182,7 +193,11 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
     good = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(gmag)
     good &= angular_separation_deg(c_ra[4], c_dec[4], ra, dec) <= reach_deg
     sel = np.flatnonzero(good)
-    i, j = wcs.world_to_pixel_values(ra[sel], dec[sel])
+    if turbulence is None:
+        i, j = wcs.world_to_pixel_values(ra[sel], dec[sel])
+    else:
+        dxi_mas, deta_mas = turbulence.displacement_at_sky_mas(ra[sel], dec[sel])
+        i, j = wcs.world_to_pixel_values(*turbulence.displace(ra[sel], dec[sel]))
     i, j = np.asarray(i, dtype=np.float64), np.asarray(j, dtype=np.float64)
 
     beta = float(psf_beta)
@@ -196,6 +211,8 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
     half = stamp_half_size(flux, moffat_density)
     touches = ((i + half >= -0.5) & (i - half <= nx - 0.5) & (j + half >= -0.5) & (j - half <= ny - 0.5)
                & np.isfinite(i) & np.isfinite(j))
+    if turbulence is not None:
+        dxi_mas, deta_mas = dxi_mas[touches], deta_mas[touches]
     sel, i, j, flux, half = sel[touches], i[touches], j[touches], flux[touches], half[touches]
 
     inv_alpha2 = np.float32(1.0 / alpha**2)
@@ -232,6 +249,10 @@ def render_stars(stars: Table, wcs: WCS, *, shape: tuple[int, int] | None = None
     truth["in_frame"] = (i >= -0.5) & (i < nx - 0.5) & (j >= -0.5) & (j < ny - 0.5)
     truth["isolated"] = _isolated(i, j, flux, np.empty(0), np.empty(0), np.empty(0))
     truth["saturated"] = np.zeros(len(truth), dtype=bool)
+    if turbulence is not None:
+        truth["dxi_mas"] = u.Quantity(dxi_mas, u.mas)
+        truth["deta_mas"] = u.Quantity(deta_mas, u.mas)
+        truth.meta["turbulence"] = dataclasses.asdict(turbulence.spec)
     return image, truth
 
 
@@ -268,7 +289,8 @@ def render_exposure(stars: Table, wcs: WCS, *, rng: np.random.Generator,
                     bias_adu: float = DEFAULT_BIAS_ADU, exptime_s: float = DEFAULT_EXPTIME_S,
                     zero_point_mag: float = DEFAULT_ZERO_POINT_MAG, n_galaxies: int = 0,
                     n_cosmic_rays: int = 0, n_hot_columns: int = 0,
-                    supersample: int = DEFAULT_SUPERSAMPLE) -> tuple[np.ndarray, Table]:
+                    supersample: int = DEFAULT_SUPERSAMPLE,
+                    turbulence: DisplacementField | None = None) -> tuple[np.ndarray, Table]:
     """A realistic raw exposure of a star catalog seen through a truth WCS.
 
     Stars are rendered by :func:`render_stars` (exact centres); galaxies (Sersic,
@@ -280,7 +302,7 @@ def render_exposure(stars: Table, wcs: WCS, *, rng: np.random.Generator,
     Parameters
     ----------
     stars, wcs, shape, epoch_yr, fwhm_px, ellipticity, psf_angle_deg, psf_beta, exptime_s,
-    zero_point_mag, supersample
+    zero_point_mag, supersample, turbulence
         As in :func:`render_stars`.
     rng
         Random generator (galaxies, cosmic rays, hot columns, noise).
@@ -323,7 +345,8 @@ def render_exposure(stars: Table, wcs: WCS, *, rng: np.random.Generator,
     model, truth = render_stars(stars, wcs, shape=shape, epoch_yr=epoch_yr, fwhm_px=fwhm_px,
                                 ellipticity=ellipticity, psf_angle_deg=psf_angle_deg,
                                 psf_beta=psf_beta, exptime_s=exptime_s,
-                                zero_point_mag=zero_point_mag, supersample=supersample)
+                                zero_point_mag=zero_point_mag, supersample=supersample,
+                                turbulence=turbulence)
     ny, nx = model.shape
     galaxies = add_galaxies(model, int(n_galaxies), rng=rng, fwhm_px=fwhm_px, exptime_s=exptime_s,
                              zero_point_mag=zero_point_mag, supersample=int(supersample))

@@ -184,12 +184,17 @@ class ErrorClipResult:
 
 @dataclass(frozen=True)
 class FitQuality:
-    """The chi-square of a fit with its error model, over the entire matched list.
+    """The chi-square of a fit with its error model: over the entire matched list, and over the kept pairs.
+
+    The first (``chi2``, ``dof``, ``chi2_dof``) is the honest figure of the algorithm's step 6:
+    the points clipped at ``ERROR_THRESHOLD`` count too, so a few of them lift it above 1.
+    The second (``chi2_kept``, ``dof_kept``, ``chi2_dof_kept``) is over the pairs of the final
+    fit only: near 1 when the error model describes them.
 
     Attributes
     ----------
     chi2
-        Sum over points of r^T M^-1 r with M = scale^2 C + floor^2 I.
+        Sum over all N points of r^T M^-1 r with M = scale^2 C + floor^2 I.
     dof
         Degrees of freedom: 2 N (two coordinates per point) minus the WCS
         parameters fitted minus the 2 error-model parameters (scale, floor).
@@ -201,6 +206,8 @@ class FitQuality:
         WCS parameters counted against the degrees of freedom.
     rms_mas
         Root mean square residual per axis (xi, eta), about zero, mas.
+    chi2_kept, dof_kept, chi2_dof_kept, n_kept
+        The same over the kept points only (all N when no keep mask was given).
     """
 
     chi2: float
@@ -209,6 +216,10 @@ class FitQuality:
     n_points: int
     n_params: int
     rms_mas: tuple[float, float]
+    chi2_kept: float = math.nan
+    dof_kept: int = 0
+    chi2_dof_kept: float = math.nan
+    n_kept: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -610,12 +621,13 @@ def _refitted(refit: Callable[[np.ndarray, ErrorModel], np.ndarray], mask: np.nd
 
 
 def chi_square(
-    residuals_mas: np.ndarray, cov_mas2: np.ndarray, model: ErrorModel, *, n_params: int
+    residuals_mas: np.ndarray, cov_mas2: np.ndarray, model: ErrorModel, *, n_params: int,
+    keep: np.ndarray | None = None,
 ) -> FitQuality:
-    """The chi-square of the residuals under the error model, over every point given.
+    """The chi-square of the residuals under the error model, over every point given and over the kept ones.
 
     The solver passes the entire matched list, clipped points included, so that the
-    figure is honest.
+    first figure is honest, and the final fit's keep mask for the second.
 
     Parameters
     ----------
@@ -627,21 +639,30 @@ def chi_square(
         The final error model.
     n_params
         Number of WCS parameters fitted (e.g. CRVAL, CD and the TPV terms).
+    keep
+        Boolean mask (N,) of the points kept by the final fit; None: all.
 
     Returns
     -------
     FitQuality
         chi2 = sum r^T M^-1 r, dof = 2 N - n_params - 2 (the two error-model
         parameters are fitted to the same residuals), chi2 / dof, and the RMS
-        residual per axis.
+        residual per axis; the ``*_kept`` figures the same over the kept points.
     """
     res, cov = _check_inputs(residuals_mas, cov_mas2)
     n_params = int(n_params)
     if n_params < 0:
         raise ValueError(f"n_params = {n_params} must be >= 0")
     n = len(res)
-    chi2 = float(np.sum(_Parts(res, cov).chi2_terms(model.scale**2, model.floor_mas**2)))
-    dof = 2 * n - n_params - 2
+    kept = np.ones(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if kept.shape != (n,):
+        raise ValueError(f"keep has shape {kept.shape}, expected ({n},): one flag per residual")
+    terms = _Parts(res, cov).chi2_terms(model.scale**2, model.floor_mas**2)
+    chi2, chi2_kept = float(np.sum(terms)), float(np.sum(terms[kept]))
+    n_kept = int(np.count_nonzero(kept))
+    dof, dof_kept = 2 * n - n_params - 2, 2 * n_kept - n_params - 2
     rms = np.sqrt(np.mean(res**2, axis=0)) if n else np.full(2, math.nan)
     return FitQuality(chi2=chi2, dof=dof, chi2_dof=chi2 / dof if dof > 0 else math.nan, n_points=n,
-                      n_params=n_params, rms_mas=(float(rms[0]), float(rms[1])))
+                      n_params=n_params, rms_mas=(float(rms[0]), float(rms[1])), chi2_kept=chi2_kept,
+                      dof_kept=dof_kept, chi2_dof_kept=chi2_kept / dof_kept if dof_kept > 0 else math.nan,
+                      n_kept=n_kept)

@@ -15,7 +15,8 @@ the Gaia archive. What they hand on is named (:class:`~astrodask.types.Detection
 5. :func:`stage_error_model`: ``like_fit`` with ``ERROR_THRESHOLD`` clipping and refits;
    :func:`stage_turbulence`: the residuals' correlation, a GP correction when cross-validation
    shows it helps, and the solution's predicted error (:mod:`astrodask.solve.turbulence`).
-6. :func:`stage_chi_square`: chi-square over the entire matched list, and the quality gates.
+6. :func:`stage_chi_square`: chi-square over the entire matched list and over the kept pairs, and the
+   quality gates (``fit.chi2_gate`` says which chi-square ``fit.max_chi2_dof`` limits).
 
 :func:`solve_exposure` runs them in order; :func:`solve_file` reads the file and
 turns any failure into a reported status (the one place that catches everything,
@@ -526,11 +527,12 @@ def n_fit_parameters(degree: int) -> int:
     return 2 * min_points_for_degree(degree)
 
 
-def stage_chi_square(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution, model: ErrorModel):
-    """Chi-square with the final error model over the entire matched list."""
+def stage_chi_square(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution, model: ErrorModel,
+                     keep: np.ndarray | None = None):
+    """Chi-square with the final error model over the entire matched list, and over the pairs ``keep`` flags."""
     res = residuals_mas(sources, refs, pairs, solution)
     cov = _sky_cov(sources, pairs.src, solution)
-    return chi_square(res, cov, model, n_params=n_fit_parameters(solution.degree))
+    return chi_square(res, cov, model, n_params=n_fit_parameters(solution.degree), keep=keep)
 
 
 def matched_list(sources: Table, refs: Table, pairs: Pairs, keep: np.ndarray, solution: TPVSolution,
@@ -584,8 +586,12 @@ def quality_gates(*, n_kept: int, rms_arcsec: tuple[float, float], quality: Any,
     if rms_px > config.max_rms_px:
         return (f"residual rms ({rms_arcsec[0]:.3f}, {rms_arcsec[1]:.3f}) arcsec = {rms_px:.3f} px above "
                 f"{config.max_rms_px} px")
-    if not np.isfinite(quality.chi2_dof) or quality.chi2_dof > config.max_chi2_dof:
-        return f"chi-square/dof {quality.chi2_dof:.3g} above {config.max_chi2_dof}"
+    kept_only = config.chi2_gate == "kept"
+    chi2_dof = quality.chi2_dof_kept if kept_only else quality.chi2_dof
+    if not np.isfinite(chi2_dof) or chi2_dof > config.max_chi2_dof:
+        over = "the kept pairs" if kept_only else "all matched pairs"
+        return (f"chi-square/dof {chi2_dof:.3g} over {over} above {config.max_chi2_dof} "
+                f"(fit.chi2_gate = {config.chi2_gate})")
     floor_px = model.floor_mas / 1000.0 / scale_arcsec
     if floor_px > config.max_floor_px:
         return f"error-model floor {model.floor_mas:.0f} mas = {floor_px:.3f} px above {config.max_floor_px} px"
@@ -694,7 +700,7 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
     turbulence = stage_turbulence(deep, refs, kept.subset(keep), solution, model, shape=shape, epoch_yr=info.epoch_yr,
                                   config=config)
     clock.lap(Stage.CHI_SQUARE)
-    quality = stage_chi_square(deep, refs, kept, solution, model)
+    quality = stage_chi_square(deep, refs, kept, solution, model, keep)
     final = residuals_mas(deep, refs, kept.subset(keep), solution) / 1000.0
     rms = (float(np.sqrt(np.mean(final[:, 0] ** 2))), float(np.sqrt(np.mean(final[:, 1] ** 2))))
     reason = quality_gates(n_kept=counts["matches"], rms_arcsec=rms, quality=quality, model=model,

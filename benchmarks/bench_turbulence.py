@@ -1,0 +1,303 @@
+"""The turbulence benchmark (issue 18): WCS error against the true, atmosphere-displaced sky.
+
+A grid of simulated exposures with a curl-free von Karman atmospheric displacement
+(:mod:`astrodask.simulate.atmosphere`, 10' outer scale) of 0, 5, 15 and 30 mas rms per axis, at
+reference densities of about 0.3, 1 and 3 Gaia stars per arcmin^2, rendered by our renderer
+(:func:`astrodask.simulate.simulate_field`) and, for two cells, by the GalSim renderer
+(:func:`astrodask.simulate.render_scene`). Each exposure is solved by
+
+- **ours, TPV only**: :func:`astrodask.solve.pipeline.solve_file` (serial, in this process), the
+  solution written by :func:`astrodask.io.output.write_solution` and read back with its
+  distortion-paper keywords (``CPDIS``/``DP``, if any) removed: the TPV polynomial alone;
+- **ours, corrected**: the same file read as any FITS reader does,
+  ``astropy.wcs.WCS(hdul[0].header, hdul)``, so lookup tables (``WCSDVARR``) apply. Present
+  only when the solution file carries them (the turbulence-correction stage of issue 18);
+  otherwise the column says ``-`` and the TPV-only figures are the whole story;
+- **SourceExtractor + SCAMP** (TPV degree 3) on the same files (``benchmarks/peers.py``).
+
+Each solution is scored by :func:`bench_solve.score_wcs` on a pixel grid against
+:func:`astrodask.simulate.read_truth`: the truth WCS *seen through the atmosphere*, i.e. the true
+sky position of what lands on each pixel of this exposure. ``rms`` and ``p95`` are of the angular
+distance (both axes), mas. ``atm`` is the rms of the displacement itself over the frame (both
+axes: sqrt(2) x the rms per axis): what a solution keeps when it follows none of it.
+``pred`` is the predicted error of our solution from its header, ``sqrt(CRDER1^2 + CRDER2^2 +
+CSYER1^2 + CSYER2^2)`` in mas (comparable with ``rms``), ``-`` when the header has none.
+``stage s`` is the time of solve stages other than today's nine (the correction stage), and
+its share of the solve. ``chi2 all/kept`` are our two chi-squares per degree of freedom.
+
+The files are cached in --work and made again only when absent. Wall times are on a shared
+machine (the core count and load are printed): read them as rough.
+
+Usage: python benchmarks/bench_turbulence.py [--quick] [--work DIR] [--no-peer] [--no-galsim]
+                                             [--shape NY NX] [--step-px 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_solve
+import peers
+
+#: Turbulence amplitudes of the grid, mas rms per axis.
+TURBULENCE_MAS: tuple[float, ...] = (0.0, 5.0, 15.0, 30.0)
+#: Reference densities of the grid, Gaia stars (to the catalog limit) per arcmin^2.
+DENSITIES_PER_ARCMIN2: tuple[float, ...] = (0.3, 1.0, 3.0)
+#: Outer scale of the atmosphere, arcmin (the issue's figures).
+OUTER_SCALE_ARCMIN: float = 10.0
+#: Frame of the grid's exposures, (ny, nx) px at the Condor scale (0.85"/px): 42' x 28', four
+#: by three outer scales; a quarter of a full frame's area, so the grid runs in minutes.
+DEFAULT_SHAPE: tuple[int, int] = (2000, 3000)
+#: --quick: a smaller frame, one density, two amplitudes, ours only.
+QUICK_SHAPE: tuple[int, int] = (1200, 1800)
+QUICK_TURBULENCE_MAS: tuple[float, ...] = (0.0, 15.0)
+QUICK_DENSITIES_PER_ARCMIN2: tuple[float, ...] = (1.0,)
+#: Cells of the grid also rendered by GalSim: (turbulence mas, density per arcmin^2).
+GALSIM_CELLS: tuple[tuple[float, float], ...] = ((0.0, 1.0), (15.0, 1.0))
+#: Field centre of our renderer's exposures, and the GalSim ones', degrees (high latitude).
+FIELD_RA_DEG, FIELD_DEC_DEG = 150.1, 25.0
+GALSIM_RA_DEG, GALSIM_DEC_DEG = 200.0, 35.0
+#: Scorer grid step, pixels: the displacement's correlation length (L0 / 2 pi ~ 1.6') is ~110 px.
+DEFAULT_STEP_PX: float = 20.0
+#: Solve stages before the turbulence correction: timings of any other stage are the correction's.
+BASE_STAGES = frozenset({"read", "detect", "references", "regions", "tpv", "detect_depth", "depth_match",
+                         "like_fit", "chi_square"})
+#: Header keywords of the distortion-paper lookup tables (removed for the TPV-only reading).
+DISTORTION_PREFIXES = ("CPDIS", "CQDIS", "DP1", "DP2", "DQ1", "DQ2", "CPERR", "CQERR")
+ARCMIN2_PER_DEG2 = 3600.0
+MAS_PER_DEG = 3.6e6
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One exposure of the grid."""
+
+    renderer: str  #: "ours" or "galsim"
+    turbulence_mas: float
+    density_per_arcmin2: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"turb-{self.renderer}-{self.turbulence_mas:g}mas-{self.density_per_arcmin2:g}pam2"
+
+
+@dataclass(frozen=True)
+class Files:
+    image: Path
+    catalog: Path
+    truth_wcs: Path
+
+
+@dataclass
+class Row:
+    """One cell solved and scored."""
+
+    cell: Cell
+    n_refs_per_arcmin2: float = math.nan
+    atm_mas: float = math.nan
+    ours_status: str = "-"
+    ours_reason: str = ""
+    tpv: bench_solve.Score | None = None
+    corrected: bench_solve.Score | None = None
+    predicted_mas: float | None = None
+    chi2: tuple[float, float] = (math.nan, math.nan)
+    n_matches: int | None = None
+    ours_s: float | None = None
+    stage_s: float | None = None
+    peer_status: str = "-"
+    peer: bench_solve.Score | None = None
+    peer_s: float | None = None
+
+
+def grid(quick: bool, galsim: bool) -> list[Cell]:
+    amplitudes = QUICK_TURBULENCE_MAS if quick else TURBULENCE_MAS
+    densities = QUICK_DENSITIES_PER_ARCMIN2 if quick else DENSITIES_PER_ARCMIN2
+    cells = [Cell("ours", t, d, 1000 + 10 * k + m) for k, d in enumerate(densities) for m, t in enumerate(amplitudes)]
+    if galsim and not quick:
+        cells += [Cell("galsim", t, d, 2000 + k) for k, (t, d) in enumerate(GALSIM_CELLS)]
+    return cells
+
+
+def make_files(work: Path, cell: Cell, shape: tuple[int, int]) -> Files:
+    """The cell's exposure, catalog and truth, made when any is absent."""
+    from astrodask.simulate import Scene, TurbulenceSpec, render_scene, simulate_field
+
+    base = work / cell.name
+    files = Files(image=base.with_name(base.name + ".fits.fz"), catalog=base.with_name(base.name + "_gaia.ecsv"),
+                  truth_wcs=base.with_name(base.name + ".truth.wcs.fits"))
+    if all(p.is_file() for p in dataclasses.astuple(files)):
+        return files
+    spec = (TurbulenceSpec(rms_mas=cell.turbulence_mas, outer_scale_arcmin=OUTER_SCALE_ARCMIN, seed=cell.seed)
+            if cell.turbulence_mas > 0 else None)
+    density = cell.density_per_arcmin2 * ARCMIN2_PER_DEG2
+    started = time.perf_counter()
+    if cell.renderer == "ours":
+        simulate_field(work, cell.name, ra_deg=FIELD_RA_DEG, dec_deg=FIELD_DEC_DEG, shape=shape,
+                       rng=np.random.default_rng(cell.seed), density_per_deg2=density, turbulence=spec)
+    else:
+        scene = Scene(cell.name, seed=cell.seed, shape=shape, ra_deg=GALSIM_RA_DEG, dec_deg=GALSIM_DEC_DEG,
+                      star_density_per_deg2=density, turbulence=spec)
+        render_scene(scene, work, rng=np.random.default_rng(cell.seed))
+    print(f"  made {cell.name} ({cell.renderer} renderer) in {time.perf_counter() - started:.1f} s", flush=True)
+    return files
+
+
+def reference_density(catalog: Path, truth: Any, shape: tuple[int, int]) -> float:
+    """Gaia stars of the catalog that fall on the frame, per arcmin^2."""
+    from astropy.table import Table
+
+    cat = Table.read(catalog, format="ascii.ecsv")
+    i, j = truth.world_to_pixel_values(np.asarray(cat["ra"], float), np.asarray(cat["dec"], float))
+    ny, nx = shape
+    inside = (i > -0.5) & (i < nx - 0.5) & (j > -0.5) & (j < ny - 0.5)
+    scale_deg = math.sqrt(abs(np.linalg.det(truth.wcs.pixel_scale_matrix)))
+    return float(np.count_nonzero(inside) / (nx * ny * scale_deg**2 * ARCMIN2_PER_DEG2))
+
+
+def tpv_only(header: fits.Header) -> WCS:
+    """The solution's TPV alone: its header without the distortion-paper lookup-table keywords."""
+    header = header.copy()
+    for key in [k for k in header if k.startswith(DISTORTION_PREFIXES)]:
+        del header[key]
+    return WCS(header)
+
+
+def predicted_mas(header: fits.Header) -> float | None:
+    """sqrt(CRDER1^2 + CRDER2^2 + CSYER1^2 + CSYER2^2) of the header, mas; None when it has none."""
+    keys = [k for k in ("CRDER1", "CRDER2", "CSYER1", "CSYER2") if k in header]
+    if not keys:
+        return None
+    return float(math.sqrt(sum(float(header[k]) ** 2 for k in keys)) * MAS_PER_DEG)
+
+
+def solve_ours(row: Row, files: Files, truth: Any, shape: tuple[int, int], out: Path, step_px: float) -> None:
+    from astrodask.errors import AstrodaskError
+    from astrodask.io.output import write_solution
+    from astrodask.reference.catalog import read_catalog
+    from astrodask.solve.pipeline import solve_file
+
+    started = time.perf_counter()
+    try:
+        result = solve_file(files.image, catalog=read_catalog(files.catalog))
+    except AstrodaskError as err:  # reported as the cell's failure; anything else is a bug and stops the run
+        row.ours_status, row.ours_reason = "error", f"{type(err).__name__}: {err}"
+        return
+    row.ours_s = time.perf_counter() - started
+    row.ours_status, row.ours_reason = str(result.status), result.reason
+    extra = {k: v for k, v in result.timings.items() if k not in BASE_STAGES}
+    row.stage_s = float(sum(extra.values())) if extra else None
+    q = result.quality
+    if q is not None:
+        row.chi2 = (float(q.chi2_dof), float(getattr(q, "chi2_dof_kept", math.nan)))
+    row.n_matches = result.n_matches
+    if result.solution is None:
+        return
+    path = write_solution(result, out)
+    with fits.open(path) as hdul:
+        header = hdul[0].header
+        row.tpv = bench_solve.score_wcs(tpv_only(header), truth, shape, step_px=step_px)
+        if "CPDIS1" in header or "CPDIS2" in header:
+            row.corrected = bench_solve.score_wcs(WCS(header, hdul), truth, shape, step_px=step_px)
+        row.predicted_mas = predicted_mas(header)
+
+
+def solve_peer(row: Row, files: Files, truth: Any, shape: tuple[int, int], scratch: Path, step_px: float) -> None:
+    res = peers.solve_with_scamp(files.image, files.catalog, scratch)
+    row.peer_status, row.peer_s = res.status, res.times_s.get("total")
+    if res.wcs is not None:
+        row.peer = bench_solve.score_wcs(res.wcs, truth, shape, step_px=step_px)
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _score(score: bench_solve.Score | None) -> str:
+    return f"{_f(score.rms_mas):>6} {_f(score.p95_mas):>6}" if score is not None else f"{'-':>6} {'-':>6}"
+
+
+def print_table(rows: list[Row]) -> None:
+    print()
+    print(f"{'':>7} {'turb':>5} {'refs':>5} {'atm':>5} | {'ours TPV only':^13} | {'ours corrected':^14} | "
+          f"{'pred':>5} | {'SExtractor+SCAMP':^16} | {'ours':^11} | {'time s':^17}")
+    print(f"{'render':>7} {'mas':>5} {'/am2':>5} {'rms':>5} | {'rms':>6} {'p95':>6} | {'rms':>6} {'p95':>7} | "
+          f"{'mas':>5} | {'rms':>7} {'p95':>8} | {'chi2 a/k':>11} | {'ours':>5} {'stage':>5} {'scamp':>5}")
+    print("-" * 118)
+    for r in rows:
+        c = r.cell
+        status = "" if r.ours_status == "solved" else f"  ours: {r.ours_status} {r.ours_reason}"
+        if r.peer_status not in ("solved", "-"):
+            status += f"  scamp: {r.peer_status}"
+        stage = "-" if r.stage_s is None else f"{r.stage_s:.1f}"
+        print(f"{c.renderer:>7} {c.turbulence_mas:>5g} {_f(r.n_refs_per_arcmin2, 2):>5} {_f(r.atm_mas):>5} | "
+              f"{_score(r.tpv)} | {_score(r.corrected)} {'':>0}| {_f(r.predicted_mas):>5} | "
+              f"{_f(r.peer.rms_mas if r.peer else None):>7} {_f(r.peer.p95_mas if r.peer else None):>8} | "
+              f"{_f(r.chi2[0], 2):>5}/{_f(r.chi2[1], 2):<5} | {_f(r.ours_s):>5} {stage:>5} {_f(r.peer_s):>5}{status}")
+    print()
+    print("turb: displacement rms per axis (10' outer scale); refs/am2: Gaia stars on the frame per arcmin^2; "
+          "atm: rms of the displacement over the frame (both axes)")
+    print("rms, p95: angular distance between the solution and the true displaced sky over a pixel grid, mas; "
+          "pred: our header's CRDER/CSYER, mas; corrected '-': no lookup tables in the solution")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: smaller frame, one density, 0 and 15 mas")
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "astrodask-bench-turb",
+                        help="where the exposures are cached and solved")
+    parser.add_argument("--no-peer", action="store_true", help="skip SExtractor + SCAMP")
+    parser.add_argument("--no-galsim", action="store_true", help="skip the GalSim-rendered cells")
+    parser.add_argument("--shape", type=int, nargs=2, metavar=("NY", "NX"), default=None, help="frame size, px")
+    parser.add_argument("--step-px", type=float, default=DEFAULT_STEP_PX, help="scorer grid step, px")
+    args = parser.parse_args()
+    from astrodask.simulate import read_truth
+
+    shape = tuple(args.shape) if args.shape else (QUICK_SHAPE if args.quick else DEFAULT_SHAPE)
+    work = args.work / f"{shape[0]}x{shape[1]}"
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f}; python {sys.version.split()[0]}; "
+          f"{bench_solve.tool_versions()}")
+    print(f"frames {shape[1]} x {shape[0]} px at 0.85\"/px; outer scale {OUTER_SCALE_ARCMIN:g}'; work {work}")
+    peer_ok = not args.no_peer
+    rows = []
+    galsim = not args.no_galsim
+    if galsim:
+        try:
+            import galsim as _  # noqa: F401
+        except ImportError:
+            print("GalSim not installed: its cells are skipped")
+            galsim = False
+    for cell in grid(args.quick, galsim):
+        print(f"{cell.name}:", flush=True)
+        files = make_files(work, cell, shape)
+        truth = read_truth(files.truth_wcs)
+        row = Row(cell=cell, n_refs_per_arcmin2=reference_density(files.catalog, truth, shape))
+        row.atm_mas = bench_solve.score_wcs(truth.wcs, truth, shape, step_px=args.step_px).rms_mas
+        solve_ours(row, files, truth, shape, work / f"{cell.name}.ours", args.step_px)
+        if peer_ok:
+            solve_peer(row, files, truth, shape, work / f"{cell.name}.scamp", args.step_px)
+        print(f"  ours {row.ours_status} ({_f(row.ours_s)} s), TPV-only rms {_f(row.tpv.rms_mas if row.tpv else None)}"
+              f" mas; scamp {row.peer_status} rms {_f(row.peer.rms_mas if row.peer else None)} mas", flush=True)
+        rows.append(row)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
