@@ -71,6 +71,8 @@ TWO_PI = 2.0 * math.pi
 #: treecorr's bin_slop for the correlation: pairs may be placed up to this fraction of a bin off
 #: (the largest treecorr recommends for a 2-D binning).
 CORR_BIN_SLOP = 0.1
+#: The kernel fit starts from the correlation's reach and from this many times less.
+FIT_START_SPREAD = 4.0
 #: Jitter added to a block's covariance diagonal, relative to its kernel variance (numerical safety).
 JITTER_REL = 1e-9
 
@@ -217,10 +219,11 @@ class CrossValidation:
     n_stars
         Stars with a held-back prediction.
     rms_before_mas, rms_after_mas
-        Per axis (xi, eta): the held-back stars' residual rms before, and after
-        subtracting the GP's prediction made without them.
+        Per axis (xi, eta): the held-back stars' residual rms (weighted by inverse variance)
+        before, and after subtracting the GP's prediction made without them.
     gain_sigma
-        The mean drop of their squared residual length, in standard errors of that mean.
+        The mean drop of their chi-square (inverse-variance weighted squared residuals), in
+        standard errors of that mean.
     held_out_mas
         (N, 2) held-back residuals after the prediction, in the order of the stage's stars
         (NaN for a star without a prediction).
@@ -334,6 +337,8 @@ class TurbulenceResult:
         The correction on its grid when applied, else None.
     predicted
         The solution's predicted error (with the correction when applied).
+    predicted_tpv
+        The predicted error of the TPV alone (the same as ``predicted`` when not applied).
     i, j
         The stars' pixels; ``residual_mas`` their residuals (N, 2) before the correction;
         ``corrected_mas`` after it (the in-sample GP mean; equal to ``residual_mas`` when not
@@ -348,6 +353,7 @@ class TurbulenceResult:
     cv: CrossValidation | None
     field: TurbulenceField | None
     predicted: PredictedError
+    predicted_tpv: PredictedError
     i: np.ndarray
     j: np.ndarray
     residual_mas: np.ndarray
@@ -362,16 +368,21 @@ class TurbulenceResult:
 # ---------------------------------------------------------------- 1. the correlation
 
 
-def measure_correlation(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, *, max_sep_px: float,
-                        bins: int) -> Correlation2D:
+def measure_correlation(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, weight: np.ndarray, *,
+                        max_sep_px: float, bins: int) -> Correlation2D:
     """The two-point correlations of the residuals on a 2-D grid of separations (treecorr).
+
+    Each pair counts with the product of its stars' weights (``sum w_i w_j r_i r_j / sum w_i w_j``):
+    with inverse-variance weights the faint stars' noise does not drown the bright stars' signal.
 
     Parameters
     ----------
     i, j
         Star pixels (N,).
     residual_mas
-        Their residuals (N, 2), mas; the mean is taken out first.
+        Their residuals (N, 2), mas; the weighted mean is taken out first.
+    weight
+        Their weights per axis (N, 2), 1/mas^2.
     max_sep_px
         Separations from -max_sep_px to +max_sep_px along each pixel axis.
     bins
@@ -380,9 +391,10 @@ def measure_correlation(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, 
     import treecorr
 
     res = np.asarray(residual_mas, dtype=np.float64)
-    res = res - res.mean(axis=0)
+    w = np.asarray(weight, dtype=np.float64)
+    res = res - np.sum(w * res, axis=0) / np.sum(w, axis=0)
     x, y = np.asarray(i, dtype=np.float64), np.asarray(j, dtype=np.float64)
-    cats = [treecorr.Catalog(x=x, y=y, k=res[:, a]) for a in range(2)]
+    cats = [treecorr.Catalog(x=x, y=y, k=res[:, a], w=w[:, a]) for a in range(2)]
     out, npairs = [], None
     for c1, c2 in ((0, None), (1, None), (0, 1)):
         kk = treecorr.KKCorrelation(min_sep=0.0, max_sep=max_sep_px, nbins=bins, bin_type="TwoD",
@@ -423,8 +435,8 @@ def fit_kernel(corr: Correlation2D, *, min_length_px: float, max_length_px: floa
         c = CurlFreeKernel(1.0, float(np.exp(p[0])), float(p[1]), float(p[2]))(di, dj)
         return np.concatenate([c[:, 0, 0], c[:, 1, 1], c[:, 0, 1]])
 
-    def amplitude(g: np.ndarray) -> float:
-        return max(float(np.sum(w * w * g * xi) / max(np.sum(w * w * g * g), 1e-300)), 0.0)
+    def amplitude(g: np.ndarray) -> float:  # signed during the fit, so that the fit has a gradient
+        return float(np.sum(w * w * g * xi) / max(np.sum(w * w * g * g), 1e-300))
 
     def resid(p: np.ndarray) -> np.ndarray:
         g = model(p)
@@ -432,16 +444,17 @@ def fit_kernel(corr: Correlation2D, *, min_length_px: float, max_length_px: floa
 
     lo = [math.log(min_length_px), min_axis_ratio, -math.pi]
     hi = [math.log(max_length_px), 1.0, math.pi]
-    start = min(max(start_length_px, min_length_px * 1.01), max_length_px * 0.99)
     best = None
-    for angle in (0.0, math.pi / 2):  # an anisotropy's angle has two basins
-        fit = least_squares(resid, [math.log(start), 0.9, angle], bounds=(lo, hi), x_scale=[1.0, 0.3, 1.0])
-        if best is None or fit.cost < best.cost:
-            best = fit
+    for length in (start_length_px, start_length_px / FIT_START_SPREAD):  # short and long correlations
+        start = min(max(length, min_length_px * 1.01), max_length_px * 0.99)
+        for angle in (0.0, math.pi / 2):  # an anisotropy's angle has two basins
+            fit = least_squares(resid, [math.log(start), 0.9, angle], bounds=(lo, hi), x_scale=[1.0, 0.3, 1.0])
+            if best is None or fit.cost < best.cost:
+                best = fit
     assert best is not None
     p = best.x
     angle = float((p[2] + math.pi / 2) % math.pi - math.pi / 2)
-    return CurlFreeKernel(amplitude(model(p)), float(np.exp(p[0])), float(p[1]), angle)
+    return CurlFreeKernel(max(amplitude(model(p)), 0.0), float(np.exp(p[0])), float(p[1]), angle)
 
 
 # ---------------------------------------------------------------- 3-4. the local GP
@@ -588,16 +601,22 @@ def local_gp(train_ij: np.ndarray, residual_mas: np.ndarray, noise_mas2: np.ndar
     return LocalGP(held, at_stars, mean, var)
 
 
-def cross_validation(residual_mas: np.ndarray, held_out_mas: np.ndarray, n_folds: int) -> CrossValidation:
-    """The cross-validation's figures from the held-back residuals before and after (N, 2) each."""
+def cross_validation(residual_mas: np.ndarray, held_out_mas: np.ndarray, weight: np.ndarray,
+                     n_folds: int) -> CrossValidation:
+    """The cross-validation's figures from the held-back residuals before and after (N, 2) each.
+
+    Stars count by their inverse variance ``weight`` (N, 2): the test is on the drop of each
+    star's chi-square ``sum_axes w r^2``, and the rms are weighted, so that a few well-measured
+    stars are not drowned by many faint ones.
+    """
     ok = np.all(np.isfinite(held_out_mas), axis=1)
-    before, after = residual_mas[ok], held_out_mas[ok]
-    gain = np.sum(before ** 2, axis=1) - np.sum(after ** 2, axis=1)
+    before, after, w = residual_mas[ok], held_out_mas[ok], weight[ok]
+    gain = np.sum(w * before ** 2, axis=1) - np.sum(w * after ** 2, axis=1)
     sem = float(np.std(gain, ddof=1) / math.sqrt(len(gain))) if len(gain) > 1 else math.inf
     gain_sigma = float(np.mean(gain) / sem) if 0 < sem < math.inf else 0.0
 
     def rms(x: np.ndarray) -> tuple[float, float]:
-        v = np.sqrt(np.mean(x ** 2, axis=0)) if len(x) else np.full(2, np.nan)
+        v = np.sqrt(np.sum(w * x ** 2, axis=0) / np.sum(w, axis=0)) if len(x) else np.full(2, np.nan)
         return float(v[0]), float(v[1])
 
     return CrossValidation(n_folds, int(ok.sum()), rms(before), rms(after), gain_sigma, held_out_mas)
@@ -734,7 +753,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
         pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=np.broadcast_to(var, (*gi.shape, 2)), gi=gi,
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
-        return TurbulenceResult(False, reason, n, kernel, corr, cv, None, pred, ij[:, 0], ij[:, 1],
+        return TurbulenceResult(False, reason, n, kernel, corr, cv, None, pred, pred, ij[:, 0], ij[:, 1],
                                 residual_mas, residual_mas)
 
     if not config.enabled:
@@ -743,7 +762,8 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     if n < config.min_stars:
         return untouched(f"not applied: {n} kept matches, fewer than turbulence.min_stars = {config.min_stars}")
     max_sep = config.corr_max_sep_arcmin * px_per_arcmin
-    corr = measure_correlation(ij[:, 0], ij[:, 1], residual_mas, max_sep_px=max_sep, bins=config.corr_bins)
+    corr = measure_correlation(ij[:, 0], ij[:, 1], residual_mas, 1.0 / total_mas2, max_sep_px=max_sep,
+                               bins=config.corr_bins)
     kernel = fit_kernel(corr, min_length_px=config.min_length_arcmin * px_per_arcmin,
                         max_length_px=config.max_length_arcmin * px_per_arcmin, min_axis_ratio=config.min_axis_ratio,
                         min_pairs=config.corr_min_pairs, start_length_px=max_sep)
@@ -754,8 +774,8 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     nodes = np.column_stack([gi.ravel(), gj.ravel()])
     gp = local_gp(ij, residual_mas, white, kernel, folds, nodes, block_px=block_px, halo_px=halo_px,
                   max_stars=config.max_block_stars)
-    cv = cross_validation(residual_mas, gp.held_out_mas, config.cv_folds)
-    verdict = (f"cross-validation ({cv.n_folds} folds, {cv.n_stars} stars): held-back rms "
+    cv = cross_validation(residual_mas, gp.held_out_mas, 1.0 / total_mas2, config.cv_folds)
+    verdict = (f"cross-validation ({cv.n_folds} folds, {cv.n_stars} stars): held-back weighted rms "
                f"({cv.rms_before_mas[0]:.2f}, {cv.rms_before_mas[1]:.2f}) -> "
                f"({cv.rms_after_mas[0]:.2f}, {cv.rms_after_mas[1]:.2f}) mas, gain {cv.gain_sigma:.1f} sigma")
     if not cv.gain_sigma > config.cv_min_sigma:
@@ -764,9 +784,12 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     field = correction_field(gp.mean_mas, gp.var_mas2, gi, gj, step_px, jacobian_mas_per_px)
     pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=field.sd_mas ** 2, gi=gi, gj=gj, shape=shape,
                            epoch_yr=epoch_yr, config=config)
+    tpv_only = predicted_error(fit_var_mas2=fit_var,
+                               field_var_mas2=np.broadcast_to(kernel.axis_variance_mas2(), (*gi.shape, 2)), gi=gi,
+                               gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
     log.info("turbulence: applied: %s", verdict)
-    return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, ij[:, 0], ij[:, 1],
-                            residual_mas, residual_mas - gp.at_stars_mas)
+    return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, tpv_only, ij[:, 0],
+                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas)
 
 
 def corrected_pixel_to_world(solution: TPVSolution, field: TurbulenceField | None, i: np.ndarray,
