@@ -106,9 +106,9 @@ def uncertainty_cards(result: ExposureResult, *, tpv_only: bool = False) -> list
     pred = t.predicted if applied else t.predicted_tpv
     cards: list[tuple[str, Any, str]] = [
         (CORRECTION_KEYWORD, "TPV+GP" if applied else "TPV",
-         "turbulence correction in lookup tables (TPV+GP) or none (TPV)"),
-        ("CRDER1", float(pred.random_mas[0] / MAS_PER_DEG), "[deg] predicted random error on sky along xi"),
-        ("CRDER2", float(pred.random_mas[1] / MAS_PER_DEG), "[deg] predicted random error on sky along eta"),
+         "TPV+GP: GP lookup tables on the TPV; TPV: none"),
+        ("CRDER1", float(pred.random_mas[0] / MAS_PER_DEG), "[deg] predicted random error, xi (on sky)"),
+        ("CRDER2", float(pred.random_mas[1] / MAS_PER_DEG), "[deg] predicted random error, eta"),
         ("CSYER1", float(pred.systematic_mas / MAS_PER_DEG), "[deg] systematic error: reference frame"),
         ("CSYER2", float(pred.systematic_mas / MAS_PER_DEG), "[deg] systematic error: reference frame"),
     ]
@@ -116,18 +116,18 @@ def uncertainty_cards(result: ExposureResult, *, tpv_only: bool = False) -> list
         k = t.kernel
         sigma = np.sqrt(k.axis_variance_mas2())
         scale = result.solution.scale_arcsec if result.solution is not None else float("nan")
-        cards += [("TURBSIG1", round(float(sigma[0]), 3), "[mas] correlated residual rms along xi (kernel)"),
-                  ("TURBSIG2", round(float(sigma[1]), 3), "[mas] correlated residual rms along eta (kernel)"),
-                  ("TURBL0", round(float(k.outer_scale_px * scale / 60.0), 3), "[arcmin] kernel's outer scale"),
-                  ("TURBQ", round(float(k.axis_ratio), 4), "kernel's axis ratio (short/long)"),
-                  ("TURBANG", round(float(np.degrees(k.angle_rad)), 2), "[deg] kernel's long axis, from +i to +j")]
+        cards += [("TURBSIG1", round(float(sigma[0]), 3), "[mas] correlated residual rms, xi"),
+                  ("TURBSIG2", round(float(sigma[1]), 3), "[mas] correlated residual rms, eta"),
+                  ("TURBL0", round(float(k.outer_scale_px * scale / 60.0), 3), "[arcmin] kernel outer scale"),
+                  ("TURBQ", round(float(k.axis_ratio), 4), "kernel axis ratio, short/long"),
+                  ("TURBANG", round(float(np.degrees(k.angle_rad)), 2), "[deg] kernel long axis, +i towards +j")]
     if t.cv is not None:
         cv = t.cv
-        cards += [("CVRMS1", round(cv.rms_before_mas[0], 3), "[mas] held-back stars' rms along xi, TPV"),
-                  ("CVRMS2", round(cv.rms_before_mas[1], 3), "[mas] held-back stars' rms along eta, TPV"),
-                  ("CVRMSC1", round(cv.rms_after_mas[0], 3), "[mas] the same, GP-corrected, along xi"),
-                  ("CVRMSC2", round(cv.rms_after_mas[1], 3), "[mas] the same, GP-corrected, along eta"),
-                  ("CVGAIN", round(cv.gain_sigma, 2), "[sigma] cross-validation gain of the correction")]
+        cards += [("CVRMS1", round(cv.rms_before_mas[0], 3), "[mas] CV held-back rms, xi, TPV"),
+                  ("CVRMS2", round(cv.rms_before_mas[1], 3), "[mas] CV held-back rms, eta, TPV"),
+                  ("CVRMSC1", round(cv.rms_after_mas[0], 3), "[mas] CV held-back rms, xi, TPV+GP"),
+                  ("CVRMSC2", round(cv.rms_after_mas[1], 3), "[mas] CV held-back rms, eta, TPV+GP"),
+                  ("CVGAIN", round(cv.gain_sigma, 2), "[sigma] CV gain of the correction")]
     return cards
 
 
@@ -159,7 +159,7 @@ def lookup_tables(result: ExposureResult) -> tuple[list[fits.Card], list[fits.Im
             hdu.header[f"CRPIX{k}"] = (1.0, "table pixel of the first node")
             hdu.header[f"CRVAL{k}"] = (1.0, "image pixel (FITS, 1-based) of the first node")
             hdu.header[f"CDELT{k}"] = (float(field.step_px), "image pixels per table pixel")
-        hdu.header["BUNIT"] = ("pixel", "offset added to pixel axis EXTVER before the TPV")
+        hdu.header["BUNIT"] = ("pixel", "offset added to pixel axis EXTVER")
         hdus.append(hdu)
     return cards, hdus
 
@@ -208,7 +208,7 @@ def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
         tpv_header_only[key] = (value, comment)
     atomic_write(tpv_path(out_dir, result.name),
                  lambda tmp: fits.PrimaryHDU(header=tpv_header_only).writeto(tmp, overwrite=True))
-    header["TPVFILE"] = (tpv_path(out_dir, result.name).name, "the same solution without the lookup tables")
+    header["TPVFILE"] = (tpv_path(out_dir, result.name).name, "this solution without lookup tables")
     for card in cards:
         header.append(card)
     return atomic_write(path, lambda tmp: fits.HDUList([fits.PrimaryHDU(header=header), *tables]).writeto(
