@@ -311,6 +311,13 @@ def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
     return plot(result, out_dir)
 
 
+def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
+    """``DIR/<name>.turbulence.png``: the turbulence stage's panels (:func:`astrodask.io.plots.plot_turbulence`)."""
+    from astrodask.io.plots import plot_turbulence as plot
+
+    return plot(result, out_dir) if result.ok else None
+
+
 #: Longest side of the image thumbnail in a failure's diagnostics plot, pixels.
 THUMBNAIL_PX = 1000
 #: Sources and references drawn at most (brightest first).
@@ -321,7 +328,8 @@ REGION_COLOURS = {"ok": "limegreen", "no-match": "red", "few-stars": "grey", "di
 
 def write_debug_products(result: ExposureResult, out_dir: str | Path) -> list[Path]:
     """Everything ``--debug`` writes for one exposure: matched list and plots, or a failure's diagnostics."""
-    written = [p for p in (write_matched(result, out_dir), plot_solution(result, out_dir)) if p]
+    written = [p for p in (write_matched(result, out_dir), plot_solution(result, out_dir),
+                           plot_turbulence(result, out_dir)) if p]
     if not result.ok and result.diagnostics is not None:
         written += write_failure_diagnostics(result, out_dir)
     return written
@@ -367,6 +375,8 @@ def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool =
         plot = plot_solution(result, plots_dir) if result.ok else (
             plot_failure(result, plots_dir) if result.diagnostics is not None else None)
         written += [plot] if plot else []
+        turbulence = plot_turbulence(result, plots_dir)
+        written += [turbulence] if turbulence else []
     return written
 
 

@@ -343,6 +343,8 @@ class TurbulenceResult:
         The stars' pixels; ``residual_mas`` their residuals (N, 2) before the correction;
         ``corrected_mas`` after it (the in-sample GP mean; equal to ``residual_mas`` when not
         applied).
+    variance_mas2
+        The stars' modelled variance per axis (N, 2), mas^2 (their inverse is their weight).
     """
 
     applied: bool
@@ -358,6 +360,7 @@ class TurbulenceResult:
     j: np.ndarray
     residual_mas: np.ndarray
     corrected_mas: np.ndarray
+    variance_mas2: np.ndarray
 
     @property
     def correction(self) -> str:
@@ -754,7 +757,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
         return TurbulenceResult(False, reason, n, kernel, corr, cv, None, pred, pred, ij[:, 0], ij[:, 1],
-                                residual_mas, residual_mas)
+                                residual_mas, residual_mas, total_mas2)
 
     if not config.enabled:
         return untouched("not applied: turbulence.enabled = false (TPV only; the error model's floor stands for "
@@ -789,7 +792,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
     log.info("turbulence: applied: %s", verdict)
     return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, tpv_only, ij[:, 0],
-                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas)
+                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas, total_mas2)
 
 
 def corrected_pixel_to_world(solution: TPVSolution, field: TurbulenceField | None, i: np.ndarray,
