@@ -746,13 +746,25 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     n = len(ij)
     gi, gj = grid_nodes(shape, step_px)
     fit_var = fit_variance_mas2(total_mas2, n_terms)
+    # the residuals' variance beyond the centroid errors (the error model's floor): the correlated field and
+    # any white systematics together, so an upper bound on the field's variance
+    excess = np.median(np.maximum(total_mas2 - noise_mas2, 0.0), axis=0) if n else np.zeros(2)
+
+    def field_variance(kernel: CurlFreeKernel) -> np.ndarray:
+        """The field's variance per axis for the predicted error: the kernel's, or the floor's when larger.
+
+        Where stars are few or noisy the correlation is measured from a few separations and the
+        kernel's zero-lag variance falls short; the floor, measured on every star, does not.
+        Nothing when no correlation was found.
+        """
+        var = kernel.axis_variance_mas2()
+        return np.maximum(var, excess) if kernel.variance_mas2 > 0 else var
 
     def untouched(reason: str, kernel: CurlFreeKernel | None = None, corr: Correlation2D | None = None,
                   cv: CrossValidation | None = None) -> TurbulenceResult:
         # not corrected: the correlated field stays whole (the kernel's variance everywhere); with no
         # kernel, the error model's floor (the median excess over the centroid errors) stands for it
-        var = (np.median(np.maximum(total_mas2 - noise_mas2, 0.0), axis=0) if kernel is None
-               else kernel.axis_variance_mas2())
+        var = excess if kernel is None else field_variance(kernel)
         pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=np.broadcast_to(var, (*gi.shape, 2)), gi=gi,
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
@@ -785,10 +797,12 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
         return untouched(f"not applied: {verdict}, not above turbulence.cv_min_sigma = {config.cv_min_sigma:g}",
                          kernel, corr, cv)
     field = correction_field(gp.mean_mas, gp.var_mas2, gi, gj, step_px, jacobian_mas_per_px)
-    pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=field.sd_mas ** 2, gi=gi, gj=gj, shape=shape,
+    # in the data-poor limit the posterior variance is the prior's: scaled as field_variance scales the prior
+    rescale = field_variance(kernel) / np.maximum(kernel.axis_variance_mas2(), 1e-300)
+    pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=field.sd_mas ** 2 * rescale, gi=gi, gj=gj, shape=shape,
                            epoch_yr=epoch_yr, config=config)
     tpv_only = predicted_error(fit_var_mas2=fit_var,
-                               field_var_mas2=np.broadcast_to(kernel.axis_variance_mas2(), (*gi.shape, 2)), gi=gi,
+                               field_var_mas2=np.broadcast_to(field_variance(kernel), (*gi.shape, 2)), gi=gi,
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
     log.info("turbulence: applied: %s", verdict)
     return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, tpv_only, ij[:, 0],
