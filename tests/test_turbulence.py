@@ -15,7 +15,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from astrodask.config import PipelineConfig, TurbulenceConfig
-from astrodask.io.output import summary_row, tpv_path, write_solution
+from astrodask.io.output import summary_row, tpv_path, write_products, write_solution
 from astrodask.reference.catalog import read_catalog
 from astrodask.simulate import read_truth, simulate_field
 from astrodask.simulate.atmosphere import TurbulenceSpec, turbulence_field
@@ -74,7 +74,7 @@ def _flat_jacobian(i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def _run(i, j, res, var, config=None):
     total = var + np.var(res, axis=0) - np.mean(var, axis=0)  # what like_fit's floor would add
-    return correct_turbulence(i, j, res, var, np.maximum(total, var), shape=SHAPE, scale_arcsec=SCALE, n_terms=10,
+    return correct_turbulence(i, j, res, var, np.maximum(total, var), shape=SHAPE, scale_arcsec=SCALE, degree=3,
                               jacobian_mas_per_px=_flat_jacobian, epoch_yr=2026.0,
                               config=config or TurbulenceConfig(), rng=np.random.default_rng(0))
 
@@ -165,7 +165,7 @@ def _solved_result(tmp_path: Path) -> ExposureResult:
         return local_jacobian(solution, a, b) * MAS_PER_DEG
 
     turb = correct_turbulence(i, j, res, var, var + 100.0, shape=SHAPE, scale_arcsec=solution.scale_arcsec,
-                              n_terms=10, jacobian_mas_per_px=jacobian, epoch_yr=2026.0, config=TurbulenceConfig(),
+                              degree=3, jacobian_mas_per_px=jacobian, epoch_yr=2026.0, config=TurbulenceConfig(),
                               rng=np.random.default_rng(0))
     assert turb.applied
     return ExposureResult(file=str(tmp_path / "x.fits"), name="x", status=SOLVED, solution=solution, shape=SHAPE,
@@ -225,22 +225,18 @@ def test_summary_row_says_what_the_solution_carries(tmp_path: Path) -> None:
     assert row["crder_xi_mas"] < row["crder_tpv_xi_mas"] and row["cv_rms_corrected_mas"] < row["cv_rms_mas"]
     assert 5.0 < row["turb_outer_arcmin"] < 20.0 and row["t_turbulence_s"] == 0.0
     Table([row]).write(tmp_path / "row.ecsv")  # every column is a plain value
+    written = write_products(result, tmp_path / "out", plots_dir=tmp_path / "plots")
+    png = tmp_path / "plots" / "x.turbulence.png"
+    assert png in written and png.stat().st_size > 20_000
 
 
-@pytest.mark.parametrize("turbulence_mas", [0.0, 15.0])
-def test_simulated_exposure_predicted_error_within_1_5_of_the_truth(turbulence_mas: float, tmp_path: Path) -> None:
-    """Our renderer, a quarter Condor frame, with and without 15 mas of atmosphere: the solution's predicted
-    error (CRDER in its header) within a factor 1.5 of its error against the true, displaced sky, per axis;
-    the correction, applied or not, never worse than the TPV alone."""
-    name = f"turb{turbulence_mas:g}"
-    spec = TurbulenceSpec(rms_mas=turbulence_mas, seed=4) if turbulence_mas else None
-    field = simulate_field(tmp_path, name, ra_deg=150.1, dec_deg=25.0, shape=(1600, 2400), distortion_px=2.0,
-                           density_per_deg2=3600.0 * 3, rng=np.random.default_rng(zlib.crc32(name.encode())),
-                           turbulence=spec)
-    result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path))
+def _truth_and_predicted(image: Path, catalog: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
+    """Solve, write, read back as a FITS reader does: the error against the true displaced sky per axis (mas),
+    the TPV alone's, the predicted error (CRDER and CSYER in quadrature, mas), and the result."""
+    result = solve_file(image, catalog=read_catalog(catalog))
     assert result.ok, result.reason
-    path = write_solution(result, tmp_path / "out")
-    truth = read_truth(field.image_path)
+    path = write_solution(result, out)
+    truth = read_truth(image)
     ny, nx = result.shape
     i, j = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, 60), np.linspace(0, ny - 1, 40)))
     ra0, dec0 = result.solution.crval
@@ -255,12 +251,42 @@ def test_simulated_exposure_predicted_error_within_1_5_of_the_truth(turbulence_m
         header = hdul[0].header
         measured = error(WCS(header, hdul))
         predicted = np.hypot(np.array([header["CRDER1"], header["CRDER2"]]), header["CSYER1"]) * MAS_PER_DEG
-        tpv_only = error(WCS(fits.getheader(tpv_path(tmp_path / "out", result.name)))) if "CPDIS1" in header \
-            else measured
+        tpv_only = error(WCS(fits.getheader(tpv_path(out, result.name)))) if "CPDIS1" in header else measured
+    return measured, tpv_only, predicted, result
+
+
+@pytest.mark.parametrize("turbulence_mas", [0.0, 15.0])
+def test_simulated_exposure_predicted_error_within_1_5_of_the_truth(turbulence_mas: float, tmp_path: Path) -> None:
+    """Our renderer, a quarter Condor frame, with and without 15 mas of atmosphere: the solution's predicted
+    error (CRDER in its header) within a factor 1.5 of its error against the true, displaced sky, per axis;
+    the correction, applied or not, never worse than the TPV alone."""
+    name = f"turb{turbulence_mas:g}"
+    spec = TurbulenceSpec(rms_mas=turbulence_mas, seed=4) if turbulence_mas else None
+    field = simulate_field(tmp_path, name, ra_deg=150.1, dec_deg=25.0, shape=(1600, 2400), distortion_px=2.0,
+                           density_per_deg2=3600.0 * 3, rng=np.random.default_rng(zlib.crc32(name.encode())),
+                           turbulence=spec)
+    measured, tpv_only, predicted, result = _truth_and_predicted(field.image_path, field.catalog_path,
+                                                                 tmp_path / "out")
     assert np.all(measured <= tpv_only * 1.02), (measured, tpv_only)
     ratio = predicted / measured
     assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), (predicted, measured, result.turbulence.reason)
     assert result.timings["turbulence"] > 0 and result.turbulence.n_stars == result.n_matches
+
+
+@pytest.mark.parametrize("turbulence_mas", [0.0, 15.0])
+def test_galsim_exposure_predicted_error_within_1_5_of_the_truth(turbulence_mas: float, tmp_path: Path) -> None:
+    """The same on the GalSim renderer (TAN-SIP truth, its own PSFs and noise): 3 stars/arcmin^2, 18' x 25'."""
+    pytest.importorskip("galsim")
+    from astrodask.simulate import Scene, render_scene
+
+    spec = TurbulenceSpec(rms_mas=turbulence_mas, seed=7) if turbulence_mas else None
+    scene = Scene(f"gs-turb{turbulence_mas:g}", seed=7, shape=(1200, 1800), ra_deg=200.0, dec_deg=35.0,
+                  star_density_per_deg2=3 * 3600.0, turbulence=spec)
+    files = render_scene(scene, tmp_path, rng=np.random.default_rng(7))
+    measured, tpv_only, predicted, result = _truth_and_predicted(files.image, files.catalog, tmp_path / "out")
+    assert np.all(measured <= tpv_only * 1.02), (measured, tpv_only)
+    ratio = predicted / measured
+    assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), (predicted, measured, result.turbulence.reason)
 
 
 def test_pipeline_switch_off(tmp_path: Path) -> None:

@@ -514,7 +514,7 @@ def stage_turbulence(sources: Table, refs: Table, pairs: Pairs, solution: TPVSol
 
     return correct_turbulence(np.asarray(sources["i"])[pairs.src], np.asarray(sources["j"])[pairs.src], res, noise,
                               total, shape=shape, scale_arcsec=solution.scale_arcsec,
-                              n_terms=min_points_for_degree(solution.degree), jacobian_mas_per_px=jacobian,
+                              degree=solution.degree, jacobian_mas_per_px=jacobian,
                               epoch_yr=epoch_yr, config=config.turbulence,
                               rng=np.random.default_rng(config.turbulence.seed))
 

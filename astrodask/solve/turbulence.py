@@ -646,14 +646,31 @@ def correction_field(residual_mas: np.ndarray, var_mas2: np.ndarray, gi: np.ndar
 # ---------------------------------------------------------------- 5. the predicted error
 
 
-def fit_variance_mas2(noise_total_mas2: np.ndarray, n_terms: int) -> np.ndarray:
-    """The TPV fit's own variance per axis, averaged over the field, mas^2.
+def _polynomial_design(i: np.ndarray, j: np.ndarray, shape: tuple[int, int], degree: int) -> np.ndarray:
+    """Every monomial u^a v^b with a + b <= degree, u and v the pixels scaled to [-1, 1] over the image."""
+    ny, nx = shape
+    u = (np.asarray(i, dtype=np.float64) - (nx - 1) / 2) / max((nx - 1) / 2, 1.0)
+    v = (np.asarray(j, dtype=np.float64) - (ny - 1) / 2) / max((ny - 1) / 2, 1.0)
+    return np.column_stack([u ** a * v ** b for a in range(degree + 1) for b in range(degree + 1 - a)])
 
-    For a weighted least-squares fit of ``n_terms`` coefficients per axis, the prediction
-    variances at the data points sum to ``n_terms`` times the harmonic mean weight's inverse:
-    over a field sampled evenly by the stars, the mean is ``n_terms / sum(1 / v_k)``.
+
+def fit_variance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, *, degree: int, shape: tuple[int, int],
+                      gi: np.ndarray, gj: np.ndarray) -> np.ndarray:
+    """The TPV fit's own variance per axis at the grid's nodes, mas^2, shape (nj, ni, 2).
+
+    From the fit's covariance: ``a(x)^T (A^T W A)^-1 a(x)`` per axis, with A the polynomial design
+    at the stars (every monomial to the TPV's degree: the span of the TPV's terms, less its
+    radial ones), W their inverse variances and a(x) the design at a node. Where the
+    well-measured stars are few, the edges and corners are worse than the stars' average.
     """
-    return n_terms / np.sum(1.0 / noise_total_mas2, axis=0)
+    design = _polynomial_design(i, j, shape, degree)
+    nodes = _polynomial_design(gi.ravel(), gj.ravel(), shape, degree)
+    out = np.empty((gi.size, 2))
+    for axis in range(2):
+        normal = design.T @ (design / total_mas2[:, axis, None])
+        cov = np.linalg.pinv(normal, hermitian=True)
+        out[:, axis] = np.einsum("qa,ab,qb->q", nodes, cov, nodes)
+    return out.reshape(*gi.shape, 2)
 
 
 def frame_systematic_mas(*, epoch_yr: float | None, config: TurbulenceConfig) -> float:
@@ -684,14 +701,15 @@ def predicted_error(*, fit_var_mas2: np.ndarray, field_var_mas2: np.ndarray, gi:
                     shape: tuple[int, int], epoch_yr: float | None, config: TurbulenceConfig) -> PredictedError:
     """The predicted error: the fit's variance plus the correlated field's, over the field; the frame's.
 
-    ``field_var_mas2`` is per node (nj, ni, 2): the kernel's variance everywhere when not
-    corrected, the GP's posterior variance when corrected.
+    Both are per node (nj, ni, 2): ``fit_var_mas2`` from :func:`fit_variance_mas2`;
+    ``field_var_mas2`` the field's variance everywhere when not corrected, the GP's posterior
+    variance when corrected.
     """
-    total = field_var_mas2 + fit_var_mas2[None, None, :]
+    total = field_var_mas2 + fit_var_mas2
     rnd = np.sqrt(np.mean(total, axis=(0, 1)))
     fld = np.sqrt(np.mean(field_var_mas2, axis=(0, 1)))
     return PredictedError((float(rnd[0]), float(rnd[1])), frame_systematic_mas(epoch_yr=epoch_yr, config=config),
-                          (float(math.sqrt(fit_var_mas2[0])), float(math.sqrt(fit_var_mas2[1]))),
+                          tuple(float(v) for v in np.sqrt(np.mean(fit_var_mas2, axis=(0, 1)))),  # type: ignore[arg-type]
                           (float(fld[0]), float(fld[1])),
                           coarse_map(total, gi, gj, shape, config.error_map_cells))
 
@@ -700,7 +718,7 @@ def predicted_error(*, fit_var_mas2: np.ndarray, field_var_mas2: np.ndarray, gi:
 
 
 def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, noise_mas2: np.ndarray,
-                       total_mas2: np.ndarray, *, shape: tuple[int, int], scale_arcsec: float, n_terms: int,
+                       total_mas2: np.ndarray, *, shape: tuple[int, int], scale_arcsec: float, degree: int,
                        jacobian_mas_per_px: Jacobian, epoch_yr: float | None, config: TurbulenceConfig,
                        rng: np.random.Generator) -> TurbulenceResult:
     """The turbulence stage on the kept matches: correlation, kernel, cross-validation, correction.
@@ -722,8 +740,8 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
         Image (ny, nx).
     scale_arcsec
         Plate scale, arcsec per pixel (converts the config's arcminutes).
-    n_terms
-        TPV coefficients per axis (for the fit's own variance).
+    degree
+        The TPV's degree (for the fit's own variance, :func:`fit_variance_mas2`).
     jacobian_mas_per_px
         The solution's local Jacobian (:data:`Jacobian`).
     epoch_yr
@@ -745,7 +763,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     ij = np.column_stack([i, j]).astype(np.float64)
     n = len(ij)
     gi, gj = grid_nodes(shape, step_px)
-    fit_var = fit_variance_mas2(total_mas2, n_terms)
+    fit_var = fit_variance_mas2(ij[:, 0], ij[:, 1], total_mas2, degree=degree, shape=shape, gi=gi, gj=gj)
     # the residuals' variance beyond the centroid errors (the error model's floor): the correlated field and
     # any white systematics together, so an upper bound on the field's variance
     excess = np.median(np.maximum(total_mas2 - noise_mas2, 0.0), axis=0) if n else np.zeros(2)
