@@ -216,9 +216,15 @@ def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
 
 
 def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
-    """A copy of the exposure (compressed if it was) with the solved WCS in its image header."""
+    """A copy of the exposure (compressed if it was) with the solved WCS in its image header.
+
+    The TPV alone, with its own predicted error: the turbulence correction's lookup tables ride
+    only in the solution file (:func:`write_solution`).
+    """
     source = Path(result.file)
     header = solution_header(result)
+    for key, value, comment in uncertainty_cards(result, tpv_only=True):
+        header[key] = (value, comment)
     target = Path(out_dir) / source.name
     if target.resolve() == source.resolve():
         raise InputFileError(f"{source}: --write-header would overwrite the input; choose another --out")
