@@ -772,17 +772,16 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
         """The field's variance per axis for the predicted error: the kernel's, or the floor's when larger.
 
         Where stars are few or noisy the correlation is measured from a few separations and the
-        kernel's zero-lag variance falls short; the floor, measured on every star, does not.
-        Nothing when no correlation was found.
+        kernel's zero-lag variance falls short, or finds none; the floor, measured on every star,
+        does not (an upper bound: it holds any white systematics too).
         """
-        var = kernel.axis_variance_mas2()
-        return np.maximum(var, excess) if kernel.variance_mas2 > 0 else var
+        return np.maximum(kernel.axis_variance_mas2(), excess)
 
     def untouched(reason: str, kernel: CurlFreeKernel | None = None, corr: Correlation2D | None = None,
                   cv: CrossValidation | None = None) -> TurbulenceResult:
         # not corrected: the correlated field stays whole (the kernel's variance everywhere); with no
         # kernel, the error model's floor (the median excess over the centroid errors) stands for it
-        var = excess if kernel is None else field_variance(kernel)
+        var = excess if kernel is None else field_variance(kernel)  # the floor at least
         pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=np.broadcast_to(var, (*gi.shape, 2)), gi=gi,
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
