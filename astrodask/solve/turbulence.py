@@ -804,8 +804,11 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     white = np.maximum(noise_mas2, total_mas2 - kernel.axis_variance_mas2()[None, :])
     folds = rng.permutation(n) % config.cv_folds
     nodes = np.column_stack([gi.ravel(), gj.ravel()])
-    gp = local_gp(ij, residual_mas, white, kernel, folds, nodes, block_px=block_px, halo_px=halo_px,
-                  max_stars=config.max_block_stars)
+    try:
+        gp = local_gp(ij, residual_mas, white, kernel, folds, nodes, block_px=block_px, halo_px=halo_px,
+                      max_stars=config.max_block_stars)
+    except LinAlgError as err:  # a degenerate block (coincident stars, no noise): the TPV stands alone
+        return untouched(f"not applied: the GP could not be solved ({err})", kernel, corr)
     cv = cross_validation(residual_mas, gp.held_out_mas, 1.0 / total_mas2, config.cv_folds)
     verdict = (f"cross-validation ({cv.n_folds} folds, {cv.n_stars} stars): held-back weighted rms "
                f"({cv.rms_before_mas[0]:.2f}, {cv.rms_before_mas[1]:.2f}) -> "
