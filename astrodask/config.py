@@ -312,6 +312,39 @@ class FitConfig(_Section):
 
 
 @dataclass(frozen=True)
+class TurbulenceConfig(_Section):
+    """The turbulence stage: residual correlation, von Karman kernel, GP correction, cross-validation."""
+
+    section: ClassVar[str] = "turbulence"
+
+    enabled: bool = param(True, "measure the residuals' correlation and correct it by a GP when cross-validation shows it helps (false: TPV only, no stage)")
+    min_stars: int = param(100, "fewer kept matches than this: no correlation is measured, the solution stays TPV only", lo=10, hi=1_000_000)
+    corr_max_sep_arcmin: float = param(20.0, "the two-point correlation is measured (and the kernel fitted) out to this separation along each axis", unit="arcmin", lo=0.1, hi=600.0)
+    corr_bins: int = param(21, "bins of the 2-D correlation along each axis (odd: one centred on zero separation)", lo=3, hi=201)
+    corr_min_pairs: int = param(10, "bins of the correlation with fewer pairs take no part in the kernel fit", lo=1, hi=1_000_000)
+    min_length_arcmin: float = param(0.5, "shortest outer scale the kernel fit may reach", unit="arcmin", lo=0.01, hi=1000.0)
+    max_length_arcmin: float = param(100.0, "longest outer scale the kernel fit may reach", unit="arcmin", lo=0.01, hi=10000.0)
+    min_axis_ratio: float = param(0.2, "smallest minor/major axis ratio of the anisotropic kernel", lo=0.01, hi=1.0)
+    block_arcmin: float = param(5.0, "the GP is solved block by block: side of a block of the field", unit="arcmin", lo=0.1, hi=1000.0)
+    halo_arcmin: float = param(3.0, "stars this far beyond a block also condition its GP", unit="arcmin", lo=0.0, hi=1000.0)
+    max_block_stars: int = param(1000, "stars at most per block's GP solve (the nearest to the block's centre): bounds the cost at O(n^3) per block", lo=10, hi=20_000)
+    grid_step_arcmin: float = param(1.0, "node spacing of the correction's lookup table", unit="arcmin", lo=0.01, hi=100.0)
+    cv_folds: int = param(5, "folds of the cross-validation on held-back stars", lo=2, hi=100)
+    cv_min_sigma: float = param(3.0, "the correction is applied when the held-back stars' squared residuals drop by at least this many standard errors", unit="sigma", lo=0.0, hi=100.0)
+    seed: int = param(0, "seed of the fold assignment (results are reproducible)", lo=0, hi=2**31 - 1)
+    error_map_cells: int = param(8, "cells along x of the coarse predicted-error map (along y in proportion)", lo=1, hi=200)
+    frame_mas: float = param(0.02, "systematic error of the reference frame at its epoch (Gaia DR3 to ICRF3), per axis: the CSYER keywords", unit="mas", lo=0.0, hi=1000.0)
+    frame_spin_mas_per_yr: float = param(0.01, "residual spin of the reference frame, per axis, times the years from its epoch: added in quadrature to frame_mas", unit="mas/yr", lo=0.0, hi=100.0)
+
+    def _check(self) -> None:
+        if self.corr_bins % 2 == 0:
+            raise ConfigError(f"config turbulence.corr_bins = {self.corr_bins} must be odd (one bin centred on zero separation)")
+        if self.min_length_arcmin >= self.max_length_arcmin:
+            raise ConfigError(f"config turbulence.min_length_arcmin = {self.min_length_arcmin} must be below "
+                              f"turbulence.max_length_arcmin = {self.max_length_arcmin}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole configuration: one frozen section per stage."""
 
@@ -320,6 +353,7 @@ class PipelineConfig:
     regions: RegionConfig = field(default_factory=RegionConfig)
     gaia: GaiaConfig = field(default_factory=GaiaConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    turbulence: TurbulenceConfig = field(default_factory=TurbulenceConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None) -> PipelineConfig:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # annotations only: the data layer imports nothing from the s
     from astrodask.solve.match import Affine, RegionMatch
     from astrodask.solve.pipeline import RegionInputs
     from astrodask.solve.tpv import TPVSolution
+    from astrodask.solve.turbulence import TurbulenceResult
 
 
 class SourceFlag(IntFlag):
@@ -242,6 +243,7 @@ class Stage(StrEnum):
     DETECT_DEPTH = "detect_depth"
     DEPTH_MATCH = "depth_match"
     LIKE_FIT = "like_fit"
+    TURBULENCE = "turbulence"
     CHI_SQUARE = "chi_square"
 
 
@@ -334,6 +336,9 @@ class ExposureResult:
     notes
         What the solve assumed for facts its header lacks (the epoch, the gain...), one
         sentence each (:func:`astrodask.io.exposure.header_notes`).
+    turbulence
+        The turbulence stage (:class:`astrodask.solve.turbulence.TurbulenceResult`): the correction
+        when applied, why not otherwise, and the solution's predicted error; None when failed early.
     """
 
     file: str
@@ -354,6 +359,7 @@ class ExposureResult:
     diagnostics: FailureDiagnostics | None = None
     kind: FailureKind = FailureKind.DETERMINISTIC
     notes: tuple[str, ...] = ()
+    turbulence: TurbulenceResult | None = None
 
     @property
     def ok(self) -> bool:

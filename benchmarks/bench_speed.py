@@ -215,10 +215,9 @@ def score_solution(run: Run, out: Path, truth: WCS, shape: tuple[int, int]) -> N
     path = out / f"{name}.wcs.fits"
     if name is None or not path.is_file():
         return
-    header = fits.getheader(path)
-    with warnings.catch_warnings():
+    with fits.open(path) as hdul, warnings.catch_warnings():  # with its lookup tables, if it carries any
         warnings.simplefilter("ignore", FITSFixedWarning)
-        run.score = bench_solve.score_wcs(WCS(header), truth, shape)
+        run.score = bench_solve.score_wcs(WCS(hdul[0].header, hdul), truth, shape)
 
 
 def solve_command(astrodask: list[str], image: Path, catalog: Path, out: Path, *, serial: bool) -> list[str]:

@@ -30,6 +30,12 @@ SOLUTION_SUFFIX = ".wcs.fits"
 #: Header keyword of a solution file holding the solve status, and its value for a solved exposure.
 STATUS_KEYWORD = "ASTSTAT"
 SOLVED_VALUE = SOLVED.upper()
+#: Suffix of the pure-TPV companion of a solution that carries the turbulence correction: ``<name>.tpv.fits``.
+TPV_SUFFIX = ".tpv.fits"
+#: EXTNAME of the distortion lookup tables (FITS "distortion paper", Calabretta et al. draft; astropy reads it).
+LOOKUP_EXTNAME = "WCSDVARR"
+#: Header keyword saying which correction a solution carries: ``TPV+GP`` or ``TPV``.
+CORRECTION_KEYWORD = "ASTCORR"
 #: The summary table of an output folder.
 SUMMARY_NAME = "summary.ecsv"
 #: Mode asked for every file written, before the umask: read-write for all, as ``open()`` does.
@@ -82,9 +88,90 @@ def solution_header(result: ExposureResult) -> fits.Header:
                   ("ERRFLOOR", round(float(m.floor_mas), 3), "[mas] like_fit: systematic floor per axis")]
     for key, value, comment in cards:
         header[key] = (value, comment)
+    for key, value, comment in uncertainty_cards(result):
+        header[key] = (value, comment)
     if result.reason:
         header["ASTREASN"] = (result.reason[:68], "why the solve failed")
     return header
+
+
+def uncertainty_cards(result: ExposureResult, *, tpv_only: bool = False) -> list[tuple[str, Any, str]]:
+    """The correction the solution carries, its predicted error (CRDERi, CSYERi) and the turbulence figures.
+
+    ``CRDER1``/``CRDER2`` (random) and ``CSYER1``/``CSYER2`` (systematic) are FITS WCS Paper I's
+    keywords, in degrees, here on the sky along xi (east) and eta (north), not in degrees of RA.
+    With ``tpv_only``, those of the TPV alone (the ``<name>.tpv.fits`` companion).
+    """
+    from astrodask.solve.turbulence import MAS_PER_DEG
+
+    t = result.turbulence
+    if t is None:
+        return []
+    applied = t.applied and not tpv_only
+    pred = t.predicted if applied else t.predicted_tpv
+    cards: list[tuple[str, Any, str]] = [
+        (CORRECTION_KEYWORD, "TPV+GP" if applied else "TPV",
+         "TPV+GP: GP lookup tables on the TPV; TPV: none"),
+        ("CRDER1", float(pred.random_mas[0] / MAS_PER_DEG), "[deg] predicted random error, xi (on sky)"),
+        ("CRDER2", float(pred.random_mas[1] / MAS_PER_DEG), "[deg] predicted random error, eta"),
+        ("CSYER1", float(pred.systematic_mas / MAS_PER_DEG), "[deg] systematic error: reference frame"),
+        ("CSYER2", float(pred.systematic_mas / MAS_PER_DEG), "[deg] systematic error: reference frame"),
+    ]
+    if t.kernel is not None:
+        k = t.kernel
+        sigma = np.sqrt(k.axis_variance_mas2())
+        scale = result.solution.scale_arcsec if result.solution is not None else float("nan")
+        cards += [("TURBSIG1", round(float(sigma[0]), 3), "[mas] correlated residual rms, xi"),
+                  ("TURBSIG2", round(float(sigma[1]), 3), "[mas] correlated residual rms, eta"),
+                  ("TURBL0", round(float(k.outer_scale_px * scale / 60.0), 3), "[arcmin] kernel outer scale"),
+                  ("TURBQ", round(float(k.axis_ratio), 4), "kernel axis ratio, short/long"),
+                  ("TURBANG", round(float(np.degrees(k.angle_rad)), 2), "[deg] kernel long axis, +i towards +j")]
+    if t.cv is not None:
+        cv = t.cv
+        cards += [("CVRMS1", round(cv.rms_before_mas[0], 3), "[mas] CV held-back rms, xi, TPV"),
+                  ("CVRMS2", round(cv.rms_before_mas[1], 3), "[mas] CV held-back rms, eta, TPV"),
+                  ("CVRMSC1", round(cv.rms_after_mas[0], 3), "[mas] CV held-back rms, xi, TPV+GP"),
+                  ("CVRMSC2", round(cv.rms_after_mas[1], 3), "[mas] CV held-back rms, eta, TPV+GP"),
+                  ("CVGAIN", round(cv.gain_sigma, 2), "[sigma] CV gain of the correction")]
+    return cards
+
+
+def lookup_tables(result: ExposureResult) -> tuple[list[fits.Card], list[fits.ImageHDU]]:
+    """The turbulence correction as FITS distortion lookup tables: the header cards and the two extensions.
+
+    ``CPDISj = 'LOOKUP'`` with ``DPj`` record-valued cards naming extension ``WCSDVARR`` version j,
+    whose image holds the offset along pixel axis j at the grid's nodes (pixels, added to the
+    pixel coordinates before the TPV; bilinear between nodes). The extension's ``CRPIXk = 1``,
+    ``CRVALk = 1`` and ``CDELTk = step`` put its first node on the image's first pixel (FITS
+    pixel 1, our 0-based 0). Empty when no correction is applied.
+    """
+    t = result.turbulence
+    if t is None or not t.applied or t.field is None:
+        return [], []
+    field = t.field
+    cards: list[fits.Card] = []
+    hdus: list[fits.ImageHDU] = []
+    for axis in (1, 2):
+        cards += [fits.Card(f"CPDIS{axis}", "LOOKUP", "turbulence correction: lookup table"),
+                  fits.Card(f"DP{axis}", f"EXTVER: {axis}", "extension WCSDVARR of this version"),
+                  fits.Card(f"DP{axis}", "NAXES: 2", "the table depends on both pixel axes"),
+                  fits.Card(f"DP{axis}", "AXIS.1: 1", "table axis 1 is pixel axis 1"),
+                  fits.Card(f"DP{axis}", "AXIS.2: 2", "table axis 2 is pixel axis 2")]
+        hdu = fits.ImageHDU(np.ascontiguousarray(field.offset_px[..., axis - 1], dtype=np.float32),
+                            name=LOOKUP_EXTNAME)
+        hdu.header["EXTVER"] = (axis, "pixel axis corrected")
+        for k in (1, 2):
+            hdu.header[f"CRPIX{k}"] = (1.0, "table pixel of the first node")
+            hdu.header[f"CRVAL{k}"] = (1.0, "image pixel (FITS, 1-based) of the first node")
+            hdu.header[f"CDELT{k}"] = (float(field.step_px), "image pixels per table pixel")
+        hdu.header["BUNIT"] = ("pixel", "offset added to pixel axis EXTVER")
+        hdus.append(hdu)
+    return cards, hdus
+
+
+def tpv_path(out_dir: str | Path, name: str) -> Path:
+    """Where the pure-TPV companion of exposure ``name``'s corrected solution goes."""
+    return Path(out_dir) / f"{name}{TPV_SUFFIX}"
 
 
 def chi2_gate(result: ExposureResult) -> str:
@@ -129,16 +216,42 @@ def _create_temporary(path: Path) -> str:
 
 
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
-    """Write ``DIR/<name>.wcs.fits``: a primary header holding the solved WCS and quality keywords."""
+    """Write ``DIR/<name>.wcs.fits``: a primary header holding the solved WCS and quality keywords.
+
+    When the turbulence correction is applied it rides in the same file as distortion lookup
+    tables (:func:`lookup_tables`), which ``astropy.wcs.WCS(hdul[0].header, hdul)`` applies on top
+    of the TPV; the TPV alone, for tools that read only TPV (or that apply lookup tables to every
+    alternate WCS of a header, as astropy does), is written beside it as ``DIR/<name>.tpv.fits``
+    (:func:`tpv_path`), with the TPV's own predicted error.
+    """
     header = solution_header(result)
-    return atomic_write(solution_path(out_dir, result.name),
-                         lambda tmp: fits.PrimaryHDU(header=header).writeto(tmp, overwrite=True))
+    cards, tables = lookup_tables(result)
+    path = solution_path(out_dir, result.name)
+    if not tables:
+        tpv_path(out_dir, result.name).unlink(missing_ok=True)  # a stale companion of an earlier solve
+        return atomic_write(path, lambda tmp: fits.PrimaryHDU(header=header).writeto(tmp, overwrite=True))
+    tpv_header_only = header.copy()
+    for key, value, comment in uncertainty_cards(result, tpv_only=True):
+        tpv_header_only[key] = (value, comment)
+    atomic_write(tpv_path(out_dir, result.name),
+                 lambda tmp: fits.PrimaryHDU(header=tpv_header_only).writeto(tmp, overwrite=True))
+    header["TPVFILE"] = (tpv_path(out_dir, result.name).name, "this solution without lookup tables")
+    for card in cards:
+        header.append(card)
+    return atomic_write(path, lambda tmp: fits.HDUList([fits.PrimaryHDU(header=header), *tables]).writeto(
+        tmp, overwrite=True))
 
 
 def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
-    """A copy of the exposure (compressed if it was) with the solved WCS in its image header."""
+    """A copy of the exposure (compressed if it was) with the solved WCS in its image header.
+
+    The TPV alone, with its own predicted error: the turbulence correction's lookup tables ride
+    only in the solution file (:func:`write_solution`).
+    """
     source = Path(result.file)
     header = solution_header(result)
+    for key, value, comment in uncertainty_cards(result, tpv_only=True):
+        header[key] = (value, comment)
     target = Path(out_dir) / source.name
     if target.resolve() == source.resolve():
         raise InputFileError(f"{source}: --write-header would overwrite the input; choose another --out")
@@ -159,7 +272,10 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
 
 SUMMARY_COLUMNS = ("file", "name", "status", "kind", "reason", "notes", "stage", "sources", "references", "regions_ok",
                    "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
-                   "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas")
+                   "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas", "correction",
+                   "turbulence", "crder_xi_mas", "crder_eta_mas", "csyer_mas", "crder_tpv_xi_mas", "crder_tpv_eta_mas",
+                   "turb_sigma_xi_mas", "turb_sigma_eta_mas", "turb_outer_arcmin", "cv_rms_mas", "cv_rms_corrected_mas",
+                   "cv_gain_sigma")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
 STAGES = tuple(stage.value for stage in Stage)
 
@@ -190,9 +306,33 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
         "err_scale": float(m.scale) if m is not None else np.nan,
         "err_floor_mas": float(m.floor_mas) if m is not None else np.nan,
     }
+    row.update(turbulence_columns(result))
     for stage in STAGES:
         row[f"t_{stage}_s"] = float(result.timings.get(stage, 0.0))
     row["config_digest"] = config_digest(result.config) if result.config else ""
+    return row
+
+
+def turbulence_columns(result: ExposureResult) -> dict[str, Any]:
+    """The summary's turbulence columns: the correction carried, why, predicted errors, kernel, cross-validation."""
+    t = result.turbulence
+    nan = float("nan")
+    row: dict[str, Any] = {"correction": "" if t is None else t.correction, "turbulence": "" if t is None else t.reason}
+    pred, tpv = (t.predicted, t.predicted_tpv) if t is not None else (None, None)
+    row.update({"crder_xi_mas": pred.random_mas[0] if pred else nan,
+                "crder_eta_mas": pred.random_mas[1] if pred else nan,
+                "csyer_mas": pred.systematic_mas if pred else nan,
+                "crder_tpv_xi_mas": tpv.random_mas[0] if tpv else nan,
+                "crder_tpv_eta_mas": tpv.random_mas[1] if tpv else nan})
+    sigma = np.sqrt(t.kernel.axis_variance_mas2()) if t is not None and t.kernel is not None else (nan, nan)
+    scale = result.solution.scale_arcsec if result.solution is not None else nan
+    row.update({"turb_sigma_xi_mas": float(sigma[0]), "turb_sigma_eta_mas": float(sigma[1]),
+                "turb_outer_arcmin": (float(t.kernel.outer_scale_px * scale / 60.0)
+                                      if t is not None and t.kernel is not None else nan)})
+    cv = t.cv if t is not None else None
+    row.update({"cv_rms_mas": float(np.hypot(*cv.rms_before_mas)) if cv else nan,
+                "cv_rms_corrected_mas": float(np.hypot(*cv.rms_after_mas)) if cv else nan,
+                "cv_gain_sigma": cv.gain_sigma if cv else nan})
     return row
 
 
@@ -211,6 +351,13 @@ def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
     return plot(result, out_dir)
 
 
+def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
+    """``DIR/<name>.turbulence.png``: the turbulence stage's panels (:func:`astrodask.io.plots.plot_turbulence`)."""
+    from astrodask.io.plots import plot_turbulence as plot
+
+    return plot(result, out_dir) if result.ok else None
+
+
 #: Longest side of the image thumbnail in a failure's diagnostics plot, pixels.
 THUMBNAIL_PX = 1000
 #: Sources and references drawn at most (brightest first).
@@ -221,7 +368,8 @@ REGION_COLOURS = {"ok": "limegreen", "no-match": "red", "few-stars": "grey", "di
 
 def write_debug_products(result: ExposureResult, out_dir: str | Path) -> list[Path]:
     """Everything ``--debug`` writes for one exposure: matched list and plots, or a failure's diagnostics."""
-    written = [p for p in (write_matched(result, out_dir), plot_solution(result, out_dir)) if p]
+    written = [p for p in (write_matched(result, out_dir), plot_solution(result, out_dir),
+                           plot_turbulence(result, out_dir)) if p]
     if not result.ok and result.diagnostics is not None:
         written += write_failure_diagnostics(result, out_dir)
     return written
@@ -267,6 +415,8 @@ def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool =
         plot = plot_solution(result, plots_dir) if result.ok else (
             plot_failure(result, plots_dir) if result.diagnostics is not None else None)
         written += [plot] if plot else []
+        turbulence = plot_turbulence(result, plots_dir)
+        written += [turbulence] if turbulence else []
     return written
 
 

@@ -33,6 +33,10 @@ SIGMA_BINS = 8
 PLOT_DPI = 80
 #: Suffix of the plot of a solved exposure.
 RESIDUALS_SUFFIX = ".residuals.png"
+#: Suffix of the turbulence stage's plot.
+TURBULENCE_SUFFIX = ".turbulence.png"
+#: Separation bins of the correlation panel.
+CORRELATION_BINS = 12
 
 
 def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
@@ -173,3 +177,163 @@ def binned_vectors(i: np.ndarray, j: np.ndarray, vx: np.ndarray, vy: np.ndarray,
     if not out:
         return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
     return tuple(np.array(col) for col in zip(*out))
+
+
+def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
+    """``DIR/<name>.turbulence.png``: the turbulence stage in six panels (None when it did not run).
+
+    1. the residual field before: inverse-variance weighted mean residual per cell;
+    2. after: the same of the held-back residuals of the cross-validation (each star predicted
+       without its fold), so the panel shows what the correction does to stars it never saw;
+    3. the correction: the GP's residual field at the lookup table's nodes;
+    4. the measured correlation against separation (xi-xi + eta-eta, averaged over directions)
+       beside the fitted kernel's;
+    5. the cross-validation: each star's chi-square before against after, and the figures;
+    6. the predicted error's coarse map (rms per axis, in quadrature), with CRDER and CSYER.
+    """
+    t = result.turbulence
+    if t is None or result.solution is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from astrodask.io.output import atomic_write
+
+    fig, axes = plt.subplots(2, 3, figsize=(19, 10), constrained_layout=True)
+    weight = 1.0 / t.variance_mas2
+    key = _weighted_vectors(axes[0, 0], result, t.residual_mas, weight, "residuals against the TPV", None)
+    if t.cv is not None:
+        _weighted_vectors(axes[0, 1], result, np.where(np.isfinite(t.cv.held_out_mas), t.cv.held_out_mas, 0.0),
+                          weight * np.isfinite(t.cv.held_out_mas), "held-back residuals after the GP", key)
+    else:
+        _no_panel(axes[0, 1], "no cross-validation")
+    _correction(axes[0, 2], result, key)
+    _correlation(axes[1, 0], result)
+    _cross_validation(axes[1, 1], result)
+    _error_map(axes[1, 2], result)
+    fig.suptitle(f"{result.name}: turbulence {t.correction.upper()}: {t.reason}", fontsize=10)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(out_dir) / f"{result.name}{TURBULENCE_SUFFIX}"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=PLOT_DPI, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _no_panel(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _weighted_vectors(ax: Any, result: ExposureResult, vec: np.ndarray, weight: np.ndarray, title: str,
+                      key: float | None) -> float:
+    """Inverse-variance weighted mean vectors per cell of the grid; returns the arrow key (mas)."""
+    t = result.turbulence
+    assert t is not None
+    ny, nx = result.shape
+    cells_j = max(2, round(VECTOR_CELLS * ny / nx))
+    ci = np.clip((t.i / nx * VECTOR_CELLS).astype(int), 0, VECTOR_CELLS - 1)
+    cj = np.clip((t.j / ny * cells_j).astype(int), 0, cells_j - 1)
+    sw = np.zeros((cells_j, VECTOR_CELLS, 2))
+    swv = np.zeros((cells_j, VECTOR_CELLS, 2))
+    np.add.at(sw, (cj, ci), weight)
+    np.add.at(swv, (cj, ci), weight * vec)
+    mean = swv / np.where(sw > 0, sw, 1.0)
+    gi, gj = np.meshgrid((np.arange(VECTOR_CELLS) + 0.5) * nx / VECTOR_CELLS, (np.arange(cells_j) + 0.5) * ny / cells_j)
+    ok = np.all(sw > 0, axis=2)
+    rms = float(np.sqrt(np.mean(mean[ok] ** 2))) if ok.any() else 0.0
+    key = key or nice(float(np.percentile(np.hypot(mean[ok, 0], mean[ok, 1]), 90)) if ok.any() else 10.0)
+    q = ax.quiver(gi[ok], gj[ok], mean[ok, 0], mean[ok, 1], angles="xy", scale_units="xy",
+                  scale=key / (0.5 * nx / VECTOR_CELLS), color="C0")
+    ax.quiverkey(q, 0.85, 1.03, key, f"{key:g} mas", labelpos="E")
+    ax.set(xlim=(0, nx), ylim=(0, ny), aspect="equal", xlabel="i (px)", ylabel="j (px)",
+           title=f"{title}\nweighted mean per cell, rms {rms:.1f} mas per axis")
+    return key
+
+
+def _correction(ax: Any, result: ExposureResult, key: float) -> None:
+    t = result.turbulence
+    assert t is not None
+    if t.field is None:
+        _no_panel(ax, f"no correction applied:\n{t.reason}")
+        return
+    f = t.field
+    nj, ni = f.shape
+    stride = max(1, int(np.ceil(max(ni, nj) / 30)))
+    gi, gj = np.meshgrid(np.arange(ni) * f.step_px, np.arange(nj) * f.step_px)
+    r = f.residual_mas[::stride, ::stride]
+    ny, nx = result.shape
+    ax.quiver(gi[::stride, ::stride], gj[::stride, ::stride], r[..., 0], r[..., 1], angles="xy", scale_units="xy",
+              scale=key / (0.5 * nx / VECTOR_CELLS), color="C3")
+    ax.set(xlim=(0, nx), ylim=(0, ny), aspect="equal", xlabel="i (px)", ylabel="j (px)",
+           title=f"the correction: GP residual field at the lookup nodes\n({ni} x {nj} nodes, "
+                 f"step {f.step_px:.0f} px; rms {np.sqrt(np.mean(f.residual_mas ** 2)):.1f} mas per axis)")
+
+
+def _correlation(ax: Any, result: ExposureResult) -> None:
+    t = result.turbulence
+    assert t is not None
+    c, k = t.correlation, t.kernel
+    if c is None or k is None or result.solution is None:
+        _no_panel(ax, "no correlation measured")
+        return
+    arcmin_per_px = result.solution.scale_arcsec / 60.0
+    di, dj = np.meshgrid(c.di_px, c.dj_px)
+    r = np.hypot(di, dj) * arcmin_per_px
+    trace = c.xi_mas2[0] + c.xi_mas2[1]
+    model = k(di, dj)
+    model_trace = model[..., 0, 0] + model[..., 1, 1]
+    edges = np.linspace(0, float(r.max()), CORRELATION_BINS + 1)
+    which = np.clip(np.digitize(r, edges) - 1, 0, CORRELATION_BINS - 1)
+    centres, meas, fit = [], [], []
+    for b in range(CORRELATION_BINS):
+        sel = (which == b) & np.isfinite(trace) & (c.npairs > 0)
+        if sel.any():
+            w = c.npairs[sel]
+            centres.append(float(np.average(r[sel], weights=w)))
+            meas.append(float(np.average(trace[sel], weights=w)))
+            fit.append(float(np.average(model_trace[sel], weights=w)))
+    ax.plot(centres, meas, "o", color="C0", label="measured (treecorr, weighted)")
+    ax.plot(centres, fit, "-", color="C3", label="fitted curl-free von Karman kernel")
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    sigma = np.sqrt(k.axis_variance_mas2())
+    ax.set(xlabel="separation (arcmin)", ylabel="<r_xi r_xi> + <r_eta r_eta> (mas^2)",
+           title=f"residual correlation: kernel sigma ({sigma[0]:.1f}, {sigma[1]:.1f}) mas, L0 "
+                 f"{k.outer_scale_px * arcmin_per_px:.1f}', axis ratio {k.axis_ratio:.2f}")
+    ax.legend(fontsize=8)
+
+
+def _cross_validation(ax: Any, result: ExposureResult) -> None:
+    t = result.turbulence
+    assert t is not None
+    cv = t.cv
+    if cv is None:
+        _no_panel(ax, f"no cross-validation:\n{t.reason}")
+        return
+    w = 1.0 / t.variance_mas2
+    ok = np.all(np.isfinite(cv.held_out_mas), axis=1)
+    before = np.sum(w * t.residual_mas ** 2, axis=1)[ok]
+    after = np.sum(w * cv.held_out_mas ** 2, axis=1)[ok]
+    bins = np.linspace(0.0, float(np.percentile(before, 99)) or 1.0, 40)
+    ax.hist(before, bins=bins, histtype="step", color="C0", label=f"TPV: mean {before.mean():.2f}")
+    ax.hist(after, bins=bins, histtype="step", color="C3", label=f"TPV + GP (held back): mean {after.mean():.2f}")
+    ax.set(xlabel="chi-square per star (both axes)", ylabel="stars",
+           title=f"{cv.n_folds}-fold cross-validation, {cv.n_stars} stars: gain {cv.gain_sigma:.1f} sigma\n"
+                 f"weighted rms ({cv.rms_before_mas[0]:.1f}, {cv.rms_before_mas[1]:.1f}) -> "
+                 f"({cv.rms_after_mas[0]:.1f}, {cv.rms_after_mas[1]:.1f}) mas")
+    ax.legend(fontsize=8)
+
+
+def _error_map(ax: Any, result: ExposureResult) -> None:
+    t = result.turbulence
+    assert t is not None
+    p = t.predicted
+    ny, nx = result.shape
+    shown = ax.imshow(np.hypot(p.map_mas[..., 0], p.map_mas[..., 1]), origin="lower", extent=(0, nx, 0, ny),
+                      cmap="magma", aspect="equal")
+    ax.figure.colorbar(shown, ax=ax, shrink=0.8, label="predicted random error, both axes (mas)")
+    ax.set(xlabel="i (px)", ylabel="j (px)",
+           title=f"predicted error: CRDER ({p.random_mas[0]:.1f}, {p.random_mas[1]:.1f}) mas, "
+                 f"CSYER {p.systematic_mas:.2f} mas\n(TPV alone: ({t.predicted_tpv.random_mas[0]:.1f}, "
+                 f"{t.predicted_tpv.random_mas[1]:.1f}) mas)")

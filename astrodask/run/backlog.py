@@ -36,6 +36,7 @@ from astrodask import __version__
 from astrodask.config import PipelineConfig, config_digest
 from astrodask.errors import InputFileError
 from astrodask.io.output import (SOLUTION_SUFFIX, SOLVED_VALUE, STAGES, STATUS_KEYWORD, SUMMARY_COLUMNS, SUMMARY_NAME,
+                                 TPV_SUFFIX,
                                  atomic_write, solution_path, summary_row)
 from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, FailureKind, exposure_name
 
@@ -133,7 +134,7 @@ def _absolute(path: str, base: str) -> str:
 def _expand_glob(pattern: str, *, base: str, recursive: bool, where: str) -> list[str]:
     matches = glob.glob(os.path.expanduser(pattern), root_dir=base, recursive=recursive)
     found = sorted(path for path in (_absolute(m, base) for m in matches)
-                   if os.path.isfile(path) and not path.endswith(SOLUTION_SUFFIX))
+                   if os.path.isfile(path) and not path.endswith((SOLUTION_SUFFIX, TPV_SUFFIX)))
     if not found:
         raise InputFileError(f"{where}{pattern}: glob pattern matches no file (relative to {base})")
     return found
@@ -142,7 +143,7 @@ def _expand_glob(pattern: str, *, base: str, recursive: bool, where: str) -> lis
 def _is_exposure_name(name: str) -> bool:
     lower = name.lower()
     return (not name.startswith(".") and lower.endswith(FITS_SUFFIXES)
-            and not lower.endswith(SOLUTION_SUFFIX))
+            and not lower.endswith((SOLUTION_SUFFIX, TPV_SUFFIX)))
 
 
 def _scan_folder(folder: str, *, recursive: bool) -> list[str]:

@@ -92,7 +92,7 @@ _TASK_STAGES: dict[Task, tuple[Stage, ...]] = {
     Task.PREPARE: (Stage.REGIONS,),
     Task.REGION: (Stage.REGIONS,),
     Task.REDUCE: (Stage.REGIONS,),
-    Task.SOLVE: (Stage.TPV, Stage.DEPTH_MATCH, Stage.LIKE_FIT, Stage.CHI_SQUARE),
+    Task.SOLVE: (Stage.TPV, Stage.DEPTH_MATCH, Stage.LIKE_FIT, Stage.TURBULENCE, Stage.CHI_SQUARE),
     Task.WRITE: (),
 }
 #: The task key prefixes of one exposure, in order.

@@ -12,7 +12,9 @@ the Gaia archive. What they hand on is named (:class:`~astrodask.types.Detection
    and the reducer :func:`astrodask.solve.match.mean_affine`.
 3. :func:`stage_initial_tpv`: pairs clipped at ``CLIPPING_THRESHOLD``, the TPV fit.
 4. :func:`stage_depth`: the relaxed detection pass, ``depth_match``, rounds of RMS clipping and refits.
-5. :func:`stage_error_model`: ``like_fit`` with ``ERROR_THRESHOLD`` clipping and refits.
+5. :func:`stage_error_model`: ``like_fit`` with ``ERROR_THRESHOLD`` clipping and refits;
+   :func:`stage_turbulence`: the residuals' correlation, a GP correction when cross-validation
+   shows it helps, and the solution's predicted error (:mod:`astrodask.solve.turbulence`).
 6. :func:`stage_chi_square`: chi-square over the entire matched list and over the kept pairs, and the
    quality gates (``fit.chi2_gate`` says which chi-square ``fit.max_chi2_dof`` limits).
 
@@ -41,7 +43,8 @@ from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
 from astrodask.solve.detect import Background, check_pixels, detect_pass, detect_passes, subtract_background
-from astrodask.solve.errmodel import ErrorModel, chi_square, error_clip, like_fit, sky_covariance
+from astrodask.solve.errmodel import MAS_PER_DEG, ErrorModel, chi_square, error_clip, like_fit, sky_covariance
+from astrodask.solve.turbulence import TurbulenceResult, correct_turbulence
 from astrodask.errors import AstrodaskError, MatchError, NoSourcesError, SolveError
 from astrodask.io.exposure import approximate_wcs, get_pointing, header_notes, read_exposure
 from astrodask.reference.footprint import get_gaia_xy
@@ -501,6 +504,28 @@ def stage_error_model(sources: Table, refs: Table, pairs: Pairs, solution: TPVSo
     return state["solution"], model, keep
 
 
+def stage_turbulence(sources: Table, refs: Table, pairs: Pairs, solution: TPVSolution, model: ErrorModel, *,
+                     shape: tuple[int, int], epoch_yr: float | None, config: PipelineConfig) -> TurbulenceResult:
+    """The turbulence stage on the pairs kept by ``like_fit`` (:func:`astrodask.solve.turbulence.correct_turbulence`).
+
+    The white noise of a star is its centroid covariance scaled by the error model; its whole
+    variance adds the model's floor. Folds are drawn from ``turbulence.seed``.
+    """
+    res = residuals_mas(sources, refs, pairs, solution)
+    cov = _sky_cov(sources, pairs.src, solution)
+    noise = model.scale ** 2 * np.stack([cov[:, 0, 0], cov[:, 1, 1]], axis=1)
+    total = noise + model.floor_mas ** 2
+
+    def jacobian(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return local_jacobian(solution, i, j) * MAS_PER_DEG
+
+    return correct_turbulence(np.asarray(sources["i"])[pairs.src], np.asarray(sources["j"])[pairs.src], res, noise,
+                              total, shape=shape, scale_arcsec=solution.scale_arcsec,
+                              degree=solution.degree, jacobian_mas_per_px=jacobian,
+                              epoch_yr=epoch_yr, config=config.turbulence,
+                              rng=np.random.default_rng(config.turbulence.seed))
+
+
 # ---------------------------------------------------------------- step 6
 
 
@@ -678,6 +703,9 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
     solution, model, keep = stage_error_model(deep, refs, kept, solution, shape=shape, config=config)
     counts["error_clipped"] = int(len(keep) - keep.sum())
     counts["matches"] = int(keep.sum())
+    clock.lap(Stage.TURBULENCE)
+    turbulence = stage_turbulence(deep, refs, kept.subset(keep), solution, model, shape=shape, epoch_yr=info.epoch_yr,
+                                  config=config)
     clock.lap(Stage.CHI_SQUARE)
     quality = stage_chi_square(deep, refs, kept, solution, model, keep)
     final = residuals_mas(deep, refs, kept.subset(keep), solution) / 1000.0
@@ -697,7 +725,7 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
         error_model=model, quality=quality, counts=counts, rms_arcsec=rms, timings=clock.timings,
         regions=tuple((m.region.index, m.status, m.reason, len(m.src_index)) for m in matches),
         shape=shape, config={**config.to_dict(), "depth_match_method": method, "version": __version__},
-        matched=matched_table, notes=notes,
+        matched=matched_table, notes=notes, turbulence=turbulence,
     )
 
 

@@ -1,0 +1,302 @@
+"""The turbulence stage (issue 18): kernel, correlation, GP correction, cross-validation gate, lookup tables,
+predicted error; on fields of simulate.atmosphere (an independent FFT realisation) and on simulated exposures."""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from astrodask.config import PipelineConfig, TurbulenceConfig
+from astrodask.io.output import summary_row, tpv_path, write_products, write_solution
+from astrodask.reference.catalog import read_catalog
+from astrodask.simulate import read_truth, simulate_field
+from astrodask.simulate.atmosphere import TurbulenceSpec, turbulence_field
+from astrodask.solve.pipeline import solve_file
+from astrodask.solve.tpv import TPVSolution, local_jacobian, pixel_to_world
+from astrodask.solve.turbulence import (MAS_PER_DEG, CurlFreeKernel, correct_turbulence, corrected_pixel_to_world,
+                                        local_gp)
+from astrodask.sphere import gnomonic
+from astrodask.types import SOLVED, ExposureResult
+
+SCALE = 0.85  # arcsec/px, Condor's
+SHAPE = (1800, 2700)  # 25' x 38'
+PX_PER_ARCMIN = 60.0 / SCALE
+
+
+def _field(rms_mas: float, shape: tuple[int, int], seed: int = 3):
+    ny, nx = shape
+    half = (nx * SCALE / 3600 / 2, ny * SCALE / 3600 / 2)
+    spec = TurbulenceSpec(rms_mas=rms_mas, seed=seed)
+    field = turbulence_field(spec, tangent_ra_deg=0.0, tangent_dec_deg=0.0,
+                             half_widths_deg=(half[0] + 0.05, half[1] + 0.05), frame_half_widths_deg=half)
+
+    def at(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        xi = (i - (nx - 1) / 2) * SCALE / 3600
+        eta = (j - (ny - 1) / 2) * SCALE / 3600
+        return np.column_stack(field.displacement_mas(xi, eta))
+
+    return at
+
+
+def _cubic(i: np.ndarray, j: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    u, v = (i - shape[1] / 2) / shape[1], (j - shape[0] / 2) / shape[0]
+    return np.column_stack([u**a * v**b for a in range(4) for b in range(4) if a + b <= 3])
+
+
+def _residual_case(rms_mas: float, *, density: float = 1.5, noise_mas: float = 10.0, seed: int = 1):
+    """Stars over a field displaced by the atmosphere, a cubic (the TPV's part) fitted out: residuals and truth."""
+    rng = np.random.default_rng(seed)
+    ny, nx = SHAPE
+    n = int(density * ny * nx / PX_PER_ARCMIN**2)
+    i, j = rng.uniform(0, nx - 1, n), rng.uniform(0, ny - 1, n)
+    turb = _field(rms_mas, SHAPE) if rms_mas > 0 else (lambda a, b: np.zeros((len(a), 2)))
+    observed = turb(i, j) + rng.normal(0.0, noise_mas, (n, 2))
+    design = _cubic(i, j, SHAPE)
+    coef, *_ = np.linalg.lstsq(design, observed, rcond=None)
+    gi, gj = np.meshgrid(np.linspace(0, nx - 1, 90), np.linspace(0, ny - 1, 60))
+    gi, gj = gi.ravel(), gj.ravel()
+    truth_error = turb(gi, gj) - _cubic(gi, gj, SHAPE) @ coef  # the TPV-only solution's error against the truth
+    var = np.full((n, 2), noise_mas**2)
+    return i, j, observed - design @ coef, var, gi, gj, truth_error
+
+
+def _flat_jacobian(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(np.diag([SCALE * 1000.0, SCALE * 1000.0]), (len(i), 2, 2))
+
+
+def _run(i, j, res, var, config=None):
+    total = var + np.var(res, axis=0) - np.mean(var, axis=0)  # what like_fit's floor would add
+    return correct_turbulence(i, j, res, var, np.maximum(total, var), shape=SHAPE, scale_arcsec=SCALE, degree=3,
+                              jacobian_mas_per_px=_flat_jacobian, epoch_yr=2026.0,
+                              config=config or TurbulenceConfig(), rng=np.random.default_rng(0))
+
+
+def test_curl_free_kernel_is_the_covariance_of_the_simulated_field() -> None:
+    """Along a separation the field correlates as C_L, across it as C_T: the kernel against the empirical
+    covariance of simulate.atmosphere's FFT realisation (an independent construction), isotropic, 10' outer scale."""
+    shape = (4000, 6000)
+    turb = _field(10.0, shape, seed=11)
+    rng = np.random.default_rng(2)
+    p = np.column_stack([rng.uniform(300, shape[1] - 300, 40000), rng.uniform(300, shape[0] - 300, 40000)])
+    kernel = CurlFreeKernel(100.0, 10.0 * PX_PER_ARCMIN, 1.0, 0.0)
+    d0 = turb(p[:, 0], p[:, 1])
+    var = np.mean(d0**2)
+    for sep_arcmin in (1.0, 3.0):
+        s = sep_arcmin * PX_PER_ARCMIN
+        dx = turb(p[:, 0] + s, p[:, 1])  # separation along i: xi is longitudinal, eta transverse
+        measured = np.mean(d0 * dx, axis=0) / var
+        model = np.diag(kernel(np.array(s), np.array(0.0))) / 100.0
+        np.testing.assert_allclose(measured, model, atol=0.12)
+    assert model[0] < model[1]  # at 3': the longitudinal correlation falls faster than the transverse
+
+
+def test_local_gp_equals_the_global_gp() -> None:
+    """Blocks of 5' with a 3' halo: the posterior mean within a few mas of one GP over all the stars, and as close
+    to the truth (the blocks' error in quadrature adds under 5 %)."""
+    i, j, res, var, gi, gj, truth = _residual_case(15.0, density=0.6)
+    kernel = CurlFreeKernel(200.0, 10.0 * PX_PER_ARCMIN, 1.0, 0.0)
+    folds = np.zeros(len(i), dtype=int)
+    ij, q = np.column_stack([i, j]), np.column_stack([gi, gj])[::7]
+    local = local_gp(ij, res, var, kernel, folds, q, block_px=5 * PX_PER_ARCMIN, halo_px=3 * PX_PER_ARCMIN,
+                     max_stars=1000)
+    whole = local_gp(ij, res, var, kernel, folds, q, block_px=1e9, halo_px=0.0, max_stars=100_000)
+    assert np.sqrt(np.mean((local.mean_mas - whole.mean_mas) ** 2)) < 0.15 * np.sqrt(np.mean(whole.mean_mas**2))
+    truth = truth[::7]
+    assert np.sqrt(np.mean((truth - local.mean_mas) ** 2)) < 1.05 * np.sqrt(np.mean((truth - whole.mean_mas) ** 2))
+
+
+def test_turbulence_corrected_and_its_error_predicted() -> None:
+    """15 mas of atmosphere, 1.5 stars/arcmin^2 at 10 mas: the correction keeps less than 0.55 of the TPV-only error
+    (0.45 measured), the kernel finds the outer scale, and the predicted error is within 1.5 of the truth's."""
+    i, j, res, var, gi, gj, truth_error = _residual_case(15.0)
+    result = _run(i, j, res, var)
+    assert result.applied, result.reason
+    assert result.correction == "tpv+gp" and result.cv is not None and result.cv.gain_sigma > 10
+    assert all(a < b for a, b in zip(result.cv.rms_after_mas, result.cv.rms_before_mas))
+    assert 5.0 < result.kernel.outer_scale_px / PX_PER_ARCMIN < 20.0  # 10' simulated
+    tpv_only = np.sqrt(np.mean(truth_error**2, axis=0))
+    di, dj = result.field.pixel_offsets(gi, gj)
+    corrected = np.sqrt(np.mean((truth_error + SCALE * 1000.0 * np.column_stack([di, dj])) ** 2, axis=0))
+    assert np.all(corrected < 0.55 * tpv_only), (corrected, tpv_only)
+    for predicted, measured in ((result.predicted.random_mas, corrected), (result.predicted_tpv.random_mas, tpv_only)):
+        ratio = np.asarray(predicted) / measured
+        assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), (predicted, measured)
+    assert result.predicted.map_mas.shape[2] == 2 and np.all(result.predicted.map_mas > 0)
+
+
+def test_no_turbulence_stays_tpv_only_and_says_so() -> None:
+    i, j, res, var, *_ = _residual_case(0.0)
+    result = _run(i, j, res, var)
+    assert not result.applied and result.field is None and result.correction == "tpv"
+    assert result.reason.startswith("not applied")
+    np.testing.assert_array_equal(result.corrected_mas, result.residual_mas)
+    assert result.predicted is result.predicted_tpv
+
+
+def test_switched_off_or_too_few_stars() -> None:
+    i, j, res, var, *_ = _residual_case(15.0, density=0.3)
+    off = _run(i, j, res, var, TurbulenceConfig(enabled=False))
+    assert not off.applied and "enabled = false" in off.reason and off.kernel is None
+    few = _run(i[:50], j[:50], res[:50], var[:50])
+    assert not few.applied and "min_stars" in few.reason
+
+
+def _solved_result(tmp_path: Path) -> ExposureResult:
+    """A solved result carrying a real TPV (with distortion) and the stage's correction of a turbulent field."""
+    pv1, pv2 = np.zeros(40), np.zeros(40)
+    pv1[1] = pv2[1] = 1.0
+    pv1[4], pv2[5], pv1[7] = 0.02, -0.015, 0.5  # quadratic and cubic terms: a Jacobian that varies
+    scale_deg = SCALE / 3600.0
+    ny, nx = SHAPE
+    solution = TPVSolution(crpix=((nx - 1) / 2, (ny - 1) / 2), crval=(150.1, 25.0),
+                           cd=np.array([[-scale_deg * 0.98, scale_deg * 0.2], [scale_deg * 0.2, scale_deg * 0.98]]),
+                           pv1=pv1, pv2=pv2, degree=3)
+    i, j, res, var, *_ = _residual_case(15.0)
+
+    def jacobian(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return local_jacobian(solution, a, b) * MAS_PER_DEG
+
+    turb = correct_turbulence(i, j, res, var, var + 100.0, shape=SHAPE, scale_arcsec=solution.scale_arcsec,
+                              degree=3, jacobian_mas_per_px=jacobian, epoch_yr=2026.0, config=TurbulenceConfig(),
+                              rng=np.random.default_rng(0))
+    assert turb.applied
+    return ExposureResult(file=str(tmp_path / "x.fits"), name="x", status=SOLVED, solution=solution, shape=SHAPE,
+                          counts={"matches": len(i)}, rms_arcsec=(0.02, 0.02), turbulence=turb)
+
+
+def test_astropy_applies_the_lookup_tables_as_we_do(tmp_path: Path) -> None:
+    """WCS(header, hdul) of the written solution gives our corrected positions to 0.1 mas, they take the GP's
+    residual field out of the TPV's, and <name>.tpv.fits is the TPV alone."""
+    result = _solved_result(tmp_path)
+    path = write_solution(result, tmp_path)
+    rng = np.random.default_rng(5)
+    ny, nx = SHAPE
+    i, j = rng.uniform(-0.5, nx - 0.5, 3000), rng.uniform(-0.5, ny - 0.5, 3000)
+    with fits.open(path) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=fits.verify.VerifyWarning)
+        warnings.filterwarnings("ignore", message=".*more axes.*")
+        header = hdul[0].header
+        assert header["ASTCORR"] == "TPV+GP" and header["CPDIS1"] == "LOOKUP"
+        assert [h.name for h in hdul[1:]] == ["WCSDVARR", "WCSDVARR"]
+        ra_a, dec_a = WCS(header, hdul).pixel_to_world_values(i, j)
+        crder = np.array([header["CRDER1"], header["CRDER2"]]) * MAS_PER_DEG
+        tpv_header = fits.getheader(tpv_path(tmp_path, "x"))
+        assert header["TPVFILE"] == tpv_path(tmp_path, "x").name
+    ra_o, dec_o = corrected_pixel_to_world(result.solution, result.turbulence.field, i, j)
+    ra0, dec0 = result.solution.crval
+    xa, ya = gnomonic(ra_a, dec_a, ra0, dec0)
+    xo, yo = gnomonic(ra_o, dec_o, ra0, dec0)
+    assert np.max(np.hypot(xa - xo, ya - yo)) * math.degrees(1) * MAS_PER_DEG < 0.1
+    # the correction takes out the GP's residual field: TPV(p) - r(p), to the grid's bilinear interpolation
+    ra_t, dec_t = pixel_to_world(result.solution, i, j)
+    xt, yt = gnomonic(ra_t, dec_t, ra0, dec0)
+    shift = np.degrees(np.column_stack([xo - xt, yo - yt])) * MAS_PER_DEG
+    field = result.turbulence.field
+    nodes = np.column_stack([np.arange(field.shape[1]) * field.step_px, np.zeros(field.shape[1])])
+    di, dj = field.pixel_offsets(nodes[:, 0], nodes[:, 1])
+    ra_n, dec_n = corrected_pixel_to_world(result.solution, field, nodes[:, 0], nodes[:, 1])
+    ra_m, dec_m = pixel_to_world(result.solution, nodes[:, 0], nodes[:, 1])
+    xn, yn = gnomonic(ra_n, dec_n, ra0, dec0)
+    xm, ym = gnomonic(ra_m, dec_m, ra0, dec0)
+    at_nodes = np.degrees(np.column_stack([xn - xm, yn - ym])) * MAS_PER_DEG
+    np.testing.assert_allclose(at_nodes, -field.residual_mas[0], atol=0.01)  # at the nodes: exactly -r
+    assert 3.0 < np.sqrt(np.mean(shift**2)) < 30.0
+    np.testing.assert_allclose(crder, result.turbulence.predicted.random_mas, rtol=1e-6)
+    assert "CPDIS1" not in tpv_header and tpv_header["ASTCORR"] == "TPV"
+    assert tpv_header["CRDER1"] * MAS_PER_DEG == pytest.approx(result.turbulence.predicted_tpv.random_mas[0])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*more axes.*")
+        ra_p, dec_p = WCS(tpv_header).pixel_to_world_values(i, j)
+    assert np.max(np.hypot(ra_p - ra_t, dec_p - dec_t)) * MAS_PER_DEG < 0.01
+
+
+def test_summary_row_says_what_the_solution_carries(tmp_path: Path) -> None:
+    result = _solved_result(tmp_path)
+    row = summary_row(result)
+    assert row["correction"] == "tpv+gp" and row["turbulence"].startswith("applied")
+    assert row["crder_xi_mas"] < row["crder_tpv_xi_mas"] and row["cv_rms_corrected_mas"] < row["cv_rms_mas"]
+    assert 5.0 < row["turb_outer_arcmin"] < 20.0 and row["t_turbulence_s"] == 0.0
+    Table([row]).write(tmp_path / "row.ecsv")  # every column is a plain value
+    written = write_products(result, tmp_path / "out", plots_dir=tmp_path / "plots")
+    png = tmp_path / "plots" / "x.turbulence.png"
+    assert png in written and png.stat().st_size > 20_000
+
+
+def _truth_and_predicted(image: Path, catalog: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
+    """Solve, write, read back as a FITS reader does: the error against the true displaced sky per axis (mas),
+    the TPV alone's, the predicted error (CRDER and CSYER in quadrature, mas), and the result."""
+    result = solve_file(image, catalog=read_catalog(catalog))
+    assert result.ok, result.reason
+    path = write_solution(result, out)
+    truth = read_truth(image)
+    ny, nx = result.shape
+    i, j = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, 60), np.linspace(0, ny - 1, 40)))
+    ra0, dec0 = result.solution.crval
+    x0, y0 = gnomonic(*truth.pixel_to_world_values(i, j), ra0, dec0)
+
+    def error(wcs: WCS) -> np.ndarray:
+        x, y = gnomonic(*wcs.pixel_to_world_values(i, j), ra0, dec0)
+        return np.sqrt(np.mean((np.degrees(np.column_stack([x - x0, y - y0])) * MAS_PER_DEG) ** 2, axis=0))
+
+    with fits.open(path) as hdul, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*more axes.*")
+        header = hdul[0].header
+        measured = error(WCS(header, hdul))
+        predicted = np.hypot(np.array([header["CRDER1"], header["CRDER2"]]), header["CSYER1"]) * MAS_PER_DEG
+        tpv_only = error(WCS(fits.getheader(tpv_path(out, result.name)))) if "CPDIS1" in header else measured
+    return measured, tpv_only, predicted, result
+
+
+@pytest.mark.parametrize("turbulence_mas", [0.0, 15.0])
+def test_simulated_exposure_predicted_error_within_1_5_of_the_truth(turbulence_mas: float, tmp_path: Path) -> None:
+    """Our renderer, a quarter Condor frame, with and without 15 mas of atmosphere: the solution's predicted
+    error (CRDER in its header) within a factor 1.5 of its error against the true, displaced sky, per axis;
+    the correction, applied or not, never worse than the TPV alone."""
+    name = f"turb{turbulence_mas:g}"
+    spec = TurbulenceSpec(rms_mas=turbulence_mas, seed=4) if turbulence_mas else None
+    field = simulate_field(tmp_path, name, ra_deg=150.1, dec_deg=25.0, shape=(1600, 2400), distortion_px=2.0,
+                           density_per_deg2=3600.0 * 3, rng=np.random.default_rng(zlib.crc32(name.encode())),
+                           turbulence=spec)
+    measured, tpv_only, predicted, result = _truth_and_predicted(field.image_path, field.catalog_path,
+                                                                 tmp_path / "out")
+    assert np.all(measured <= tpv_only * 1.02), (measured, tpv_only)
+    ratio = predicted / measured
+    assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), (predicted, measured, result.turbulence.reason)
+    assert result.timings["turbulence"] > 0 and result.turbulence.n_stars == result.n_matches
+
+
+@pytest.mark.parametrize("turbulence_mas", [0.0, 15.0])
+def test_galsim_exposure_predicted_error_within_1_5_of_the_truth(turbulence_mas: float, tmp_path: Path) -> None:
+    """The same on the GalSim renderer (TAN-SIP truth, its own PSFs and noise): 3 stars/arcmin^2, 18' x 25'."""
+    pytest.importorskip("galsim")
+    from astrodask.simulate import Scene, render_scene
+
+    spec = TurbulenceSpec(rms_mas=turbulence_mas, seed=7) if turbulence_mas else None
+    scene = Scene(f"gs-turb{turbulence_mas:g}", seed=7, shape=(1200, 1800), ra_deg=200.0, dec_deg=35.0,
+                  star_density_per_deg2=3 * 3600.0, turbulence=spec)
+    files = render_scene(scene, tmp_path, rng=np.random.default_rng(7))
+    measured, tpv_only, predicted, result = _truth_and_predicted(files.image, files.catalog, tmp_path / "out")
+    assert np.all(measured <= tpv_only * 1.02), (measured, tpv_only)
+    ratio = predicted / measured
+    assert np.all((ratio > 1 / 1.5) & (ratio < 1.5)), (predicted, measured, result.turbulence.reason)
+
+
+def test_pipeline_switch_off(tmp_path: Path) -> None:
+    field = simulate_field(tmp_path, "off", ra_deg=150.1, dec_deg=25.0, shape=(800, 1200), distortion_px=1.0,
+                           density_per_deg2=20000.0, rng=np.random.default_rng(3),
+                           turbulence=TurbulenceSpec(rms_mas=15.0, seed=1))
+    config = PipelineConfig.from_dict({"turbulence": {"enabled": False}})
+    result = solve_file(field.image_path, catalog=read_catalog(field.catalog_path), config=config)
+    assert result.ok and not result.turbulence.applied and "enabled = false" in result.turbulence.reason
+    path = write_solution(result, tmp_path / "out")
+    with fits.open(path) as hdul:
+        assert len(hdul) == 1 and hdul[0].header["ASTCORR"] == "TPV" and "CPDIS1" not in hdul[0].header
+    assert not tpv_path(tmp_path / "out", result.name).exists()
