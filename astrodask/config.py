@@ -320,13 +320,16 @@ class TurbulenceConfig(_Section):
     enabled: bool = param(True, "measure the residuals' correlation and correct it by a GP when cross-validation shows it helps (false: TPV only, no stage)")
     min_stars: int = param(100, "fewer kept matches than this: no correlation is measured, the solution stays TPV only", lo=10, hi=1_000_000)
     corr_max_sep_arcmin: float = param(20.0, "the two-point correlation is measured (and the kernel fitted) out to this separation along each axis", unit="arcmin", lo=0.1, hi=600.0)
+    corr_max_stars: int = param(4000, "the correlation is measured on at most this many of the kept matches, the "
+                                "best measured (its pairs grow as N^2; the weighted correlation is theirs anyway)",
+                                lo=100, hi=10_000_000)
     corr_bins: int = param(21, "bins of the 2-D correlation along each axis (odd: one centred on zero separation)", lo=3, hi=201)
     corr_min_pairs: int = param(10, "bins of the correlation with fewer pairs take no part in the kernel fit", lo=1, hi=1_000_000)
     min_length_arcmin: float = param(0.5, "shortest outer scale the kernel fit may reach", unit="arcmin", lo=0.01, hi=1000.0)
     max_length_arcmin: float = param(100.0, "longest outer scale the kernel fit may reach", unit="arcmin", lo=0.01, hi=10000.0)
     min_axis_ratio: float = param(0.2, "smallest minor/major axis ratio of the anisotropic kernel", lo=0.01, hi=1.0)
     block_arcmin: float = param(5.0, "the GP is solved block by block: side of a block of the field", unit="arcmin", lo=0.1, hi=1000.0)
-    halo_arcmin: float = param(3.0, "stars this far beyond a block also condition its GP", unit="arcmin", lo=0.0, hi=1000.0)
+    halo_arcmin: float = param(2.0, "stars this far beyond a block also condition its GP (beyond the residuals' decorrelation length, about 1.6 arcmin on simulated atmospheres; the cost grows as (block + 2 halo)^6 / block^2)", unit="arcmin", lo=0.0, hi=1000.0)
     max_block_stars: int = param(1000, "stars at most per block's GP solve (the nearest to the block's centre): bounds the cost at O(n^3) per block", lo=10, hi=20_000)
     grid_step_arcmin: float = param(1.0, "node spacing of the correction's lookup table", unit="arcmin", lo=0.01, hi=100.0)
     cv_folds: int = param(5, "folds of the cross-validation on held-back stars", lo=2, hi=100)

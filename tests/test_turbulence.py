@@ -99,14 +99,17 @@ def test_curl_free_kernel_is_the_covariance_of_the_simulated_field() -> None:
 
 
 def test_local_gp_equals_the_global_gp() -> None:
-    """Blocks of 5' with a 3' halo: the posterior mean within a few mas of one GP over all the stars, and as close
-    to the truth (the blocks' error in quadrature adds under 5 %)."""
+    """Blocks and halo as configured (5' and 2'): the posterior mean within a few mas of one GP over all the stars,
+    and as close to the truth (the blocks' error in quadrature adds under 5 %)."""
+    from astrodask.config import PipelineConfig
+
+    settings = PipelineConfig().turbulence
     i, j, res, var, gi, gj, truth = _residual_case(15.0, density=0.6)
     kernel = CurlFreeKernel(200.0, 10.0 * PX_PER_ARCMIN, 1.0, 0.0)
     folds = np.zeros(len(i), dtype=int)
     ij, q = np.column_stack([i, j]), np.column_stack([gi, gj])[::7]
-    local = local_gp(ij, res, var, kernel, folds, q, block_px=5 * PX_PER_ARCMIN, halo_px=3 * PX_PER_ARCMIN,
-                     max_stars=1000)
+    local = local_gp(ij, res, var, kernel, folds, q, block_px=settings.block_arcmin * PX_PER_ARCMIN,
+                     halo_px=settings.halo_arcmin * PX_PER_ARCMIN, max_stars=settings.max_block_stars)
     whole = local_gp(ij, res, var, kernel, folds, q, block_px=1e9, halo_px=0.0, max_stars=100_000)
     assert np.sqrt(np.mean((local.mean_mas - whole.mean_mas) ** 2)) < 0.15 * np.sqrt(np.mean(whole.mean_mas**2))
     truth = truth[::7]
