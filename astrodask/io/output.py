@@ -148,9 +148,9 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
     return atomic_write(target, write)
 
 
-SUMMARY_COLUMNS = ("file", "name", "status", "kind", "reason", "notes", "stage", "sources", "references", "regions_ok",
-                   "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
-                   "err_scale", "err_floor_mas")
+SUMMARY_COLUMNS = ("file", "name", "status", "failure_kind", "reason", "notes", "stage", "sources", "references",
+                   "regions_ok", "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof",
+                   "chi2_dof", "err_scale", "err_floor_mas")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
 STAGES = tuple(stage.value for stage in Stage)
 
@@ -165,7 +165,8 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
     q, m = result.quality, result.error_model
     row: dict[str, Any] = {
         "file": result.file, "name": result.name, "status": result.status,
-        "kind": "" if result.ok else str(result.kind), "reason": result.reason, "notes": "; ".join(result.notes),
+        "failure_kind": "" if result.ok else str(result.kind), "reason": result.reason,
+        "notes": "; ".join(result.notes),
         "stage": result.stage,
         "sources": int(result.counts.get("depth_sources", result.counts.get("sources", 0))),
         "references": int(result.counts.get("references", 0)),
