@@ -223,6 +223,35 @@ def test_an_unreachable_archive_fails_once_and_fast_with_the_fix(good: Simulated
     assert TileCache(tmp_path / "tiles").tiles() == []
 
 
+def test_tile_failures_are_summarised_once_per_reason() -> None:
+    from astrodask.reference.fill import summarise_tile_failures
+
+    down = "the Gaia archive at http://x/tap cannot be reached (connection refused): give ..."
+    text = summarise_tile_failures([("6/1", down), ("6/2", down),
+                                    ("6/3", "Gaia archive query for tile 6/3 (to G = 20) at u failed after 4"),
+                                    ("6/4", "Gaia archive query for tile 6/4 (to G = 20) at u failed after 4")])
+    assert text == ("4 tile(s) of the field could not be filled: 6/1, 6/2: " + down + "; 6/3, 6/4: Gaia archive "
+                    "query for tile (to G = 20) at u failed after 4")
+
+
+def test_an_unreachable_archive_is_one_error_on_a_cluster_too(good: SimulatedField, tmp_path: Path) -> None:
+    """The default path: tiles filled by cluster tasks, each failing fast, reported once."""
+    import time
+
+    url = refused_url()
+    started = time.perf_counter()
+    proc = subprocess.run([str(BIN / "astrodask"), "solve", str(good.image_path), "--workers", "1", "--cache",
+                           str(tmp_path / "tiles"), "--out", str(tmp_path / "out"), "--set", f"gaia.tap_url={url}",
+                           "--set", "gaia.retries=5", "--set", "gaia.retry_backoff_s=5"],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert seconds < 60.0  # a cluster starts and stops; no retry loop (5 retries would take 155 s per tile)
+    lines = [line for line in proc.stderr.splitlines() if url in line]
+    assert len(lines) == 1 and lines[0].count(url) == 1, proc.stderr
+    assert "tile(s) of the field could not be filled: 6/" in lines[0] and "cannot be reached" in lines[0]
+
+
 def test_an_archive_answering_503_is_retried_with_backoff_then_fails_clearly(good: SimulatedField,
                                                                               tmp_path: Path) -> None:
     from archive_server import RecordedTapServer
@@ -426,7 +455,7 @@ def submit_and_check(cases: dict, catalog: Path, out: Path) -> dict[str, str]:
             outcomes[name] = f"solved ({error:.0f} mas)"
         else:
             assert not solution.exists(), name
-            assert row["kind"] == record["kind"] == "deterministic", (name, row["reason"])
+            assert row["failure_kind"] == record["failure_kind"] == "deterministic", (name, row["reason"])
             assert row["stage"], name
             outcomes[name] = f"failed at {row['stage']}: {row['reason']}"
         if expected.startswith("solved"):

@@ -210,7 +210,7 @@ def test_an_exposure_that_kills_workers_is_reported_and_the_backlog_goes_on(back
         by_name = {Path(r["file"]).name: r for r in rows}
         assert by_name["huge.fits.fz"]["status"] == "failed"
         assert "KilledWorker" in by_name["huge.fits.fz"]["reason"]
-        assert by_name["huge.fits.fz"]["kind"] == "transient"  # a resubmit retries it
+        assert by_name["huge.fits.fz"]["failure_kind"] == "transient"  # a resubmit retries it
         assert {Path(r["file"]).name for r in read_statuses(out)} == {"huge.fits.fz", paths[0].name}
         # a good exposure that shared a dying worker may be failed with it (the scheduler cannot tell
         # which task killed the worker): it is reported as such, and a resubmit solves it

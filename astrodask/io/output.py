@@ -270,9 +270,9 @@ def write_header_copy(result: ExposureResult, out_dir: str | Path) -> Path:
     return atomic_write(target, write)
 
 
-SUMMARY_COLUMNS = ("file", "name", "status", "kind", "reason", "notes", "stage", "sources", "references", "regions_ok",
-                   "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof", "chi2_dof",
-                   "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas", "correction",
+SUMMARY_COLUMNS = ("file", "name", "status", "failure_kind", "reason", "notes", "stage", "sources", "references",
+                   "regions_ok", "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof",
+                   "chi2_dof", "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas", "correction",
                    "turbulence", "crder_xi_mas", "crder_eta_mas", "csyer_mas", "crder_tpv_xi_mas", "crder_tpv_eta_mas",
                    "turb_sigma_xi_mas", "turb_sigma_eta_mas", "turb_outer_arcmin", "cv_rms_mas", "cv_rms_corrected_mas",
                    "cv_gain_sigma")
@@ -290,7 +290,8 @@ def summary_row(result: ExposureResult) -> dict[str, Any]:
     q, m = result.quality, result.error_model
     row: dict[str, Any] = {
         "file": result.file, "name": result.name, "status": result.status,
-        "kind": "" if result.ok else str(result.kind), "reason": result.reason, "notes": "; ".join(result.notes),
+        "failure_kind": "" if result.ok else str(result.kind), "reason": result.reason,
+        "notes": "; ".join(result.notes),
         "stage": result.stage,
         "sources": int(result.counts.get("depth_sources", result.counts.get("sources", 0))),
         "references": int(result.counts.get("references", 0)),

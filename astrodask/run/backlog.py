@@ -321,7 +321,7 @@ def unchanged_failures(paths: Iterable[str | Path], out_dir: str | Path, *,
     for record in read_statuses(out_dir):
         name = str(record["name"])
         path = wanted.get(name)
-        if (path is None or record["status"] == SOLVED or record.get("kind") != FailureKind.DETERMINISTIC
+        if (path is None or record["status"] == SOLVED or record.get("failure_kind") != FailureKind.DETERMINISTIC
                 or record.get("astrodask_version") != __version__
                 or record.get("input_stamp") != input_stamp(path)
                 or (digest is not None and record.get("config_digest") != digest)):
@@ -373,7 +373,7 @@ def write_status(row: dict[str, Any], out_dir: str | Path) -> Path:
     row
         The summary row (:func:`astrodask.io.output.summary_row`); it must have ``name`` and ``status``.
         ``finished_utc`` (ISO 8601, UTC), ``input_stamp`` (:func:`input_stamp` of ``file``) and
-        ``astrodask_version`` are added when absent: with the row's ``kind`` and ``config_digest``
+        ``astrodask_version`` are added when absent: with the row's ``failure_kind`` and ``config_digest``
         they let a resubmit leave a deterministic failure alone (:func:`unchanged_failures`).
     out_dir
         The output folder.
@@ -536,7 +536,7 @@ def backlog_status(out_dir: str | Path, *, inputs: Sequence[str | Path] | None =
     latest: dict[str, tuple[str, str, str]] = {}
     for record in read_statuses(out_dir):
         latest[str(record["name"])] = (str(record["status"]), str(record.get("reason", "") or ""),
-                                       str(record.get("kind", "") or ""))
+                                       str(record.get("failure_kind", "") or ""))
     for name in sorted(_solution_names(Path(out_dir)) - latest.keys()):
         if is_solved_file(solution_path(out_dir, name)):
             latest[name] = (SOLVED, "", "")

@@ -155,7 +155,8 @@ def send_event(kind: EventKind, payload: Mapping[str, Any]) -> None:
         worker = get_worker()
     except ValueError:  # a serial solve: no cluster to tell
         return
-    worker.log_event(TOPIC, {"kind": str(kind), **{k: _plain(v) for k, v in payload.items()}})
+    # the event's kind last: a payload key of that name (a summary row's) must not replace it
+    worker.log_event(TOPIC, {**{k: _plain(v) for k, v in payload.items()}, "kind": str(kind)})
 
 
 def report_exposure(row: Mapping[str, Any]) -> None:
