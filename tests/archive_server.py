@@ -15,10 +15,12 @@ import gzip
 import json
 import re
 import string
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from astrodask.config import GaiaConfig
@@ -36,6 +38,17 @@ def load_recordings(folder: Path) -> dict[str, str]:
 # ==========================================================================
 # The recorded archive: a loopback TAP (UWS) server
 # ==========================================================================
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """The HTTP server, quiet when a client hangs up mid-answer (a client that timed out, as the
+    stalled-archive tests make them): socketserver would print that traceback to the stderr of
+    whatever test runs at the time."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class RecordedTapServer:
@@ -75,7 +88,7 @@ class RecordedTapServer:
         self.jobs: dict[str, dict] = {}
         self._failed = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
