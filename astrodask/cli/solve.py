@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from astrodask.cli.options import (EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options, config_options,
-                                   configure_logging, load_config, logging_options, pointing_options,
+from astrodask.cli.options import (EXIT_INTERRUPTED, EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options,
+                                   config_options, configure_logging, load_config, logging_options, pointing_options,
                                    on_kubernetes, pointing_overrides, retries_option)
 from astrodask.config import PipelineConfig
 
@@ -22,11 +22,11 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
 
     For each file: its products (:func:`astrodask.io.output.write_products`: the solution,
     and with ``write_header``/``debug`` the header copy, matched list and plots) and its
-    status record; then the summary. Returns the :class:`~astrodask.types.ExposureResult` list.
+    status record, all or nothing (:func:`astrodask.run.backlog.record_outcome`); then the
+    summary. Returns the :class:`~astrodask.types.ExposureResult` list.
     """
     from astrodask.cli.progress import BacklogProgress
-    from astrodask.io.output import summary_row, write_products
-    from astrodask.run.backlog import assemble_summary, write_status
+    from astrodask.run.backlog import record_outcome
     from astrodask.solve.pipeline import solve_file
 
     results = []
@@ -37,10 +37,10 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
         for index, path in enumerate(files, start=1):
             started = time.perf_counter()
             result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
+            recorded = record_outcome(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
+            result, written = recorded.result, list(recorded.written)  # failed if its outputs were not written
             results.append(result)
-            written = write_products(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
-            write_status(summary_row(result), out)
-            assemble_summary(out)
+            summarise_quietly(out)
             seconds = time.perf_counter() - started
             progress.advance(failed=not result.ok,
                              echo=lambda i=index, p=path, r=result, w=written, s=seconds: _echo_result(
@@ -98,31 +98,62 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
     """Solve on a Dask cluster (a scheduler, or an embedded LocalCluster); the summary rows, or [] when detached.
 
     On a terminal, a live progress bar (:class:`~astrodask.cli.progress.BacklogProgress`); else one line
-    per exposure.
+    per exposure. ``out`` that cannot be written is an :class:`~astrodask.errors.OutputError` before
+    anything is submitted. Ctrl-C cancels the backlog, says how far it got and exits with
+    :data:`EXIT_INTERRUPTED`; a lost scheduler is a :class:`~astrodask.errors.ClusterLostError`.
+    Either way what finished is kept, and the same command goes on from there.
     """
     from astrodask.cli.progress import BacklogProgress
-    from astrodask.run.backlog import assemble_summary
+    from astrodask.errors import ClusterLostError
+    from astrodask.io.output import check_writable
+    from astrodask.run.backlog import backlog_status
     from astrodask.run.client import connect, submit_backlog
 
-    out.mkdir(parents=True, exist_ok=True)
-    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
-                 kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:
-        if detach and connection.embedded:
-            raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
-                                       "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
-        where = "embedded LocalCluster" if connection.embedded else "scheduler"
-        click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
-        with BacklogProgress(0 if detach else len(paths), unit="exposures") as progress:
-            rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,
-                                  pointing=pointing, debug=debug, write_header=write_header, retries=retries,
-                                  detach=detach, on_row=progress.callback(row_failed, print_row), cache_url=cache_url,
-                                  plots_dir=plots_dir)
+    check_writable(out)
+    try:
+        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                     kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:
+            if detach and connection.embedded:
+                raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
+                                           "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
+            where = "embedded LocalCluster" if connection.embedded else "scheduler"
+            click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
+            with BacklogProgress(0 if detach else len(paths), unit="exposures") as progress:
+                rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,
+                                      pointing=pointing, debug=debug, write_header=write_header, retries=retries,
+                                      detach=detach, on_row=progress.callback(row_failed, print_row),
+                                      cache_url=cache_url, plots_dir=plots_dir)
+    except KeyboardInterrupt:
+        summarise_quietly(out)
+        status = backlog_status(out, inputs=paths)
+        click.echo(f"interrupted: {len(paths) - status.n_pending} of {len(paths)} exposures finished (their "
+                   f"solutions and status records are whole), {status.n_pending} cancelled. Run the same command "
+                   "again to go on: solved exposures are skipped.", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except ClusterLostError:
+        summarise_quietly(out)
+        raise
     if detach:
         click.echo(f"submitted {len(paths)} exposures; the work goes on after this command. "
                    f"Follow it with: astrodask status --out {out}")
         return []
-    assemble_summary(out)
+    summarise_quietly(out)
     return rows
+
+
+def summarise_quietly(out: Path) -> None:
+    """Rebuild ``OUT/summary.ecsv``; when it cannot be written (the disk full), say so and go on.
+
+    The status records are the backlog's state; the summary is rebuilt from them by the next
+    run or by ``astrodask status``.
+    """
+    from astrodask.errors import OutputError
+    from astrodask.run.backlog import assemble_summary
+
+    try:
+        assemble_summary(out)
+    except OutputError as err:
+        click.echo(f"summary not written: {err}", err=True)
 
 
 @click.command("solve")
@@ -157,7 +188,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     per stage). A failed exposure is reported and the others go on; the exit status
     is 3 when some failed.
     """
-    from astrodask.io.output import SUMMARY_NAME
+    from astrodask.io.output import SUMMARY_NAME, check_writable
     from astrodask.reference.catalog import read_catalog
     from astrodask.types import SOLVED
 
@@ -166,6 +197,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     pointing = pointing_overrides(ra, dec, scale, rotation, parity)
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
+    check_writable(out)  # before any solve is wasted
     if serial:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
         results = solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
@@ -218,6 +250,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     in --out are skipped (--redo solves them again). Waits with progress and a
     final summary, or --detach. Follow a backlog with 'astrodask status --out DIR'.
     """
+    from astrodask.io.output import check_writable
     from astrodask.run.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
                                        write_manifest)
     from astrodask.types import SOLVED
@@ -228,6 +261,9 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
     paths = expand_inputs(items, recursive=recursive)
+    check_writable(out)  # before any solve is wasted
+    if plots_dir:
+        check_writable(plots_dir)
     plan = plan_backlog(paths, out, redo=redo)
     write_manifest(paths, out)
     click.echo(f"{len(paths)} exposures: {len(plan.done)} already solved (skipped), {len(plan.todo)} to solve")

@@ -6,6 +6,7 @@ rename), so a reader never sees half a file and a killed writer leaves nothing.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -18,7 +19,7 @@ import numpy as np
 from astropy.io import fits
 
 from astrodask import __version__
-from astrodask.errors import InputFileError
+from astrodask.errors import InputFileError, OutputError
 from astrodask.solve.tpv import tpv_header
 from astrodask.types import SOLVED, ExposureResult, Stage
 
@@ -31,6 +32,10 @@ STATUS_KEYWORD = "ASTSTAT"
 SOLVED_VALUE = SOLVED.upper()
 #: The summary table of an output folder.
 SUMMARY_NAME = "summary.ecsv"
+#: Folder of an output directory holding the per-exposure status records and the manifest.
+STATUS_DIRNAME = ".astrodask"
+#: File written then removed by :func:`check_writable` to prove a folder can be written.
+WRITE_PROBE_NAME = ".astrodask-write-probe"
 #: WCS keywords removed from an exposure's header before the solution is written in.
 _WCS_KEY_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "PV1_", "PV2_",
                      "A_", "B_", "AP_", "BP_", "CROTA")
@@ -79,17 +84,78 @@ def solution_header(result: ExposureResult) -> fits.Header:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Write through a temporary file in the same folder, then rename it over ``path``.
+
+    The rename is atomic on a POSIX filesystem (local or shared): a reader, or a second
+    writer of the same file, sees either the old file or the new one whole, never a mix.
+    A failed write leaves neither the temporary file nor a partial ``path``.
+
+    Raises
+    ------
+    OutputError
+        When the folder cannot be made or the file cannot be written (no permission, a
+        read-only filesystem, the disk full...), naming the file and the system's reason.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise output_error(path, err) from err
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS and not isinstance(err, OutputError):
+            raise output_error(path, err) from err
         raise
     return path
+
+
+#: What to do about a failed write, by errno.
+_OUTPUT_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there and resubmit (solved exposures are skipped)",
+    errno.EDQUOT: "the disk quota is exceeded: free space there and resubmit (solved exposures are skipped)",
+    errno.EROFS: "the filesystem is read-only: choose another --out",
+    errno.EACCES: "no permission to write there: choose another --out or change its permissions",
+    errno.EPERM: "no permission to write there: choose another --out or change its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --out",
+    errno.EIO: "the storage reported an I/O error: check the disk or mount, then resubmit",
+    errno.EFBIG: "the file is larger than the filesystem allows",
+}
+#: The errors of a write that are the output's fault (others, e.g. an input file that vanished, are not).
+OUTPUT_ERRNOS = frozenset(_OUTPUT_FIXES)
+
+
+def output_error(path: str | Path, err: OSError) -> OutputError:
+    """An :class:`~astrodask.errors.OutputError` naming ``path``, the system's reason and the fix."""
+    reason = err.strerror or str(err)
+    fix = _OUTPUT_FIXES.get(err.errno or 0, "")
+    return OutputError(f"{path}: cannot write: {reason}" + (f"; {fix}" if fix else ""))
+
+
+def check_writable(out_dir: str | Path) -> Path:
+    """Make ``out_dir`` (and its status folder) if needed and prove a file can be written there.
+
+    Called before a backlog is submitted, so that a folder that cannot be written is reported
+    at once, before any solve is wasted. A probe file is written and removed.
+
+    Raises
+    ------
+    OutputError
+        Naming the folder and why it cannot be written.
+    """
+    folder = Path(out_dir)
+    for where in (folder, folder / STATUS_DIRNAME):
+        try:
+            atomic_write(where / WRITE_PROBE_NAME, lambda tmp: tmp.write_bytes(b"astrodask write probe\n"))
+            (where / WRITE_PROBE_NAME).unlink()
+        except OutputError as err:
+            raise OutputError(f"output folder {folder} cannot be written ({err})") from err
+        except OSError as err:
+            raise OutputError(f"output folder {folder} cannot be written ({output_error(where, err)})") from err
+    return folder
 
 
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
@@ -207,20 +273,35 @@ def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool =
     list of Path
         The files written: :func:`write_solution` when solved, then the copy, then the debug products,
         then the plots.
+
+    Raises
+    ------
+    OutputError
+        When a file cannot be written (the disk full...); the files this call wrote before are
+        removed, so the exposure is left unsolved, whole, for a resubmit.
     """
     written: list[Path] = []
-    if result.ok:
-        written.append(write_solution(result, out_dir))
-        if write_header:
-            written.append(write_header_copy(result, out_dir))
-    if debug:
-        written += write_debug_products(result, out_dir)
-    already = debug and plots_dir is not None and Path(plots_dir).resolve() == Path(out_dir).resolve()
-    if plots_dir is not None and not already:
-        Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        plot = plot_solution(result, plots_dir) if result.ok else (
-            plot_failure(result, plots_dir) if result.diagnostics is not None else None)
-        written += [plot] if plot else []
+    try:
+        if result.ok:
+            written.append(write_solution(result, out_dir))
+            if write_header:
+                written.append(write_header_copy(result, out_dir))
+        if debug:
+            written += write_debug_products(result, out_dir)
+        already = debug and plots_dir is not None and Path(plots_dir).resolve() == Path(out_dir).resolve()
+        if plots_dir is not None and not already:
+            try:
+                Path(plots_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise output_error(plots_dir, err) from err
+            plot = plot_solution(result, plots_dir) if result.ok else (
+                plot_failure(result, plots_dir) if result.diagnostics is not None else None)
+            written += [plot] if plot else []
+    except OutputError:
+        # all or nothing: a solution without its products would be skipped by every resubmit
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return written
 
 

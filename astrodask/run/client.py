@@ -100,11 +100,20 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
     raise beyond their retries (or kill workers beyond the scheduler's allowed
     failures) is reported as failed with the error, and its status record is
     written by the client; the others go on.
+
+    Raises
+    ------
+    ClusterLostError
+        When the scheduler went away before every exposure finished (after the rows of those that
+        did were passed to ``on_row``); the unfinished ones have no status record (pending).
     """
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed, fire_and_forget
 
-    from astrodask.run.backlog import write_status
+    from astrodask.errors import ClusterLostError, OutputError
     from astrodask.io.output import summary_row
+    from astrodask.run.backlog import write_status
 
     tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
                           debug=debug, write_header=write_header, cache_url=cache_url, plots_dir=plots_dir)
@@ -114,19 +123,33 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
         fire_and_forget(futures)
         return []
     rows: list[dict[str, Any]] = []
+    lost: list[str] = []
     started = time.perf_counter()
     for done, future in enumerate(as_completed(futures), start=1):
         try:
             row = future.result()
+        except CancelledError:
+            # the scheduler went away (its futures are cancelled): not the exposure's fault, so
+            # no status record; it stays pending and a resubmit solves it
+            lost.append(by_key[future.key])
+            continue
         except Exception as err:  # noqa: BLE001 - a task that failed beyond its retries: report, go on
             path = by_key[future.key]
             reason = f"{type(err).__name__}: {err}"
             row = summary_row(failed_result(path, "cluster", reason, config=config))
-            write_status(row, out_dir)
+            try:
+                write_status(row, out_dir)
+            except OutputError as write_err:
+                log.error("%s: %s", path, write_err)
         rows.append(row)
         if on_row is not None:
             on_row(done, len(futures), row)
     log.info("backlog of %d exposures in %.1f s", len(futures), time.perf_counter() - started)
+    if lost:
+        raise ClusterLostError(f"lost the scheduler {connection.address} after {len(rows)} of {len(futures)} "
+                               f"exposures: {len(lost)} not finished (e.g. {lost[0]}). What finished is kept "
+                               "whole; once a scheduler runs again, submit the same backlog to solve the rest "
+                               "(solved exposures are skipped)")
     return rows
 
 
