@@ -107,8 +107,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS and not isinstance(err, OutputError):
-            raise output_error(path, err) from err
+        cause = _output_cause(err)
+        if cause is not None and not isinstance(err, OutputError):
+            raise output_error(path, cause) from err
         raise
     return path
 
@@ -126,6 +127,22 @@ _OUTPUT_FIXES = {
 }
 #: The errors of a write that are the output's fault (others, e.g. an input file that vanished, are not).
 OUTPUT_ERRNOS = frozenset(_OUTPUT_FIXES)
+
+
+def _output_cause(err: BaseException) -> OSError | None:
+    """The OS error behind ``err`` that is the output's fault (:data:`OUTPUT_ERRNOS`), if any.
+
+    Writers may wrap it (astropy raises a new ``OSError`` without errno from the one of a
+    full disk): the chain of causes and contexts is followed.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in OUTPUT_ERRNOS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def output_error(path: str | Path, err: OSError) -> OutputError:
