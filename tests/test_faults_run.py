@@ -466,3 +466,52 @@ def test_a_tile_cache_on_s3_that_goes_away_mid_backlog(backlog, sky, scheduler, 
     assert third.exit_code == 0, third.output
     assert "4 exposures: 2 already solved (skipped), 2 to solve" in third.output
     assert_whole(out, paths[:4])
+
+
+# ---------------------------------------------------------------- the pieces, without a cluster
+
+
+def test_a_write_error_wrapped_by_the_writer_is_still_the_outputs_fault(tmp_path: Path) -> None:
+    """astropy re-raises a full disk as a new OSError without errno: the cause is found in the chain."""
+    import errno
+
+    from astrodask.errors import OutputError
+    from astrodask.io.output import atomic_write
+
+    target = tmp_path / "x.wcs.fits"
+
+    def full_disk(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise OSError(f"Not enough space on disk: {exc}")  # noqa: B904 - as astropy does
+
+    with pytest.raises(OutputError, match=r"x\.wcs\.fits: cannot write: No space left on device; the disk is full"):
+        atomic_write(target, full_disk)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+    def missing_input(tmp: Path) -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "input.fits")
+
+    with pytest.raises(FileNotFoundError):  # not the output's fault: not an OutputError
+        atomic_write(target, missing_input)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_store_errors_are_told_from_damaged_tiles() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    from astrodask.reference.store import unreachable
+
+    assert unreachable(ConnectionRefusedError(111, "Connection refused"))
+    assert unreachable(EndpointConnectionError(endpoint_url="http://127.0.0.1:9/x"))
+    try:
+        try:
+            raise TimeoutError("read timed out")
+        except TimeoutError as inner:
+            raise RuntimeError("zarr could not read the chunk") from inner
+    except RuntimeError as wrapped:
+        assert unreachable(wrapped)
+    assert not unreachable(ValueError("not a zstd frame"))
+    assert not unreachable(FileNotFoundError(2, "No such file or directory"))

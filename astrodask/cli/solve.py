@@ -198,6 +198,8 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
     check_writable(out)  # before any solve is wasted
+    if plots_dir:
+        check_writable(plots_dir)
     if serial:
         reference = read_catalog(catalog, default_ref_epoch=config.gaia.default_ref_epoch) if catalog else None
         results = solve_and_write(files, catalog=reference, config=config, out=out, pointing=pointing,
