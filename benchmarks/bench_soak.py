@@ -138,7 +138,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "astrodask-bench-soak")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; load average "
+          + " ".join(f"{v:.1f}" for v in os.getloadavg()) + " (other work on the machine slows the figures)",
+          flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     n_broken = int(round(args.n * args.broken_fraction))
     good, catalog = simulate(args.work, args.n - n_broken, tuple(args.shape))
@@ -181,7 +183,8 @@ def main() -> int:
         while len(client.scheduler_info()["workers"]) < args.workers and time.monotonic() < deadline:
             time.sleep(0.5)  # the nanny's new worker
         rss = client.run(worker_peak_rss_mb)
-    print(f"killed worker {killed[0] if killed else 'none (the backlog ended first)'}", flush=True)
+    print(f"killed worker {killed[0] if killed else 'none (the backlog ended first)'}; load average now "
+          + " ".join(f"{v:.1f}" for v in os.getloadavg()), flush=True)
 
     by_file = {str(Path(r["file"]).resolve()): r for r in rows}
     good_failed = [by_file.get(str(p.resolve())) for p in good if not solved_on_disk(out, p)]
