@@ -134,6 +134,11 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
             lost.append(by_key[future.key])
             continue
         except Exception as err:  # noqa: BLE001 - a task that failed beyond its retries: report, go on
+            if future.status != "error":
+                # it finished (its worker wrote its record), but its result could not be fetched: the
+                # connection to the scheduler broke; not a failure of the exposure
+                lost.append(by_key[future.key])
+                continue
             path = by_key[future.key]
             reason = f"{type(err).__name__}: {err}"
             row = summary_row(failed_result(path, "cluster", reason, config=config))
@@ -146,11 +151,34 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
             on_row(done, len(futures), row)
     log.info("backlog of %d exposures in %.1f s", len(futures), time.perf_counter() - started)
     if lost:
+        close_lost_client(connection.client)
         raise ClusterLostError(f"lost the scheduler {connection.address} after {len(rows)} of {len(futures)} "
-                               f"exposures: {len(lost)} not finished (e.g. {lost[0]}). What finished is kept "
-                               "whole; once a scheduler runs again, submit the same backlog to solve the rest "
-                               "(solved exposures are skipped)")
+                               f"exposures were reported: the other {len(lost)} (e.g. {lost[0]}) may not have "
+                               "finished. What finished is kept whole; once a scheduler runs again, submit the "
+                               "same backlog to solve the rest (solved exposures are skipped)")
     return rows
+
+
+#: distributed's loggers that report a lost scheduler's reconnection attempts, and their cancellation
+#: by ``Client.close``, with tracebacks.
+RECONNECT_LOGGERS = ("distributed.client", "distributed.utils", "distributed.comm.core")
+
+
+def close_lost_client(client: Any) -> None:
+    """Close a client whose scheduler went away, without distributed's reconnection tracebacks.
+
+    The client would keep trying to reconnect, and its close cancels that attempt, which
+    distributed logs as an error with a traceback: noise after astrodask has said what happened
+    (:class:`~astrodask.errors.ClusterLostError`). Those loggers are silenced during the close only.
+    """
+    previous = {name: logging.getLogger(name).level for name in RECONNECT_LOGGERS}
+    try:
+        for name in RECONNECT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        client.close()
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def prefetch_tiles(connection: Connection, pixels: Sequence[int], *, cache_url: str, config: PipelineConfig,
