@@ -431,41 +431,50 @@ def test_two_submits_of_one_backlog_at_once_on_two_schedulers(backlog, scheduler
 
 def test_a_tile_cache_on_s3_that_goes_away_mid_backlog(backlog, sky, scheduler, s3_relay, s3_bucket,
                                                        tmp_path: Path) -> None:
+    """The relay stops once the first exposure is reported: those that had read their tiles go on."""
+    from astrodask.config import PipelineConfig
     from astrodask.reference.fill import import_catalog
     from astrodask.reference.store import TileCache
+    from astrodask.run.client import connect, submit_backlog
 
-    paths, _ = backlog
+    paths = backlog[0][:6]
     url = f"{s3_bucket}/tiles"
     # the stars around the backlog (partial tiles, their cover in the marker), straight to the
-    # server (this process's AWS_ENDPOINT_URL)
+    # server (this process's AWS_ENDPOINT_URL); the workers read them through the relay
     import_catalog(TileCache(url), cut(sky, 150.1, 25.0, CACHE_RADIUS_DEG), cover_deg=(150.1, 25.0, CACHE_RADIUS_DEG))
     out = tmp_path / "out"
-    runner = CliRunner()
-    cache_args = ["--cache", url, "--set", "gaia.fetch_missing_tiles=false"]
-    first = runner.invoke(main, ["submit", *map(str, paths[:2]), "--out", str(out), "--scheduler", scheduler,
-                                 *cache_args])
-    assert first.exit_code == 0, first.output  # the workers read the tiles through the relay
-    s3_relay.stop()  # the store goes away
+    config = PipelineConfig().replace({"gaia": {"fetch_missing_tiles": False}})
+    stopped: list[int] = []
+
+    def store_goes_away(done: int, total: int, row: dict) -> None:
+        if not stopped:
+            stopped.append(done)
+            s3_relay.stop()
+
     try:
-        second = runner.invoke(main, ["submit", *map(str, paths[:4]), "--out", str(out), "--scheduler", scheduler,
-                                      *cache_args])
+        with connect(scheduler=scheduler) as connection:
+            rows = submit_backlog(connection, paths, out_dir=out, config=config, cache_url=url,
+                                  on_row=store_goes_away)
     finally:
-        s3_relay.start()
-    assert second.exit_code == 1, second.output
-    assert "4 exposures: 2 already solved (skipped), 2 to solve" in second.output
-    records = {r["name"]: r for r in read_statuses(out)}
-    for path in paths[2:4]:
-        record = records[exposure_name(path)]
-        assert record["status"] == "failed" and record["stage"] == "references"
-        assert f"tile cache {url} cannot be reached" in record["reason"]
-        assert "resubmit once the store is back" in record["reason"]
-    assert_whole(out, paths[:4], solved={exposure_name(p) for p in paths[:2]})
-    # back: a resubmit solves them, the solved ones are skipped
-    third = runner.invoke(main, ["submit", *map(str, paths[:4]), "--out", str(out), "--scheduler", scheduler,
-                                 *cache_args])
-    assert third.exit_code == 0, third.output
-    assert "4 exposures: 2 already solved (skipped), 2 to solve" in third.output
-    assert_whole(out, paths[:4])
+        if not s3_relay.running:
+            s3_relay.start()  # the store is back
+    assert stopped and len(rows) == len(paths)
+    solved = {r["name"] for r in rows if r["status"] == SOLVED}
+    failed = [r for r in rows if r["status"] != SOLVED]
+    # Dask's order: some exposures had read their tiles when the store went (they are solved),
+    # the others had not (observed: about half of each)
+    assert solved and failed, rows
+    for row in failed:  # each with the transient reason, not a damaged tile nor an internal error
+        assert row["stage"] == "references"
+        assert row["reason"].startswith(f"tile cache {url} cannot be reached (EndpointConnectionError"), row["reason"]
+        assert "its tiles are not damaged, only out of reach: resubmit once the store is back" in row["reason"]
+    assert_whole(out, paths, solved=solved)
+    # the resubmit solves them, the solved ones are skipped
+    again = CliRunner().invoke(main, ["submit", *map(str, paths), "--out", str(out), "--scheduler", scheduler,
+                                      "--cache", url, "--set", "gaia.fetch_missing_tiles=false"])
+    assert again.exit_code == 0, again.output
+    assert f"{len(paths)} exposures: {len(solved)} already solved (skipped), {len(failed)} to solve" in again.output
+    assert_whole(out, paths)
 
 
 # ---------------------------------------------------------------- the pieces, without a cluster
