@@ -524,3 +524,27 @@ def test_unreachable_store_errors_are_told_from_damaged_tiles() -> None:
         assert unreachable(wrapped)
     assert not unreachable(ValueError("not a zstd frame"))
     assert not unreachable(FileNotFoundError(2, "No such file or directory"))
+
+
+def test_only_the_temporary_files_of_dead_writers_on_this_machine_are_removed(tmp_path: Path) -> None:
+    from astrodask.io.output import _temporary_prefix, atomic_write, remove_stale_temporaries
+
+    solution = tmp_path / "e1.wcs.fits"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(dead.stdout)
+    mine = _temporary_prefix(solution)  # .e1.wcs.fits.<host>-<pid>.
+    host = mine.split(".wcs.fits.", 1)[1].rsplit("-", 1)[0]
+    left = tmp_path / f".e1.wcs.fits.{host}-{dead_pid}.abc123xy.tmp"  # a killed worker's
+    live = tmp_path / f"{mine}def456uv.tmp"  # this process is writing it
+    remote = tmp_path / f".e1.wcs.fits.otherhost-{dead_pid}.ghi789zz.tmp"  # cannot tell: kept
+    record = tmp_path / ".astrodask" / f".e1.json.{host}-{dead_pid}.jkl012ab.tmp"
+    record.parent.mkdir()
+    for path in (left, live, remote, record):
+        path.write_bytes(b"half")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([left, record])
+    assert live.exists() and remote.exists() and not left.exists() and not record.exists()
+    # atomic_write's own temporary names follow the pattern (so a killed one is found)
+    seen = []
+    atomic_write(solution, lambda tmp: seen.append(tmp.name) or tmp.write_bytes(b"whole"))
+    assert seen[0].startswith(mine) and seen[0].endswith(".tmp")

@@ -105,11 +105,12 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
     """
     from astrodask.cli.progress import BacklogProgress
     from astrodask.errors import ClusterLostError
-    from astrodask.io.output import check_writable
+    from astrodask.io.output import check_writable, remove_stale_temporaries
     from astrodask.run.backlog import backlog_status
     from astrodask.run.client import connect, submit_backlog
 
     check_writable(out)
+    remove_stale_temporaries(out)
     try:
         with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
                      kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:

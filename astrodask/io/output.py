@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,8 +36,13 @@ SOLVED_VALUE = SOLVED.upper()
 SUMMARY_NAME = "summary.ecsv"
 #: Folder of an output directory holding the per-exposure status records and the manifest.
 STATUS_DIRNAME = ".astrodask"
-#: File written then removed by :func:`check_writable` to prove a folder can be written.
-WRITE_PROBE_NAME = ".astrodask-write-probe"
+#: Start of the name of the file written then removed by :func:`check_writable` to prove a folder can
+#: be written.
+WRITE_PROBE_PREFIX = ".astrodask-write-probe."
+#: End of the name of every temporary file (:func:`atomic_write`).
+TEMPORARY_SUFFIX = ".tmp"
+#: A temporary file's name: ``.<name>.<host>-<pid>.<random>.tmp``.
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
 #: WCS keywords removed from an exposure's header before the solution is written in.
 _WCS_KEY_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "PV1_", "PV2_",
                      "A_", "B_", "AP_", "BP_", "CROTA")
@@ -98,7 +105,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent)
         os.close(fd)
     except OSError as err:
         raise output_error(path, err) from err
@@ -156,7 +163,8 @@ def check_writable(out_dir: str | Path) -> Path:
     """Make ``out_dir`` (and its status folder) if needed and prove a file can be written there.
 
     Called before a backlog is submitted, so that a folder that cannot be written is reported
-    at once, before any solve is wasted. A probe file is written and removed.
+    at once, before any solve is wasted. A probe file of a unique name is written and removed
+    (two submits checking one folder at once do not disturb each other).
 
     Raises
     ------
@@ -166,13 +174,69 @@ def check_writable(out_dir: str | Path) -> Path:
     folder = Path(out_dir)
     for where in (folder, folder / STATUS_DIRNAME):
         try:
-            atomic_write(where / WRITE_PROBE_NAME, lambda tmp: tmp.write_bytes(b"astrodask write probe\n"))
-            (where / WRITE_PROBE_NAME).unlink()
-        except OutputError as err:
-            raise OutputError(f"output folder {folder} cannot be written ({err})") from err
+            where.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=WRITE_PROBE_PREFIX, dir=where)
+            try:
+                os.write(fd, b"astrodask write probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
         except OSError as err:
             raise OutputError(f"output folder {folder} cannot be written ({output_error(where, err)})") from err
     return folder
+
+
+def _temporary_prefix(path: Path) -> str:
+    """Start of the temporary name of ``path``: ``.<name>.<host>-<pid>.`` (who writes it)."""
+    return f".{path.name}.{_host()}-{os.getpid()}."
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary names (dots made underscores)."""
+    return socket.gethostname().replace(".", "_")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder`` and its status folder.
+
+    A writer killed between creating its temporary file and renaming it (a SIGKILLed worker)
+    leaves ``.<name>.<host>-<pid>.<random>.tmp`` behind. Only those written on this machine
+    by a process that no longer runs are removed: a live writer's file, or one from another
+    machine (whose processes cannot be seen from here), is left alone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    host = _host()
+    removed: list[Path] = []
+    for where in (Path(folder), Path(folder) / STATUS_DIRNAME):
+        try:
+            entries = list(os.scandir(where))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY_NAME.fullmatch(entry.name)
+            if match is None or match["host"] != host or _process_runs(int(match["pid"])):
+                continue
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by killed writers", folder, len(removed))
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
 
 
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
