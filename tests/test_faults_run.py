@@ -548,3 +548,25 @@ def test_only_the_temporary_files_of_dead_writers_on_this_machine_are_removed(tm
     seen = []
     atomic_write(solution, lambda tmp: seen.append(tmp.name) or tmp.write_bytes(b"whole"))
     assert seen[0].startswith(mine) and seen[0].endswith(".tmp")
+
+
+def test_a_solution_whose_record_was_never_written_gets_it_back(tmp_path: Path) -> None:
+    """A worker killed between the solution's rename and its record's: the resubmit restores the record."""
+    from astrodask.run.backlog import assemble_summary, plan_backlog, restore_missing_records
+
+    out = tmp_path / "out"
+    out.mkdir()
+    header = fits.Header([("ASTSTAT", "SOLVED"), ("NMATCH", 123), ("RMSXI", 0.0125), ("CHI2DOF", 1.04),
+                          ("ASTDATE", "2026-11-29T10:00:00")])
+    fits.PrimaryHDU(header=header).writeto(out / "e1.wcs.fits")
+    exposure = tmp_path / "e1.fits.fz"
+    exposure.write_bytes(b"")
+    plan = plan_backlog([exposure], out)
+    assert plan.done == (exposure,)
+    [record] = restore_missing_records(plan.done, out)
+    restored = json.loads(record.read_text())
+    assert restored["status"] == SOLVED and restored["file"] == str(exposure)
+    assert (restored["matches"], restored["rms_xi_arcsec"], restored["chi2_dof"]) == (123, 0.0125, 1.04)
+    assert restored["finished_utc"] == "2026-11-29T10:00:00"
+    assert restore_missing_records(plan.done, out) == []  # once: a record there is left as it is
+    assert Table.read(assemble_summary(out))["matches"][0] == 123

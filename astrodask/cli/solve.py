@@ -255,7 +255,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     """
     from astrodask.io.output import check_writable
     from astrodask.run.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
-                                       write_manifest)
+                                       restore_missing_records, write_manifest)
     from astrodask.types import SOLVED
 
     configure_logging(verbose, quiet)
@@ -268,6 +268,7 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     if plots_dir:
         check_writable(plots_dir)
     plan = plan_backlog(paths, out, redo=redo)
+    restore_missing_records(plan.done, out)  # a solution whose writer was killed before its record
     write_manifest(paths, out)
     click.echo(f"{len(paths)} exposures: {len(plan.done)} already solved (skipped), {len(plan.todo)} to solve")
     rows = []

@@ -285,6 +285,46 @@ def plan_backlog(paths: Iterable[str | Path], out_dir: str | Path, *, redo: bool
     return BacklogPlan(todo=tuple(todo), done=tuple(done))
 
 
+#: Summary columns restored from a solution's header keywords (:func:`restore_missing_records`).
+_HEADER_COLUMNS = {"sources": "NSOURCE", "references": "NREFS", "regions_ok": "NREGOK", "depth_matches": "NMATCHED",
+                   "matches": "NMATCH", "rms_xi_arcsec": "RMSXI", "rms_eta_arcsec": "RMSETA", "chi2": "CHI2",
+                   "dof": "DOF", "chi2_dof": "CHI2DOF", "err_scale": "ERRSCALE", "err_floor_mas": "ERRFLOOR"}
+
+
+def restore_missing_records(done: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
+    """Write the status record of each solved exposure that has none, from its solution's header.
+
+    A writer killed between the solution's rename and its record's (a SIGKILLed worker) leaves
+    a whole solution without a record; a resubmit skips the exposure as solved, so its record is
+    restored here instead (the solve's figures are in the header), and the summary lists it.
+
+    Parameters
+    ----------
+    done
+        Exposures whose solution says SOLVED (:attr:`BacklogPlan.done`).
+    out_dir
+        The output folder.
+
+    Returns
+    -------
+    list of Path
+        The records written.
+    """
+    written: list[Path] = []
+    for path in done:
+        name = exposure_name(path)
+        if status_path(out_dir, name).exists():
+            continue
+        header = fits.getheader(solution_path(out_dir, name), 0)
+        row: dict[str, Any] = {"file": os.path.abspath(os.fspath(path)), "name": name, "status": SOLVED,
+                               "reason": "", "stage": ""}
+        row.update({column: header[key] for column, key in _HEADER_COLUMNS.items() if key in header})
+        row["finished_utc"] = str(header.get("ASTDATE", ""))
+        written.append(write_status(row, out_dir))
+        log.info("%s: status record restored from its solution's header", name)
+    return written
+
+
 def _solution_names(out_dir: Path) -> set[str]:
     """Names of the exposures with a solution file in ``out_dir`` (one folder listing, no header read)."""
     try:
