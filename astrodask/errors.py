@@ -107,6 +107,36 @@ class NoSourcesError(AstrodaskError, ValueError):
     """Source detection found nothing usable."""
 
 
+class OutputError(AstrodaskError, OSError):
+    """An output file or folder cannot be written: no permission, a read-only filesystem, the disk full.
+
+    The message names the file or folder and the system's reason. A full disk or a lost mount
+    passes: free the space (or mount it again) and resubmit (``transient``).
+    """
+
+    transient = True
+
+
+class ClusterLostError(AstrodaskError, RuntimeError):
+    """The client lost its scheduler (killed, restarted, out of reach) before the backlog finished.
+
+    What finished before is kept (solution files and status records are written whole); a
+    resubmit solves the rest and skips the solved ones (``transient``).
+    """
+
+    transient = True
+
+
+class CacheUnavailableError(AstrodaskError, OSError):
+    """The Gaia tile cache cannot be reached (an object store gone away, a mount lost).
+
+    Transient: the tiles are not damaged, only out of reach; a resubmit once the store is back
+    solves the exposures that needed it.
+    """
+
+    transient = True
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether a solve that failed with ``err`` may succeed when simply run again.
 

@@ -22,6 +22,7 @@ from astrodask.run.backlog import (
     expand_inputs,
     format_status,
     is_solved_file,
+    manifest_files,
     plan_backlog,
     read_manifest,
     read_statuses,
@@ -253,7 +254,10 @@ def test_manifest_accumulates_across_submits(tmp_path: Path, monkeypatch: pytest
     write_manifest([tmp_path / "b.fits", "c.fits"], "out")
 
     assert read_manifest("out") == [tmp_path / "a.fits", tmp_path / "b.fits", tmp_path / "c.fits"]
-    assert (tmp_path / "out" / ".astrodask" / "manifest.txt").read_text().count("\n") == 3
+    # one file per submit, each with only what it added: no file is rewritten
+    texts = [p.read_text() for p in manifest_files("out")]
+    assert [t.count("\n") for t in texts] == [2, 1]
+    assert write_manifest([tmp_path / "a.fits"], "out") is None  # nothing new: nothing written
 
 
 def test_backlog_status_counts_and_format(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ log = logging.getLogger("astrodask")
 
 #: Exit status when some of several files failed.
 EXIT_PARTIAL = 3
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 #: Table file suffixes written as Parquet (any other as ECSV).
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 

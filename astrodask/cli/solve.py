@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from astrodask.cli.options import (EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options, config_options,
-                                   configure_logging, load_config, logging_options, pointing_options,
+from astrodask.cli.options import (EXIT_INTERRUPTED, EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options,
+                                   config_options, configure_logging, load_config, logging_options, pointing_options,
                                    on_kubernetes, pointing_overrides, retries_option)
 from astrodask.config import PipelineConfig
 
@@ -23,11 +23,11 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
 
     For each file: its products (:func:`astrodask.io.output.write_products`: the solution,
     and with ``write_header``/``debug`` the header copy, matched list and plots) and its
-    status record; then the summary. Returns the :class:`~astrodask.types.ExposureResult` list.
+    status record, all or nothing (:func:`astrodask.run.backlog.record_outcome`); then the
+    summary. Returns the :class:`~astrodask.types.ExposureResult` list.
     """
     from astrodask.cli.progress import BacklogProgress
-    from astrodask.io.output import summary_row, write_products
-    from astrodask.run.backlog import assemble_summary, write_status
+    from astrodask.run.backlog import record_outcome
     from astrodask.solve.pipeline import solve_file
 
     results = []
@@ -38,10 +38,10 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
         for index, path in enumerate(files, start=1):
             started = time.perf_counter()
             result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url)
+            recorded = record_outcome(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
+            result, written = recorded.result, list(recorded.written)  # failed if its outputs were not written
             results.append(result)
-            written = write_products(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
-            write_status(summary_row(result), out)
-            assemble_summary(out)
+            summarise_quietly(out)
             seconds = time.perf_counter() - started
             progress.advance(failed=not result.ok,
                              echo=lambda i=index, p=path, r=result, w=written, s=seconds: _echo_result(
@@ -130,13 +130,19 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
     """Solve on a Dask cluster (a scheduler, or an embedded LocalCluster); the summary rows, or [] when detached.
 
     On a terminal, a live progress bar (:class:`~astrodask.cli.progress.BacklogProgress`); else one line
-    per exposure.
+    per exposure. ``out`` that cannot be written is an :class:`~astrodask.errors.OutputError` before
+    anything is submitted. Ctrl-C cancels the backlog, says how far it got and exits with
+    :data:`EXIT_INTERRUPTED`; a lost scheduler is a :class:`~astrodask.errors.ClusterLostError`.
+    Either way what finished is kept, and the same command goes on from there.
     """
     from astrodask.cli.progress import BacklogProgress
-    from astrodask.run.backlog import assemble_summary
+    from astrodask.errors import ClusterLostError
+    from astrodask.io.output import check_writable, remove_stale_temporaries
+    from astrodask.run.backlog import backlog_status
     from astrodask.run.client import connect, detect_ahead, submit_backlog
 
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
+    remove_stale_temporaries(out)
     ahead: dict[str, Any] = {}
 
     def head_start() -> None:  # the embedded cluster's start-up: this process reads and detects the first file
@@ -144,25 +150,51 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
         with one_blas_thread():
             ahead.update(detect_ahead(paths[:1], config=config))
 
-    with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
-                 kubernetes=on_kubernetes(scheduler, scheduler_file),
-                 while_starting=head_start if paths and not detach else None) as connection:
-        if detach and connection.embedded:
-            raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
-                                       "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
-        where = "embedded LocalCluster" if connection.embedded else "scheduler"
-        click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
-        with BacklogProgress(0 if detach else len(paths), unit="exposures") as progress:
-            rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,
-                                  pointing=pointing, debug=debug, write_header=write_header, retries=retries,
-                                  detach=detach, on_row=progress.callback(row_failed, print_row), cache_url=cache_url,
-                                  plots_dir=plots_dir, detected=ahead)
+    try:
+        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                     kubernetes=on_kubernetes(scheduler, scheduler_file),
+                     while_starting=head_start if paths and not detach else None) as connection:
+            if detach and connection.embedded:
+                raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
+                                           "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
+            where = "embedded LocalCluster" if connection.embedded else "scheduler"
+            click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
+            with BacklogProgress(0 if detach else len(paths), unit="exposures") as progress:
+                rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,
+                                      pointing=pointing, debug=debug, write_header=write_header, retries=retries,
+                                      detach=detach, on_row=progress.callback(row_failed, print_row),
+                                      cache_url=cache_url, plots_dir=plots_dir, detected=ahead)
+    except KeyboardInterrupt:
+        summarise_quietly(out)
+        status = backlog_status(out, inputs=paths)
+        click.echo(f"interrupted: {len(paths) - status.n_pending} of {len(paths)} exposures finished (their "
+                   f"solutions and status records are whole), {status.n_pending} cancelled. Run the same command "
+                   "again to go on: solved exposures are skipped.", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except ClusterLostError:
+        summarise_quietly(out)
+        raise
     if detach:
         click.echo(f"submitted {len(paths)} exposures; the work goes on after this command. "
                    f"Follow it with: astrodask status --out {out}")
         return []
-    assemble_summary(out)
+    summarise_quietly(out)
     return rows
+
+
+def summarise_quietly(out: Path) -> None:
+    """Rebuild ``OUT/summary.ecsv``; when it cannot be written (the disk full), say so and go on.
+
+    The status records are the backlog's state; the summary is rebuilt from them by the next
+    run or by ``astrodask status``.
+    """
+    from astrodask.errors import OutputError
+    from astrodask.run.backlog import assemble_summary
+
+    try:
+        assemble_summary(out)
+    except OutputError as err:
+        click.echo(f"summary not written: {err}", err=True)
 
 
 @click.command("solve")
@@ -201,7 +233,7 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     reason that will not change is left alone (and counted as failed) unless
     --retry-failed, or its file, the config or astrodask changed.
     """
-    from astrodask.io.output import SUMMARY_NAME
+    from astrodask.io.output import SUMMARY_NAME, check_writable
     from astrodask.reference.catalog import read_catalog
     from astrodask.run.backlog import expand_inputs, unchanged_failures
     from astrodask.types import FAILED, SOLVED, exposure_name
@@ -211,6 +243,9 @@ def solve_cmd(files: tuple[str, ...], catalog: str | None, out_dir: str, write_h
     pointing = pointing_overrides(ra, dec, scale, rotation, parity)
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
+    check_writable(out)  # before any solve is wasted
+    if plots_dir:
+        check_writable(plots_dir)
     inputs = list(files) if serial else [str(p) for p in expand_inputs(files)]
     skipped = set() if retry_failed else unchanged_failures(inputs, out, config=config)
     todo = [p for p in inputs if exposure_name(p) not in skipped]
@@ -273,8 +308,9 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     progress and a final summary, or --detach. Follow a backlog with 'astrodask
     status --out DIR'.
     """
+    from astrodask.io.output import check_writable
     from astrodask.run.backlog import (backlog_status, expand_inputs, format_status, plan_backlog, read_manifest,
-                                       write_manifest)
+                                       restore_missing_records, write_manifest)
     from astrodask.types import SOLVED
 
     configure_logging(verbose, quiet)
@@ -283,7 +319,11 @@ def submit_cmd(items: tuple[str, ...], catalog: str | None, out_dir: str, detach
     cache_url = cache_for_solve(catalog, cache_url, no_cache, config)
     out = Path(out_dir)
     paths = expand_inputs(items, recursive=recursive)
+    check_writable(out)  # before any solve is wasted
+    if plots_dir:
+        check_writable(plots_dir)
     plan = plan_backlog(paths, out, redo=redo, retry_failed=retry_failed, config=config)
+    restore_missing_records(plan.done, out)  # a solution whose writer was killed before its record
     write_manifest(paths, out)
     click.echo(f"{len(paths)} exposures: {len(plan.done)} already solved (skipped), {len(plan.todo)} to solve")
     if plan.failed_before:

@@ -6,9 +6,13 @@ rename), so a reader never sees half a file and a killed writer leaves nothing.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import secrets
+import socket
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +23,7 @@ from astropy.io import fits
 
 from astrodask import __version__
 from astrodask.config import config_digest
-from astrodask.errors import InputFileError
+from astrodask.errors import InputFileError, OutputError
 from astrodask.solve.tpv import tpv_header
 from astrodask.types import SOLVED, ExposureResult, Stage
 
@@ -42,6 +46,15 @@ SUMMARY_NAME = "summary.ecsv"
 USER_FILE_MODE = 0o666
 #: Random temporary names tried before giving up (each try fails only if the name exists).
 TEMPORARY_NAME_ATTEMPTS = 100
+#: Folder of an output directory holding the per-exposure status records and the manifest.
+STATUS_DIRNAME = ".astrodask"
+#: Start of the name of the file written then removed by :func:`check_writable` to prove a folder can
+#: be written.
+WRITE_PROBE_PREFIX = ".astrodask-write-probe."
+#: End of the name of every temporary file (:func:`atomic_write`).
+TEMPORARY_SUFFIX = ".tmp"
+#: A temporary file's name: ``.<name>.<host>-<pid>.<random>.tmp``.
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
 #: WCS keywords removed from an exposure's header before the solution is written in.
 _WCS_KEY_PREFIXES = ("CTYPE", "CRPIX", "CRVAL", "CDELT", "CUNIT", "CD1_", "CD2_", "PC1_", "PC2_", "PV1_", "PV2_",
                      "A_", "B_", "AP_", "BP_", "CROTA")
@@ -182,29 +195,45 @@ def chi2_gate(result: ExposureResult) -> str:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Write through a temporary file in the same folder, then rename it over ``path``.
 
-    The file gets the permissions of any file the user writes, ``0o666`` less the
-    process's umask (``tempfile.mkstemp`` would make it ``0o600``: on a shared cluster
-    nobody but the worker's own user could read a solution).
+    The rename is atomic on a POSIX filesystem (local or shared): a reader, or a second
+    writer of the same file, sees either the old file or the new one whole, never a mix.
+    A failed write leaves neither the temporary file nor a partial ``path``. The file gets the
+    permissions of any file the user writes, ``0o666`` less the process's umask
+    (``tempfile.mkstemp`` would make it ``0o600``: on a shared cluster nobody but the worker's
+    own user could read a solution).
+
+    Raises
+    ------
+    OutputError
+        When the folder cannot be made or the file cannot be written (no permission, a
+        read-only filesystem, the disk full...), naming the file and the system's reason.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temporary(path)
+    except OSError as err:
+        raise output_error(path, err) from err
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _output_cause(err)
+        if cause is not None and not isinstance(err, OutputError):
+            raise output_error(path, cause) from err
         raise
     return path
 
 
 def _create_temporary(path: Path) -> str:
-    """Create an empty, uniquely named temporary file beside ``path`` with mode ``0o666 & ~umask``.
+    """Create an empty, uniquely named temporary file beside ``path`` with mode ``0o666 & ~umask``,
+    named ``.<name>.<host>-<pid>.<random>.tmp`` (who writes it: :func:`remove_stale_temporaries`).
 
     ``os.open`` with ``O_EXCL`` applies the umask itself (no process-wide ``os.umask`` call, which
     would race between the threads of a Dask worker).
     """
     for _ in range(TEMPORARY_NAME_ATTEMPTS):
-        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(path.parent, f"{_temporary_prefix(path)}{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, USER_FILE_MODE)
         except FileExistsError:
@@ -213,6 +242,124 @@ def _create_temporary(path: Path) -> str:
         return tmp
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name} "
                           f"after {TEMPORARY_NAME_ATTEMPTS} attempts")
+
+
+#: What to do about a failed write, by errno.
+_OUTPUT_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there and resubmit (solved exposures are skipped)",
+    errno.EDQUOT: "the disk quota is exceeded: free space there and resubmit (solved exposures are skipped)",
+    errno.EROFS: "the filesystem is read-only: choose another --out",
+    errno.EACCES: "no permission to write there: choose another --out or change its permissions",
+    errno.EPERM: "no permission to write there: choose another --out or change its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --out",
+    errno.EIO: "the storage reported an I/O error: check the disk or mount, then resubmit",
+    errno.EFBIG: "the file is larger than the filesystem allows",
+}
+#: The errors of a write that are the output's fault (others, e.g. an input file that vanished, are not).
+OUTPUT_ERRNOS = frozenset(_OUTPUT_FIXES)
+
+
+def _output_cause(err: BaseException) -> OSError | None:
+    """The OS error behind ``err`` that is the output's fault (:data:`OUTPUT_ERRNOS`), if any.
+
+    Writers may wrap it (astropy raises a new ``OSError`` without errno from the one of a
+    full disk): the chain of causes and contexts is followed.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in OUTPUT_ERRNOS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def output_error(path: str | Path, err: OSError) -> OutputError:
+    """An :class:`~astrodask.errors.OutputError` naming ``path``, the system's reason and the fix."""
+    reason = err.strerror or str(err)
+    fix = _OUTPUT_FIXES.get(err.errno or 0, "")
+    return OutputError(f"{path}: cannot write: {reason}" + (f"; {fix}" if fix else ""))
+
+
+def check_writable(out_dir: str | Path) -> Path:
+    """Make ``out_dir`` (and its status folder) if needed and prove a file can be written there.
+
+    Called before a backlog is submitted, so that a folder that cannot be written is reported
+    at once, before any solve is wasted. A probe file of a unique name is written and removed
+    (two submits checking one folder at once do not disturb each other).
+
+    Raises
+    ------
+    OutputError
+        Naming the folder and why it cannot be written.
+    """
+    folder = Path(out_dir)
+    for where in (folder, folder / STATUS_DIRNAME):
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=WRITE_PROBE_PREFIX, dir=where)
+            try:
+                os.write(fd, b"astrodask write probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as err:
+            raise OutputError(f"output folder {folder} cannot be written ({output_error(where, err)})") from err
+    return folder
+
+
+def _temporary_prefix(path: Path) -> str:
+    """Start of the temporary name of ``path``: ``.<name>.<host>-<pid>.`` (who writes it)."""
+    return f".{path.name}.{_host()}-{os.getpid()}."
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary names (dots made underscores)."""
+    return socket.gethostname().replace(".", "_")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder`` and its status folder.
+
+    A writer killed between creating its temporary file and renaming it (a SIGKILLed worker)
+    leaves ``.<name>.<host>-<pid>.<random>.tmp`` behind. Only those written on this machine
+    by a process that no longer runs are removed: a live writer's file, or one from another
+    machine (whose processes cannot be seen from here), is left alone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    host = _host()
+    removed: list[Path] = []
+    for where in (Path(folder), Path(folder) / STATUS_DIRNAME):
+        try:
+            entries = list(os.scandir(where))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY_NAME.fullmatch(entry.name)
+            if match is None or match["host"] != host or _process_runs(int(match["pid"])):
+                continue
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by killed writers", folder, len(removed))
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
 
 
 def write_solution(result: ExposureResult, out_dir: str | Path) -> Path:
@@ -402,22 +549,37 @@ def write_products(result: ExposureResult, out_dir: str | Path, *, debug: bool =
     list of Path
         The files written: :func:`write_solution` when solved, then the copy, then the debug products,
         then the plots.
+
+    Raises
+    ------
+    OutputError
+        When a file cannot be written (the disk full...); the files this call wrote before are
+        removed, so the exposure is left unsolved, whole, for a resubmit.
     """
     written: list[Path] = []
-    if result.ok:
-        written.append(write_solution(result, out_dir))
-        if write_header:
-            written.append(write_header_copy(result, out_dir))
-    if debug:
-        written += write_debug_products(result, out_dir)
-    already = debug and plots_dir is not None and Path(plots_dir).resolve() == Path(out_dir).resolve()
-    if plots_dir is not None and not already:
-        Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        plot = plot_solution(result, plots_dir) if result.ok else (
-            plot_failure(result, plots_dir) if result.diagnostics is not None else None)
-        written += [plot] if plot else []
-        turbulence = plot_turbulence(result, plots_dir)
-        written += [turbulence] if turbulence else []
+    try:
+        if result.ok:
+            written.append(write_solution(result, out_dir))
+            if write_header:
+                written.append(write_header_copy(result, out_dir))
+        if debug:
+            written += write_debug_products(result, out_dir)
+        already = debug and plots_dir is not None and Path(plots_dir).resolve() == Path(out_dir).resolve()
+        if plots_dir is not None and not already:
+            try:
+                Path(plots_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise output_error(plots_dir, err) from err
+            plot = plot_solution(result, plots_dir) if result.ok else (
+                plot_failure(result, plots_dir) if result.diagnostics is not None else None)
+            written += [plot] if plot else []
+            turbulence = plot_turbulence(result, plots_dir)
+            written += [turbulence] if turbulence else []
+    except OutputError:
+        # all or nothing: a solution without its products would be skipped by every resubmit
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return written
 
 

@@ -71,7 +71,7 @@ from zarr.core.sync import sync as zarr_sync
 from zarr.storage import FsspecStore, LocalStore
 
 from astrodask.config import GaiaConfig
-from astrodask.errors import CacheError, CatalogError, ConfigError, InputFileError
+from astrodask.errors import CacheError, CacheUnavailableError, CatalogError, ConfigError, InputFileError
 from astrodask.reference.catalog import REFERENCE_UNITS, float_column, propagate_table
 from astrodask.reference.footprint import enclosing_cone, limit_depth, select_cone, select_footprint
 from astrodask.reference.healpix import (
@@ -231,8 +231,13 @@ class TileCache:
         check_level(level)
         self.level = int(level)
         self._store, self.url = _open_store(url, storage_options=storage_options)
-        root = _open_or_create_root(self._store, url=self.url,
-                                    attributes={"astrodask_tile_cache": STORE_VERSION, "level": self.level})
+        try:
+            root = _open_or_create_root(self._store, url=self.url,
+                                        attributes={"astrodask_tile_cache": STORE_VERSION, "level": self.level})
+        except Exception as err:
+            if unreachable(err):
+                raise cache_unavailable(self.url, err) from err
+            raise
         attrs = root.attrs.asdict()
         if "astrodask_tile_cache" not in attrs:
             members = [name for name, _ in root.members()]
@@ -476,13 +481,24 @@ class TileCache:
         Each tile is checked as :meth:`verify` does (marker, row count, checksum,
         which also catches absent chunks read as fill values).
 
+        Raises
+        ------
+        CacheUnavailableError
+            When the store cannot be reached (:func:`unreachable`): the tiles are not called
+            damaged, so nothing refills them.
+
         Returns
         -------
         dict
             By tile: (its marker, its columns), or (``{}``, why it is not available).
         """
         names = {int(p): self._name(p) for p in pixels}
-        results = zarr_sync(_read_groups(self._store, list(names.values())))
+        try:
+            results = zarr_sync(_read_groups(self._store, list(names.values())))
+        except Exception as err:
+            if unreachable(err):
+                raise cache_unavailable(self.url, err) from err
+            raise
         out: dict[int, tuple[dict[str, Any], dict[str, np.ndarray] | str]] = {}
         for pixel, (attrs, columns) in zip(names, results, strict=True):
             checked = _check_read(attrs, columns)
@@ -515,6 +531,49 @@ class TileCache:
         return table
 
 
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes that mean "the store cannot be reached", of the libraries installed."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        found += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientConnectionError, ServerTimeoutError
+
+        found += [ClientConnectionError, ServerTimeoutError]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) says the store could not be reached.
+
+    Connection refused or reset, a name that does not resolve, a timeout: from the OS, botocore
+    (s3fs) or aiohttp. Such an error passes, unlike a damaged tile.
+    """
+    kinds = _connection_errors()
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def cache_unavailable(url: str, err: BaseException) -> CacheUnavailableError:
+    """The error for a tile cache ``url`` that cannot be reached, with the fix."""
+    return CacheUnavailableError(f"tile cache {url} cannot be reached ({type(err).__name__}: {err}); its tiles "
+                                 "are not damaged, only out of reach: resubmit once the store is back "
+                                 "(solved exposures are skipped)")
+
+
 async def _read_groups(store: Any, names: list[str]) -> list[tuple[Any, Any]]:
     """(attrs, columns) of tile groups, read concurrently; a string instead of attrs when unreadable."""
     from zarr.api.asynchronous import open_group
@@ -528,6 +587,8 @@ async def _read_groups(store: Any, names: list[str]) -> list[tuple[Any, Any]]:
             arrays = await asyncio.gather(*(group.getitem(col) for col in TILE_DTYPES))
             data = await asyncio.gather(*(array.getitem(slice(None)) for array in arrays))
         except (KeyError, ValueError, OSError, RuntimeError, zarr.errors.BaseZarrError) as err:
+            if unreachable(err):
+                raise  # the store is out of reach, not the tile damaged
             if isinstance(err, (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError)):
                 return "absent", None
             return f"unreadable ({type(err).__name__}: {err})", None

@@ -10,7 +10,7 @@ While a backlog runs on a cluster, every worker records the outcome of each
 exposure in a small JSON file, ``DIR/.astrodask/<name>.json`` (the summary row
 plus ``finished_utc``), written atomically so that a reader never sees half of
 one.  :func:`backlog_status` and :func:`format_status` turn those records, the
-solution files and the submit manifest (``DIR/.astrodask/manifest.txt``) into
+solution files and the submit manifest (``DIR/.astrodask/manifest-*.txt``, one per submit) into
 done / failed / pending; :func:`assemble_summary` rebuilds ``DIR/summary.ecsv``
 from the records.
 """
@@ -21,9 +21,11 @@ import glob
 import json
 import logging
 import os
+import secrets
+import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,10 @@ from astropy.table import Table
 
 from astrodask import __version__
 from astrodask.config import PipelineConfig, config_digest
-from astrodask.errors import InputFileError
-from astrodask.io.output import (SOLUTION_SUFFIX, SOLVED_VALUE, STAGES, STATUS_KEYWORD, SUMMARY_COLUMNS, SUMMARY_NAME,
-                                 TPV_SUFFIX,
-                                 atomic_write, solution_path, summary_row)
+from astrodask.errors import InputFileError, OutputError
+from astrodask.io.output import (SOLUTION_SUFFIX, SOLVED_VALUE, STAGES, STATUS_DIRNAME, STATUS_KEYWORD,
+                                 SUMMARY_COLUMNS, SUMMARY_NAME, TPV_SUFFIX, atomic_write, solution_path, summary_row,
+                                 write_products)
 from astrodask.types import FAILED, FITS_SUFFIXES, SOLVED, ExposureResult, FailureKind, exposure_name
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,13 @@ LIST_PREFIX = "@"
 COMMENT_PREFIX = "#"
 #: Characters that make an item a glob pattern.
 GLOB_CHARACTERS = frozenset("*?[")
-#: Folder of an output directory holding the per-exposure status records and the manifest.
-STATUS_DIRNAME = ".astrodask"
 #: Suffix of a per-exposure status record: ``DIR/.astrodask/<name>.json``.
 STATUS_SUFFIX = ".json"
-#: The list of every exposure submitted to an output directory, one absolute path per line.
+#: The list of every exposure submitted to an output directory, one absolute path per line (earlier
+#: versions: one file rewritten by every submit; now one ``manifest-*.txt`` file per submit beside it).
 MANIFEST_NAME = "manifest.txt"
+#: Start and end of the name of every manifest file.
+MANIFEST_PREFIX, MANIFEST_SUFFIX = "manifest", ".txt"
 #: FITS files are made of blocks of this many bytes; a shorter last block means a truncated file.
 FITS_BLOCK_BYTES = 2880
 #: Name clashes, failed and pending exposures listed at most in messages and summaries.
@@ -339,6 +342,46 @@ def input_stamp(path: str | Path) -> str:
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
+#: Summary columns restored from a solution's header keywords (:func:`restore_missing_records`).
+_HEADER_COLUMNS = {"sources": "NSOURCE", "references": "NREFS", "regions_ok": "NREGOK", "depth_matches": "NMATCHED",
+                   "matches": "NMATCH", "rms_xi_arcsec": "RMSXI", "rms_eta_arcsec": "RMSETA", "chi2": "CHI2",
+                   "dof": "DOF", "chi2_dof": "CHI2DOF", "err_scale": "ERRSCALE", "err_floor_mas": "ERRFLOOR"}
+
+
+def restore_missing_records(done: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
+    """Write the status record of each solved exposure that has none, from its solution's header.
+
+    A writer killed between the solution's rename and its record's (a SIGKILLed worker) leaves
+    a whole solution without a record; a resubmit skips the exposure as solved, so its record is
+    restored here instead (the solve's figures are in the header), and the summary lists it.
+
+    Parameters
+    ----------
+    done
+        Exposures whose solution says SOLVED (:attr:`BacklogPlan.done`).
+    out_dir
+        The output folder.
+
+    Returns
+    -------
+    list of Path
+        The records written.
+    """
+    written: list[Path] = []
+    for path in done:
+        name = exposure_name(path)
+        if status_path(out_dir, name).exists():
+            continue
+        header = fits.getheader(solution_path(out_dir, name), 0)
+        row: dict[str, Any] = {"file": os.path.abspath(os.fspath(path)), "name": name, "status": SOLVED,
+                               "reason": "", "stage": ""}
+        row.update({column: header[key] for column, key in _HEADER_COLUMNS.items() if key in header})
+        row["finished_utc"] = str(header.get("ASTDATE", ""))
+        written.append(write_status(row, out_dir))
+        log.info("%s: status record restored from its solution's header", name)
+    return written
+
+
 def _solution_names(out_dir: Path) -> set[str]:
     """Names of the exposures with a solution file in ``out_dir`` (one folder listing, no header read)."""
     try:
@@ -394,6 +437,67 @@ def write_status(row: dict[str, Any], out_dir: str | Path) -> Path:
     return atomic_write(status_path(out_dir, name), lambda tmp: _write_text(tmp, text))
 
 
+#: The stage a failure to write an exposure's outputs is reported at.
+WRITE_STAGE = "write"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What :func:`record_outcome` left for one exposure.
+
+    Attributes
+    ----------
+    result
+        The exposure's result: as given, or failed at :data:`WRITE_STAGE` when its outputs could
+        not be written.
+    row
+        Its summary row.
+    written
+        The files written (none when the write failed: what it had written is removed).
+    recorded
+        Whether its status record was written.
+    """
+
+    result: ExposureResult
+    row: dict[str, Any]
+    written: tuple[Path, ...]
+    recorded: bool
+
+
+def record_outcome(result: ExposureResult, out_dir: str | Path, *, debug: bool = False, write_header: bool = False,
+                   plots_dir: str | Path | None = None) -> Recorded:
+    """Write an exposure's products and its status record, all or nothing.
+
+    The one writer of an exposure's outcome, for the graph's ``write`` task and ``solve --serial``.
+    A file that cannot be written (:class:`~astrodask.errors.OutputError`: the disk full, no
+    permission) fails the exposure at :data:`WRITE_STAGE` with the file and the reason, and
+    removes what was written of it, so that no solution stands without its record and a resubmit
+    solves it again; its failed record is then written if there is room for that.
+    """
+    try:
+        written = write_products(result, out_dir, debug=debug, write_header=write_header, plots_dir=plots_dir)
+    except OutputError as err:
+        result = _write_failure(result, err)
+        written = []
+    row = summary_row(result)
+    try:
+        write_status(row, out_dir)
+    except OutputError as err:
+        for product in written:
+            product.unlink(missing_ok=True)
+        log.error("%s: %s", result.file, err)
+        result = _write_failure(result, err)
+        return Recorded(result, summary_row(result), (), False)
+    return Recorded(result, row, tuple(written), True)
+
+
+def _write_failure(result: ExposureResult, err: OutputError) -> ExposureResult:
+    """``result`` failed at :data:`WRITE_STAGE` because of ``err``; its solution dropped. A transient failure
+    (``OutputError.transient``: free the space and resubmit), so a resubmit solves it again."""
+    return replace(result, status=FAILED, stage=WRITE_STAGE, reason=str(err), solution=None,
+                   kind=FailureKind.of(err))
+
+
 def _plain(value: Any) -> Any:
     """A JSON-friendly copy of a summary value (numpy scalars and paths become plain values)."""
     if isinstance(value, np.generic):
@@ -431,34 +535,66 @@ def read_statuses(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def manifest_path(out_dir: str | Path) -> Path:
-    """The manifest of ``out_dir``: ``DIR/.astrodask/manifest.txt``."""
+    """The manifest of ``out_dir`` written by earlier versions: ``DIR/.astrodask/manifest.txt`` (still read)."""
     return status_dir(out_dir) / MANIFEST_NAME
 
 
-def read_manifest(out_dir: str | Path) -> list[Path]:
-    """Every exposure submitted to ``out_dir`` so far (empty when nothing was submitted)."""
-    path = manifest_path(out_dir)
+def manifest_files(out_dir: str | Path) -> list[Path]:
+    """The manifest files of ``out_dir``, oldest first: ``manifest.txt``, then one per submit."""
+    folder = status_dir(out_dir)
     try:
-        text = path.read_text(encoding="utf-8")
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.name.startswith(MANIFEST_PREFIX) and entry.name.endswith(MANIFEST_SUFFIX))
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputFileError(f"{path}: cannot read the manifest: {err}") from err
-    return [Path(line) for line in (raw.strip() for raw in text.splitlines())
-            if line and not line.startswith(COMMENT_PREFIX)]
+    except OSError as err:
+        raise InputFileError(f"{folder}: cannot list the status folder: {err.strerror or err}") from err
+    legacy = [folder / MANIFEST_NAME] if MANIFEST_NAME in names else []
+    return legacy + [folder / name for name in names if name != MANIFEST_NAME]
 
 
-def write_manifest(paths: Iterable[str | Path], out_dir: str | Path) -> Path:
+def read_manifest(out_dir: str | Path) -> list[Path]:
+    """Every exposure submitted to ``out_dir`` so far, in the order first submitted (empty when none was)."""
+    merged: dict[str, None] = {}
+    for path in manifest_files(out_dir):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputFileError(f"{path}: cannot read the manifest: {err}") from err
+        for raw in text.splitlines():
+            line = raw.strip()
+            if line and not line.startswith(COMMENT_PREFIX):
+                merged.setdefault(line, None)
+    return [Path(p) for p in merged]
+
+
+def write_manifest(paths: Iterable[str | Path], out_dir: str | Path) -> Path | None:
     """Add ``paths`` (made absolute) to the manifest of ``out_dir``, keeping earlier submits.
 
-    Returns the manifest's path.  The file is rewritten atomically; two submits writing at the same
-    moment may lose one's additions (submit from one place at a time).
+    Each submit writes its own file, ``DIR/.astrodask/manifest-<time>-<pid>-<random>.txt``,
+    holding the paths not listed before; :func:`read_manifest` reads them all. No file is ever
+    rewritten, so two submits at the same moment, from one machine or two sharing the folder,
+    both keep their additions without a lock (which a shared filesystem may not honour, and a
+    killed client would leave behind).
+
+    Returns
+    -------
+    Path or None
+        The manifest file written; None when every path was already listed.
     """
-    merged: dict[str, None] = {str(p): None for p in read_manifest(out_dir)}
+    known = {os.fspath(p) for p in read_manifest(out_dir)}
+    new: dict[str, None] = {}
     for path in paths:
-        merged.setdefault(os.path.abspath(os.fspath(path)), None)
-    text = "".join(f"{p}\n" for p in merged)
-    return atomic_write(manifest_path(out_dir), lambda tmp: _write_text(tmp, text))
+        absolute = os.path.abspath(os.fspath(path))
+        if absolute not in known:
+            new.setdefault(absolute, None)
+    if not new:
+        return None
+    text = "".join(f"{p}\n" for p in new)
+    name = f"{MANIFEST_PREFIX}{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{MANIFEST_SUFFIX}"
+    return atomic_write(status_dir(out_dir) / name, lambda tmp: _write_text(tmp, text))
 
 
 # --------------------------------------------------------------------------

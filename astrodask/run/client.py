@@ -144,11 +144,20 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
     An exposure whose tasks raise beyond their retries (or kill workers beyond the scheduler's allowed
     failures) is reported as failed with the error, and its status record is
     written by the client; the others go on.
+
+    Raises
+    ------
+    ClusterLostError
+        When the scheduler went away before every exposure finished (after the rows of those that
+        did were passed to ``on_row``); the unfinished ones have no status record (pending).
     """
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed, fire_and_forget
 
-    from astrodask.run.backlog import write_status
+    from astrodask.errors import ClusterLostError, OutputError
     from astrodask.io.output import summary_row
+    from astrodask.run.backlog import write_status
 
     scattered = {path: connection.client.scatter(value, hash=False) for path, value in (detected or {}).items()}
     tasks = backlog_graph(paths, out_dir=out_dir, config=config, catalog_path=catalog_path, pointing=pointing,
@@ -160,20 +169,62 @@ def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_d
         fire_and_forget(futures)
         return []
     rows: list[dict[str, Any]] = []
+    lost: list[str] = []
     started = time.perf_counter()
     for done, future in enumerate(as_completed(futures), start=1):
         try:
             row = future.result()
+        except CancelledError:
+            # the scheduler went away (its futures are cancelled): not the exposure's fault, so
+            # no status record; it stays pending and a resubmit solves it
+            lost.append(by_key[future.key])
+            continue
         except Exception as err:  # noqa: BLE001 - a task that failed beyond its retries: report, go on
+            if future.status != "error":
+                # it finished (its worker wrote its record), but its result could not be fetched: the
+                # connection to the scheduler broke; not a failure of the exposure
+                lost.append(by_key[future.key])
+                continue
             path = by_key[future.key]
             reason = f"{type(err).__name__}: {err}"
             row = summary_row(failed_result(path, "cluster", reason, config=config, kind=FailureKind.of(err)))
-            write_status(row, out_dir)
+            try:
+                write_status(row, out_dir)
+            except OutputError as write_err:
+                log.error("%s: %s", path, write_err)
         rows.append(row)
         if on_row is not None:
             on_row(done, len(futures), row)
     log.info("backlog of %d exposures in %.1f s", len(futures), time.perf_counter() - started)
+    if lost:
+        close_lost_client(connection.client)
+        raise ClusterLostError(f"lost the scheduler {connection.address} after {len(rows)} of {len(futures)} "
+                               f"exposures were reported: the other {len(lost)} (e.g. {lost[0]}) may not have "
+                               "finished. What finished is kept whole; once a scheduler runs again, submit the "
+                               "same backlog to solve the rest (solved exposures are skipped)")
     return rows
+
+
+#: distributed's loggers that report a lost scheduler's reconnection attempts, and their cancellation
+#: by ``Client.close``, with tracebacks.
+RECONNECT_LOGGERS = ("distributed.client", "distributed.utils", "distributed.comm.core")
+
+
+def close_lost_client(client: Any) -> None:
+    """Close a client whose scheduler went away, without distributed's reconnection tracebacks.
+
+    The client would keep trying to reconnect, and its close cancels that attempt, which
+    distributed logs as an error with a traceback: noise after astrodask has said what happened
+    (:class:`~astrodask.errors.ClusterLostError`). Those loggers are silenced during the close only.
+    """
+    previous = {name: logging.getLogger(name).level for name in RECONNECT_LOGGERS}
+    try:
+        for name in RECONNECT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        client.close()
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def prefetch_tiles(connection: Connection, pixels: Sequence[int], *, cache_url: str, config: PipelineConfig,

@@ -363,18 +363,19 @@ def task_write(result: Any, path: str, out_dir: str, config: PipelineConfig, deb
                write_header: bool = False, plots_dir: str | None = None) -> dict[str, Any]:
     """Write the solution (when solved) and the exposure's status record; returns the summary row.
 
+    All or nothing (:func:`astrodask.run.backlog.record_outcome`): a file that cannot be written
+    (the disk full, no permission) fails this exposure at stage ``write`` with the file and the
+    reason, and whatever it had written is removed, so that a resubmit solves it.
+
     With ``plots_dir``, the exposure's diagnostic plots go there too. The row is also reported to
     the scheduler's live view (:func:`astrodask.run.monitor.report_exposure`).
     """
-    from astrodask.run.backlog import write_status
-    from astrodask.io.output import summary_row, write_products
+    from astrodask.run.backlog import record_outcome
 
     if isinstance(result, Failed):
         result = failed_result(result.file, result.stage, result.reason, config=config, timings=result.timings,
                                diagnostics=result.diagnostics, kind=result.kind)
-    write_products(result, out_dir, debug=debug, write_header=write_header, plots_dir=plots_dir)
-    row = summary_row(result)
-    write_status(row, out_dir)
+    row = record_outcome(result, out_dir, debug=debug, write_header=write_header, plots_dir=plots_dir).row
     monitor.report_exposure(row)
     return row
 
