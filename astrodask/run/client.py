@@ -100,12 +100,19 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
             cluster.close()
 
 
+#: Imported by each embedded worker as it starts (a ``preload``), before it joins: the solve's stack
+#: (astropy, SEP, scipy, astroalign) is loaded while the cluster starts (and the command's own process
+#: reads and detects), not when the first task arrives.
+WORKER_IMPORTS = "astrodask.solve.pipeline"
+
+
 def _start_local_cluster(*, n_workers: int, threads_per_worker: int, memory_limit: str | None) -> tuple[Any, Any]:
     """The embedded LocalCluster (worker processes on loopback) and its client."""
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                           host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit)
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
+                           preload=[WORKER_IMPORTS])
     return cluster, Client(cluster)
 
 
