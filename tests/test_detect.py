@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 
 from astrodask.config import DetectConfig, DetectPassConfig
 from astrodask.solve.detect import get_image_ij, get_image_ij_passes
-from astrodask.errors import AstrodaskWarning, ImageError
+from astrodask.errors import AstrodaskWarning, ImageError, NoSourcesError
 from astrodask.types import SOURCE_COLUMNS, SourceFlag
 
 SIGMA_PX = 1.1
@@ -300,6 +300,25 @@ def test_extraction_in_strips_is_the_whole_images() -> None:
     found = np.hypot(cut["i"][:, None] - x[None, :], cut["j"][:, None] - y[None, :]).min(axis=0) < 1.0
     rows = np.digitize(y, np.arange(0, 1500, 200))
     assert all(found[rows == k].mean() > 0.9 for k in np.unique(rows))
+
+
+def test_integer_pixels_detect_as_their_float32_values() -> None:
+    """An exposure's integer pixels (kept as read) give the tables of the same pixels in float32, to the bit,
+    and the overexposure check counts them alike."""
+    from astrodask.solve.detect import check_pixels
+
+    image, *_ = _grid_image(15)
+    counts = np.clip(np.rint(np.nan_to_num(image, nan=SKY)), 0, 65535).astype(np.uint16)
+    for a, b in zip(get_image_ij_passes(counts, gain=1.3), get_image_ij_passes(counts.astype(np.float32), gain=1.3),
+                    strict=True):
+        assert len(a) == len(b) > 0
+        for name in a.colnames:
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+    config = DetectConfig()
+    counts[:200] = 65535  # two thirds of the rows at saturation
+    for data in (counts, counts.astype(np.float32)):
+        with pytest.raises(NoSourcesError, match="67% of the pixels are at saturation"):
+            check_pixels(data, saturation_adu=None, config=config, where="x.fits")
 
 
 def test_nan_pixels_are_masked() -> None:

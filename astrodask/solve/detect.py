@@ -83,12 +83,17 @@ def check_pixels(data: np.ndarray, *, saturation_adu: float | None, config: Dete
     NoSourcesError
         More than ``config.max_saturated_fraction`` of the finite pixels are saturated.
     """
-    finite = np.isfinite(data)
-    n_finite = int(np.count_nonzero(finite))
+    level = float(config.default_saturation_adu if saturation_adu is None else saturation_adu)
+    saturated = data >= config.saturation_fraction * level
+    if data.dtype.kind in "iu":  # integers are all finite
+        n_finite = int(data.size)
+    else:
+        finite = np.isfinite(data)
+        n_finite = int(np.count_nonzero(finite))
+        saturated &= finite
     if n_finite == 0:
         raise ImageError(f"{where}: every pixel is NaN or infinite: there is no image to solve")
-    level = float(config.default_saturation_adu if saturation_adu is None else saturation_adu)
-    n_saturated = int(np.count_nonzero(data[finite] >= config.saturation_fraction * level))
+    n_saturated = int(np.count_nonzero(saturated))
     if n_saturated > config.max_saturated_fraction * n_finite:
         raise NoSourcesError(f"{where}: {n_saturated / n_finite:.0%} of the pixels are at saturation (>= "
                              f"{config.saturation_fraction:g} x {level:g} ADU, "
@@ -162,7 +167,8 @@ class Background:
 def subtract_background(data: np.ndarray, *, config: DetectConfig, mask: np.ndarray | None = None) -> Background:
     """SEP's background of an image (mesh ``back_size_px``, filter ``back_filter_size``), subtracted.
 
-    The image is copied once (native float32); both detection passes then run on the copy
+    The image is copied once (native float32: integer pixels, as an exposure keeps them, are
+    converted here and only here); both detection passes then run on the copy
     (:func:`get_image_ij_passes`), as the background settings are shared by the passes.
 
     Raises
@@ -173,9 +179,12 @@ def subtract_background(data: np.ndarray, *, config: DetectConfig, mask: np.ndar
     if data.ndim != 2:
         raise ImageError(f"get_image_ij needs a 2-D image, got shape {data.shape}")
     image = np.array(data, dtype=np.float32, order="C", copy=True)  # native, writable copy
-    bad = ~np.isfinite(image)
-    if mask is not None:
-        bad |= np.asarray(mask, dtype=bool)
+    if data.dtype.kind in "iu":  # integers are all finite
+        bad = np.zeros(image.shape, dtype=bool) if mask is None else np.array(mask, dtype=bool)
+    else:
+        bad = ~np.isfinite(image)
+        if mask is not None:
+            bad |= np.asarray(mask, dtype=bool)
     if bad.all():
         raise ImageError("get_image_ij: every pixel is masked or not finite")
     has_bad = bool(bad.any())
