@@ -10,10 +10,14 @@ residuals keep it. After the error model this stage, per axis (xi east, eta nort
 2. :func:`fit_kernel`: an anisotropic von Karman kernel fitted to that correlation
    (Leget et al. 2021, A&A 650, A81): variance, outer scale, axis ratio and angle by
    least squares over the separation bins, so the cost of the fit does not grow with N;
-3. :func:`local_gp` and :func:`cross_validation`: k-fold cross-validation on held-back stars, exactly (the
-   held-back stars of a fold are left out of each block's solve in closed form,
-   Rasmussen & Williams 2006, eq. 5.12 for a set of points instead of one);
-4. :func:`correction_field`: the GP's posterior mean and variance on a grid of nodes.
+3. :func:`correlation_significance`: the GP runs only when the correlation at short separation
+   stands above its own noise (``turbulence.corr_min_sigma``); otherwise the solution stays TPV
+   only at the cost of the correlation alone;
+4. :func:`local_gp` and :func:`cross_validation`: k-fold cross-validation on held-back stars,
+   exactly (a fold is left out of each block's solve in closed form, Rasmussen & Williams 2006,
+   eq. 5.12 for a set of points instead of one), on the stars of blocks drawn at random up to
+   ``turbulence.cv_max_stars``: the gate's decision rests on that sample;
+5. :func:`correction_field`: when it passes, the GP's posterior mean and variance on a grid of nodes.
 
 The GP is solved block by block (:func:`local_gp`): the field is cut into square blocks of
 ``block_arcmin``; each is conditioned on the stars within it and a halo of ``halo_arcmin``
@@ -37,16 +41,19 @@ The modules: :mod:`.kernel` (correlation, kernel), :mod:`.gp` (local GP, cross-v
 
 from astrodask.solve.turbulence.field import (Jacobian, TurbulenceField, corrected_pixel_to_world, correction_field,
                                               grid_nodes)
-from astrodask.solve.turbulence.gp import CrossValidation, LocalGP, cross_validation, local_gp
-from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, AXES, MAS_PER_DEG, Correlation2D, CurlFreeKernel,
-                                               correlation_sample, curl_free_correlation, fit_kernel,
+from astrodask.solve.turbulence.gp import (CrossValidation, GPBlock, LocalGP, cross_validation, cv_sample, gp_blocks,
+                                           local_gp)
+from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, AXES, MAS_PER_DEG, Correlation2D,
+                                               CorrelationSignificance, CurlFreeKernel, correlation_sample,
+                                               correlation_significance, curl_free_correlation, fit_kernel,
                                                measure_correlation)
 from astrodask.solve.turbulence.predicted import (PredictedError, fit_variance_mas2, frame_systematic_mas,
                                                   predicted_error)
 from astrodask.solve.turbulence.stage import TurbulenceResult, correct_turbulence
 
-__all__ = ["ARCSEC_PER_ARCMIN", "AXES", "MAS_PER_DEG", "Correlation2D", "CrossValidation", "CurlFreeKernel",
-           "Jacobian", "LocalGP", "PredictedError", "TurbulenceField", "TurbulenceResult", "correct_turbulence",
-           "corrected_pixel_to_world", "correction_field", "correlation_sample", "cross_validation",
-           "curl_free_correlation", "fit_kernel", "fit_variance_mas2", "frame_systematic_mas", "grid_nodes",
-           "local_gp", "measure_correlation", "predicted_error"]
+__all__ = ["ARCSEC_PER_ARCMIN", "AXES", "MAS_PER_DEG", "Correlation2D", "CorrelationSignificance", "CrossValidation",
+           "CurlFreeKernel", "GPBlock", "Jacobian", "LocalGP", "PredictedError", "TurbulenceField",
+           "TurbulenceResult", "correct_turbulence", "corrected_pixel_to_world", "correction_field",
+           "correlation_sample", "correlation_significance", "cross_validation", "cv_sample",
+           "curl_free_correlation", "fit_kernel", "fit_variance_mas2", "frame_systematic_mas", "gp_blocks",
+           "grid_nodes", "local_gp", "measure_correlation", "predicted_error"]

@@ -22,6 +22,21 @@ if TYPE_CHECKING:
 Jacobian = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def pixel_frame(jacobian_mas_per_px: Jacobian, shape: tuple[int, int]) -> np.ndarray:
+    """The 2 x 2 map ``A`` of residual vectors from the pixel frame to (xi, eta): ``r_sky = A r_pix``.
+
+    The solution's Jacobian at the image's centre over the square root of its determinant's
+    magnitude: a rotation, and a reflection when the image is East-left (the usual
+    orientation, det < 0), times a shear of about unity. The curl-free kernel couples a
+    residual's components with the direction of the separation (its cross term changes sign
+    under a reflection, and turns with a rotation), so the GP must see residuals and
+    separations in one frame: the pixels'.
+    """
+    ny, nx = shape
+    jac = np.asarray(jacobian_mas_per_px(np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0])))[0]
+    return jac / math.sqrt(abs(float(np.linalg.det(jac))))
+
+
 @dataclass(frozen=True)
 class TurbulenceField:
     """The correction on a grid of nodes: what the lookup tables hold.

@@ -143,6 +143,34 @@ class CurlFreeKernel:
         return np.stack([np.stack([self.variance_mas2 * (ct * g[0, 0] + diff * w0 * w0), c01], -1),
                          np.stack([c01, self.variance_mas2 * (ct * g[1, 1] + diff * w1 * w1)], -1)], -2)
 
+    def matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The joint covariance of both axes between points a (n, 2) and b (m, 2), pixels: (2n, 2m), mas^2.
+
+        Rows and columns interleave the axes (xi of point 0, eta of point 0, xi of point 1, ...).
+        The same numbers as :meth:`__call__` at the separations ``a - b``, written straight into
+        the interleaved layout (the GP's blocks build one per block: no stacking and transposing).
+        """
+        m = self.metric()
+        di = a[:, None, 0] - b[None, :, 0]
+        dj = a[:, None, 1] - b[None, :, 1]
+        p = m[0, 0] * di + m[0, 1] * dj
+        q = m[1, 0] * di + m[1, 1] * dj
+        r = np.hypot(p, q)
+        cl, ct = curl_free_correlation(TWO_PI * r / self.outer_scale_px)
+        inv_r = np.divide(1.0, r, out=np.zeros_like(r), where=r > 0)
+        p *= inv_r
+        q *= inv_r
+        w0, w1 = m[0, 0] * p + m[1, 0] * q, m[0, 1] * p + m[1, 1] * q
+        g = m.T @ m
+        diff = (cl - ct) * self.variance_mas2
+        ct *= self.variance_mas2
+        out = np.empty((len(a), 2, len(b), 2))
+        out[:, 0, :, 0] = ct * g[0, 0] + diff * w0 * w0
+        out[:, 0, :, 1] = ct * g[0, 1] + diff * w0 * w1
+        out[:, 1, :, 0] = out[:, 0, :, 1]
+        out[:, 1, :, 1] = ct * g[1, 1] + diff * w1 * w1
+        return out.reshape(2 * len(a), 2 * len(b))
+
 
 
 @dataclass(frozen=True)
@@ -158,12 +186,41 @@ class Correlation2D:
         (the cross term symmetrised over d and -d); NaN where no pair fell.
     npairs
         Pairs per bin, shape (bins, bins).
+    weight_mas4
+        Shape (2, bins, bins), 1/mas^4: the sum of the pairs' weight products ``sum w_i w_j`` per
+        bin of the two auto-correlations (xi-xi, eta-eta); each pair is in two bins (d and -d).
     """
 
     di_px: np.ndarray
     dj_px: np.ndarray
     xi_mas2: np.ndarray
     npairs: np.ndarray
+    weight_mas4: np.ndarray
+
+
+@dataclass(frozen=True)
+class CorrelationSignificance:
+    """How far the residuals' correlation at short separation stands above its own noise.
+
+    Attributes
+    ----------
+    radius_px
+        Separations counted: the bins whose centre is within this radius, pixels.
+    sigma_axes
+        Per axis (xi, eta): ``S / sqrt(W)``, with ``S = sum w_i w_j r_i r_j`` over the pairs within
+        the radius and ``W = sum w_i w_j``; in standard deviations of S when the residuals are
+        uncorrelated with variances ``1 / w`` (the products of distinct pairs are uncorrelated, so
+        this holds exactly however many pairs share a star).
+    sigma
+        Both axes together, ``(sigma_xi + sigma_eta) / sqrt(2)``.
+    pairs
+        Distinct pairs within the radius.
+    """
+
+    radius_px: float
+    sigma_axes: tuple[float, float]
+    sigma: float
+    pairs: int
 
 
 
@@ -197,7 +254,7 @@ def measure_correlation(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, 
     res = res - np.sum(w * res, axis=0) / np.sum(w, axis=0)
     x, y = np.asarray(i, dtype=np.float64), np.asarray(j, dtype=np.float64)
     cats = [treecorr.Catalog(x=x, y=y, k=res[:, a], w=w[:, a]) for a in range(2)]
-    out, npairs = [], None
+    out, npairs, weights = [], None, []
     for c1, c2 in ((0, None), (1, None), (0, 1)):
         kk = treecorr.KKCorrelation(min_sep=0.0, max_sep=max_sep_px, nbins=bins, bin_type="TwoD",
                                     bin_slop=CORR_BIN_SLOP)
@@ -207,10 +264,34 @@ def measure_correlation(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, 
             xi = 0.5 * (xi + xi[::-1, ::-1])
         else:
             npairs = np.asarray(kk.npairs, dtype=np.float64)
+            weights.append(np.asarray(kk.weight, dtype=np.float64))
         out.append(xi)
     centres = (np.arange(bins) + 0.5) * (2.0 * max_sep_px / bins) - max_sep_px
     assert npairs is not None
-    return Correlation2D(centres, centres.copy(), np.stack(out), npairs)
+    return Correlation2D(centres, centres.copy(), np.stack(out), npairs, np.stack(weights))
+
+
+def correlation_significance(corr: Correlation2D, *, radius_px: float) -> CorrelationSignificance:
+    """The significance of the residuals' correlation at separations within ``radius_px``.
+
+    Decides, before any GP, whether there is a correlated field to correct: the GP can only
+    predict a star from its neighbours as far as they correlate. Within the radius the
+    weighted sum of products ``S = sum w_i w_j r_i r_j`` has variance ``W = sum w_i w_j`` when
+    the residuals are uncorrelated with variances ``1/w`` (the inverse-variance weights of
+    :func:`measure_correlation`, from the error model): ``S / sqrt(W)`` is then a standard normal
+    deviate. Both are read off the binned correlation (``xi * weight`` summed over the bins,
+    halved since treecorr's 2-D auto-correlation holds each pair at d and at -d).
+    """
+    di, dj = np.meshgrid(corr.di_px, corr.dj_px)
+    near = np.hypot(di, dj) <= radius_px
+    sig = []
+    for axis in range(2):
+        w = corr.weight_mas4[axis][near]
+        xi = np.nan_to_num(corr.xi_mas2[axis][near])
+        total = 0.5 * float(np.sum(w))
+        sig.append(0.5 * float(np.sum(xi * w)) / math.sqrt(total) if total > 0 else 0.0)
+    pairs = int(0.5 * np.sum(corr.npairs[near]))
+    return CorrelationSignificance(float(radius_px), (sig[0], sig[1]), (sig[0] + sig[1]) / math.sqrt(2.0), pairs)
 
 
 def correlation_sample(weight: np.ndarray, max_stars: int) -> np.ndarray:

@@ -14,10 +14,11 @@ import numpy as np
 from scipy.linalg import LinAlgError
 
 from astrodask.config import TurbulenceConfig
-from astrodask.solve.turbulence.field import Jacobian, TurbulenceField, correction_field, grid_nodes
-from astrodask.solve.turbulence.gp import CrossValidation, cross_validation, local_gp
-from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, Correlation2D, CurlFreeKernel, correlation_sample,
-                                               fit_kernel, measure_correlation)
+from astrodask.solve.turbulence.field import Jacobian, TurbulenceField, correction_field, grid_nodes, pixel_frame
+from astrodask.solve.turbulence.gp import CrossValidation, cross_validation, cv_sample, gp_blocks, local_gp
+from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, Correlation2D, CorrelationSignificance,
+                                               CurlFreeKernel, correlation_sample, correlation_significance, fit_kernel,
+                                               measure_correlation)
 from astrodask.solve.turbulence.predicted import PredictedError, fit_variance_mas2, predicted_error
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class TurbulenceResult:
         applied).
     variance_mas2
         The stars' modelled variance per axis (N, 2), mas^2 (their inverse is their weight).
+    significance
+        The correlation's significance at short separation (the GP runs only above
+        ``turbulence.corr_min_sigma``), or None when no correlation was measured.
     """
 
     applied: bool
@@ -69,6 +73,7 @@ class TurbulenceResult:
     residual_mas: np.ndarray
     corrected_mas: np.ndarray
     variance_mas2: np.ndarray
+    significance: CorrelationSignificance | None = None
 
     @property
     def correction(self) -> str:
@@ -129,6 +134,15 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     # the residuals' variance beyond the centroid errors (the error model's floor): the correlated field and
     # any white systematics together, so an upper bound on the field's variance
     excess = np.median(np.maximum(total_mas2 - noise_mas2, 0.0), axis=0) if n else np.zeros(2)
+    # the correlation, the kernel and the GP see the residuals in the pixel frame (pixel_frame): back on the sky,
+    # vectors by `frame`, per-axis variances by its squares (its cross terms left out: a rotation's are small)
+    frame = pixel_frame(jacobian_mas_per_px, shape)
+    to_pixels = np.linalg.inv(frame)
+    res_px = residual_mas @ to_pixels.T
+    noise_px, total_px = noise_mas2 @ (to_pixels ** 2).T, total_mas2 @ (to_pixels ** 2).T
+
+    def sky_variance(var_px: np.ndarray) -> np.ndarray:
+        return var_px @ (frame ** 2).T
 
     def field_variance(kernel: CurlFreeKernel) -> np.ndarray:
         """The field's variance per axis for the predicted error: the kernel's, or the floor's when larger.
@@ -137,10 +151,11 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
         kernel's zero-lag variance falls short, or finds none; the floor, measured on every star,
         does not (an upper bound: it holds any white systematics too).
         """
-        return np.maximum(kernel.axis_variance_mas2(), excess)
+        return np.maximum(sky_variance(kernel.axis_variance_mas2()), excess)
 
     def untouched(reason: str, kernel: CurlFreeKernel | None = None, corr: Correlation2D | None = None,
-                  cv: CrossValidation | None = None) -> TurbulenceResult:
+                  cv: CrossValidation | None = None, *,
+                  sig: CorrelationSignificance | None = None) -> TurbulenceResult:
         # not corrected: the correlated field stays whole (the kernel's variance everywhere); with no
         # kernel, the error model's floor (the median excess over the centroid errors) stands for it
         var = excess if kernel is None else field_variance(kernel)  # the floor at least
@@ -148,7 +163,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
         return TurbulenceResult(False, reason, n, kernel, corr, cv, None, pred, pred, ij[:, 0], ij[:, 1],
-                                residual_mas, residual_mas, total_mas2)
+                                residual_mas, residual_mas, total_mas2, sig)
 
     if not config.enabled:
         return untouched("not applied: turbulence.enabled = false (TPV only; the error model's floor stands for "
@@ -156,33 +171,53 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     if n < config.min_stars:
         return untouched(f"not applied: {n} kept matches, fewer than turbulence.min_stars = {config.min_stars}")
     max_sep = config.corr_max_sep_arcmin * px_per_arcmin
-    weight = 1.0 / total_mas2
-    best = correlation_sample(weight, config.corr_max_stars)
-    corr = measure_correlation(ij[best, 0], ij[best, 1], residual_mas[best], weight[best], max_sep_px=max_sep,
+    weight, weight_px = 1.0 / total_mas2, 1.0 / total_px
+    best = correlation_sample(weight_px, config.corr_max_stars)
+    corr = measure_correlation(ij[best, 0], ij[best, 1], res_px[best], weight_px[best], max_sep_px=max_sep,
                                bins=config.corr_bins)
     kernel = fit_kernel(corr, min_length_px=config.min_length_arcmin * px_per_arcmin,
                         max_length_px=config.max_length_arcmin * px_per_arcmin, min_axis_ratio=config.min_axis_ratio,
                         min_pairs=config.corr_min_pairs, start_length_px=max_sep)
     if kernel.variance_mas2 <= 0:
         return untouched("not applied: the residuals show no positive correlation", kernel, corr)
-    white = np.maximum(noise_mas2, total_mas2 - kernel.axis_variance_mas2()[None, :])
+    radius_px = config.corr_signal_arcmin * px_per_arcmin
+    signif = correlation_significance(corr, radius_px=radius_px)
+    measured = (f"correlation within {config.corr_signal_arcmin:g}' {signif.sigma:.1f} sigma "
+                f"({signif.pairs} pairs of {len(best)} stars)")
+    if not signif.sigma > config.corr_min_sigma:
+        return untouched(f"not applied: {measured}, not above turbulence.corr_min_sigma = {config.corr_min_sigma:g} "
+                         "(no GP solved)", kernel, corr, sig=signif)
+    white = np.maximum(noise_px, total_px - kernel.axis_variance_mas2()[None, :])
     folds = rng.permutation(n) % config.cv_folds
     nodes = np.column_stack([gi.ravel(), gj.ravel()])
-    try:
-        gp = local_gp(ij, residual_mas, white, kernel, folds, nodes, block_px=block_px, halo_px=halo_px,
-                      max_stars=config.max_block_stars)
+    blocks = gp_blocks(ij, nodes, block_px=block_px, halo_px=halo_px, max_stars=config.max_block_stars,
+                       weight=np.sum(weight_px, axis=1))
+    sample, with_stars = cv_sample(blocks, config.cv_max_stars, rng)
+    try:  # the cross-validation on the sampled blocks first: a declined correction costs no more
+        gp = local_gp(ij, res_px, white, kernel, folds, nodes, block_px=block_px, halo_px=halo_px,
+                      max_stars=config.max_block_stars, blocks=[blocks[k] for k in sample])
     except LinAlgError as err:  # a degenerate block (coincident stars, no noise): the TPV stands alone
-        return untouched(f"not applied: the GP could not be solved ({err})", kernel, corr)
-    cv = cross_validation(residual_mas, gp.held_out_mas, 1.0 / total_mas2, config.cv_folds)
-    verdict = (f"cross-validation ({cv.n_folds} folds, {cv.n_stars} stars): held-back weighted rms "
-               f"({cv.rms_before_mas[0]:.2f}, {cv.rms_before_mas[1]:.2f}) -> "
+        return untouched(f"not applied: the GP could not be solved ({err})", kernel, corr, sig=signif)
+    cv = cross_validation(residual_mas, gp.held_out_mas @ frame.T, weight, config.cv_folds, n_blocks=len(sample),
+                          total_blocks=with_stars)
+    drawn = f" in {cv.n_blocks} of {cv.total_blocks} blocks drawn at random" if cv.n_blocks < cv.total_blocks else ""
+    verdict = (f"{measured}; cross-validation ({cv.n_folds} folds, {cv.n_stars} stars{drawn}): held-back weighted "
+               f"rms ({cv.rms_before_mas[0]:.2f}, {cv.rms_before_mas[1]:.2f}) -> "
                f"({cv.rms_after_mas[0]:.2f}, {cv.rms_after_mas[1]:.2f}) mas, gain {cv.gain_sigma:.1f} sigma")
     if not cv.gain_sigma > config.cv_min_sigma:
         return untouched(f"not applied: {verdict}, not above turbulence.cv_min_sigma = {config.cv_min_sigma:g}",
-                         kernel, corr, cv)
-    field = correction_field(gp.mean_mas, gp.var_mas2, gi, gj, step_px, jacobian_mas_per_px)
+                         kernel, corr, cv, sig=signif)
+    chosen = set(sample)
+    rest = [b for k, b in enumerate(blocks) if k not in chosen]
+    if rest:  # the posterior over the other blocks (no held-back stars there: the Cholesky factor alone)
+        try:
+            gp = local_gp(ij, res_px, white, kernel, folds, nodes, block_px=block_px, halo_px=halo_px,
+                          max_stars=config.max_block_stars, blocks=rest, cross_validate=False, into=gp)
+        except LinAlgError as err:
+            return untouched(f"not applied: the GP could not be solved ({err})", kernel, corr, cv, sig=signif)
+    field = correction_field(gp.mean_mas @ frame.T, sky_variance(gp.var_mas2), gi, gj, step_px, jacobian_mas_per_px)
     # in the data-poor limit the posterior variance is the prior's: scaled as field_variance scales the prior
-    rescale = field_variance(kernel) / np.maximum(kernel.axis_variance_mas2(), 1e-300)
+    rescale = field_variance(kernel) / np.maximum(sky_variance(kernel.axis_variance_mas2()), 1e-300)
     pred = predicted_error(fit_var_mas2=fit_var, field_var_mas2=field.sd_mas ** 2 * rescale, gi=gi, gj=gj, shape=shape,
                            epoch_yr=epoch_yr, config=config)
     tpv_only = predicted_error(fit_var_mas2=fit_var,
@@ -190,6 +225,6 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
     log.info("turbulence: applied: %s", verdict)
     return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, tpv_only, ij[:, 0],
-                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas, total_mas2)
+                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas @ frame.T, total_mas2, signif)
 
 
