@@ -27,7 +27,8 @@ CSYER1^2 + CSYER2^2)`` in mas (comparable with ``rms``), ``-`` when the header h
 ``chi2 all/kept`` are our two chi-squares per degree of freedom.
 
 The files are cached in --work and made again only when absent. Wall times are on a shared
-machine (the core count and load are printed): read them as rough.
+machine (the core count and load are printed): read them as rough. Our solve runs with one BLAS
+thread, as ``astrodask solve`` and Dask's workers run it.
 
 Usage: python benchmarks/bench_turbulence.py [--quick] [--work DIR] [--no-peer] [--no-galsim]
                                              [--shape NY NX] [--step-px 20]
@@ -192,9 +193,13 @@ def solve_ours(row: Row, files: Files, truth: Any, shape: tuple[int, int], out: 
     from astrodask.reference.catalog import read_catalog
     from astrodask.solve.pipeline import solve_file
 
+    import scipy.linalg  # noqa: F401  (loaded before the limit below, so that it applies to scipy's BLAS too)
+    from threadpoolctl import threadpool_limits
+
     started = time.perf_counter()
     try:
-        result = solve_file(files.image, catalog=read_catalog(files.catalog))
+        with threadpool_limits(limits=1, user_api="blas"):  # as `astrodask solve` and Dask's workers run a solve
+            result = solve_file(files.image, catalog=read_catalog(files.catalog))
     except AstrodaskError as err:  # reported as the cell's failure; anything else is a bug and stops the run
         row.ours_status, row.ours_reason = "error", f"{type(err).__name__}: {err}"
         return
