@@ -125,6 +125,11 @@ def test_local_gp_equals_the_global_gp() -> None:
     assert np.sqrt(np.mean((local.mean_mas - whole.mean_mas) ** 2)) < 0.15 * np.sqrt(np.mean(whole.mean_mas**2))
     truth = truth[::7]
     assert np.sqrt(np.mean((truth - local.mean_mas) ** 2)) < 1.05 * np.sqrt(np.mean((truth - whole.mean_mas) ** 2))
+    # in sample, the posterior mean K (K + N)^-1 y (the GP reads it off its weights: y - N (K + N)^-1 y)
+    cov = kernel.matrix(ij, ij)
+    noisy = cov + np.diag(var.ravel())
+    np.testing.assert_allclose(whole.at_stars_mas, (cov @ np.linalg.solve(noisy, res.ravel())).reshape(-1, 2),
+                               atol=1e-6)
 
 
 def test_turbulence_corrected_and_its_error_predicted() -> None:

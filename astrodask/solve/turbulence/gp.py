@@ -118,15 +118,17 @@ def _kernel_matrix(kernel: CurlFreeKernel, a: np.ndarray, b: np.ndarray) -> np.n
     return kernel.matrix(a, b)
 
 
-def _cholesky(kernel: CurlFreeKernel, xy: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """The lower Cholesky factor of the block's covariance (kernel plus white noise (n, 2), interleaved)."""
+def _cholesky(kernel: CurlFreeKernel, xy: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lower Cholesky factor of the block's covariance (kernel plus white noise (n, 2), interleaved), and the
+    diagonal (2n,) added to the kernel (the noise and a jitter)."""
     jitter = JITTER_REL * max(kernel.variance_mas2, 1e-12)
     for extra in (1.0, 1e3):  # not positive definite to rounding: a little more jitter
         cov = _kernel_matrix(kernel, xy, xy)
-        cov[np.diag_indices_from(cov)] += noise.ravel() + extra * jitter
+        added = noise.ravel() + extra * jitter
+        cov[np.diag_indices_from(cov)] += added
         lower, info = dpotrf(cov, lower=1, clean=1, overwrite_a=1)
         if info == 0:
-            return lower
+            return lower, added
     raise LinAlgError(f"turbulence: a block's covariance is not positive definite (LAPACK info {info})")
 
 
@@ -228,28 +230,31 @@ def _solve_block(block: GPBlock, train_ij: np.ndarray, residual_mas: np.ndarray,
 
     if len(block.train) == 0:
         return
-    lower = _cholesky(kernel, train_ij[block.train], noise_mas2[block.train])
+    lower, added = _cholesky(kernel, train_ij[block.train], noise_mas2[block.train])
     y = residual_mas[block.train].ravel()
     alpha = solve_triangular(lower, solve_triangular(lower, y, lower=True, check_finite=False), lower=True,
                              trans=1, check_finite=False)
+    # the block's own stars that condition it (all of them unless the block and its halo hold too many)
+    row = np.searchsorted(block.train, block.own)
+    found = (row < len(block.train)) & (block.train[np.minimum(row, len(block.train) - 1)] == block.own)
+    own = block.own[found]
     if cross_validate:
         inv = _inverse(lower)
-        # the block's own stars that condition it (all of them unless the block itself is too full)
-        row = np.searchsorted(block.train, block.own)
-        found = (row < len(block.train)) & (block.train[np.minimum(row, len(block.train) - 1)] == block.own)
-        own = block.own[found]
         for fold in np.unique(folds[own]):
             members = np.flatnonzero(folds[block.train] == fold)
             rows = np.column_stack([2 * members, 2 * members + 1]).ravel()
             r = np.linalg.solve(inv[np.ix_(rows, rows)], alpha[rows]).reshape(-1, 2)
             mine = own[folds[own] == fold]
             held[mine] = r[np.searchsorted(block.train[members], mine)]
-    points = np.concatenate([query_ij[block.query], train_ij[block.own]])
+    # the posterior mean at a conditioning star needs no kernel row: K alpha = y - (noise + jitter) alpha
+    at_stars[own] = (y - added * alpha).reshape(-1, 2)[row[found]]
+    others = block.own[~found]
+    points = np.concatenate([query_ij[block.query], train_ij[others]])
     kq = _kernel_matrix(kernel, points, train_ij[block.train])
     mu = (kq @ alpha).reshape(-1, 2)
     nq = len(block.query)
     mean[block.query] = mu[:nq]
-    at_stars[block.own] = mu[nq:]
+    at_stars[others] = mu[nq:]
     if nq:
         v = solve_triangular(lower, kq[: 2 * nq].T, lower=True, check_finite=False)
         reduction = np.einsum("nq,nq->q", v, v).reshape(-1, 2)
