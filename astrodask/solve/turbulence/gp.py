@@ -18,9 +18,6 @@ from scipy.linalg.lapack import dpotrf, dpotri
 
 from astrodask.solve.turbulence.kernel import CurlFreeKernel
 
-#: BLAS threads while the blocks are solved: a block's matrices are a few hundred rows, where a second
-#: thread only waits (a 300 x 300 Cholesky: 2 ms on one thread, 30 ms of CPU on two, busy 2-core machine).
-BLAS_THREADS = 1
 #: Jitter added to a block's covariance diagonal, relative to its kernel variance (numerical safety).
 JITTER_REL = 1e-9
 
@@ -200,8 +197,6 @@ def local_gp(train_ij: np.ndarray, residual_mas: np.ndarray, noise_mas2: np.ndar
     into
         A result whose values stand where none of these blocks is (not changed; copied).
     """
-    from threadpoolctl import threadpool_limits
-
     n = len(residual_mas)
     prior = kernel.axis_variance_mas2()
     if into is not None:
@@ -214,10 +209,12 @@ def local_gp(train_ij: np.ndarray, residual_mas: np.ndarray, noise_mas2: np.ndar
         return LocalGP(np.asarray(residual_mas, dtype=np.float64).copy(), at_stars, mean, var)
     if blocks is None:
         blocks = gp_blocks(train_ij, query_ij, block_px=block_px, halo_px=halo_px, max_stars=max_stars)
-    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-        for block in blocks:
-            _solve_block(block, train_ij, residual_mas, noise_mas2, kernel, folds, query_ij, prior, cross_validate,
-                         held, at_stars, mean, var)
+    # BLAS threads are the caller's: one in the command, in Dask's workers and in the benchmarks (a block's
+    # matrices are a few hundred rows, where a second thread only waits); not set here, as a process-wide
+    # setting changed by a stage would race with the other threads of a process
+    for block in blocks:
+        _solve_block(block, train_ij, residual_mas, noise_mas2, kernel, folds, query_ij, prior, cross_validate,
+                     held, at_stars, mean, var)
     return LocalGP(held, at_stars, mean, var)
 
 
