@@ -78,6 +78,13 @@ def solve_exposure(exposure: str | Path | np.ndarray, *, header: fits.Header | N
     ------
     ConfigError
         An array given without its header.
+
+    Notes
+    -----
+    The fits are tall and thin (thousands of pairs, tens of terms) and the turbulence GP's blocks a
+    few hundred rows, where BLAS threads only wait for each other: run with one, as ``astrodask
+    solve`` and Dask's workers do (``threadpoolctl.threadpool_limits(1, "blas")``). The stages do
+    not set it themselves: it is a setting of the whole process.
     """
     config = config or PipelineConfig()
     stars = _catalog(catalog, config)

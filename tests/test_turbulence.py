@@ -22,7 +22,7 @@ from astrodask.simulate.atmosphere import TurbulenceSpec, turbulence_field
 from astrodask.solve.pipeline import solve_file
 from astrodask.solve.tpv import TPVSolution, local_jacobian, pixel_to_world
 from astrodask.solve.turbulence import (MAS_PER_DEG, CurlFreeKernel, correct_turbulence, corrected_pixel_to_world,
-                                        local_gp)
+                                        correlation_significance, gp_blocks, local_gp, measure_correlation)
 from astrodask.sphere import gnomonic
 from astrodask.types import SOLVED, ExposureResult
 
@@ -72,11 +72,22 @@ def _flat_jacobian(i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.diag([SCALE * 1000.0, SCALE * 1000.0]), (len(i), 2, 2))
 
 
-def _run(i, j, res, var, config=None):
+def _east_left_jacobian(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(np.diag([-SCALE * 1000.0, SCALE * 1000.0]), (len(i), 2, 2))
+
+
+def _run(i, j, res, var, config=None, jacobian=_flat_jacobian):
     total = var + np.var(res, axis=0) - np.mean(var, axis=0)  # what like_fit's floor would add
     return correct_turbulence(i, j, res, var, np.maximum(total, var), shape=SHAPE, scale_arcsec=SCALE, degree=3,
-                              jacobian_mas_per_px=_flat_jacobian, epoch_yr=2026.0,
+                              jacobian_mas_per_px=jacobian, epoch_yr=2026.0,
                               config=config or TurbulenceConfig(), rng=np.random.default_rng(0))
+
+
+def _corrected_rms(result, gi, gj, truth_error, sign=(1.0, 1.0)) -> np.ndarray:
+    """The error per axis left after the correction, mas; ``sign`` maps pixel offsets onto the residual axes."""
+    di, dj = result.field.pixel_offsets(gi, gj)
+    offsets = SCALE * 1000.0 * np.column_stack([di, dj]) * np.asarray(sign)
+    return np.sqrt(np.mean((truth_error + offsets) ** 2, axis=0))
 
 
 def test_curl_free_kernel_is_the_covariance_of_the_simulated_field() -> None:
@@ -114,6 +125,11 @@ def test_local_gp_equals_the_global_gp() -> None:
     assert np.sqrt(np.mean((local.mean_mas - whole.mean_mas) ** 2)) < 0.15 * np.sqrt(np.mean(whole.mean_mas**2))
     truth = truth[::7]
     assert np.sqrt(np.mean((truth - local.mean_mas) ** 2)) < 1.05 * np.sqrt(np.mean((truth - whole.mean_mas) ** 2))
+    # in sample, the posterior mean K (K + N)^-1 y (the GP reads it off its weights: y - N (K + N)^-1 y)
+    cov = kernel.matrix(ij, ij)
+    noisy = cov + np.diag(var.ravel())
+    np.testing.assert_allclose(whole.at_stars_mas, (cov @ np.linalg.solve(noisy, res.ravel())).reshape(-1, 2),
+                               atol=1e-6)
 
 
 def test_turbulence_corrected_and_its_error_predicted() -> None:
@@ -136,12 +152,85 @@ def test_turbulence_corrected_and_its_error_predicted() -> None:
 
 
 def test_no_turbulence_stays_tpv_only_and_says_so() -> None:
+    """Without a field the correlation is not significant: no GP is solved (no cross-validation), and the reason says
+    so with the figure."""
     i, j, res, var, *_ = _residual_case(0.0)
     result = _run(i, j, res, var)
     assert not result.applied and result.field is None and result.correction == "tpv"
     assert result.reason.startswith("not applied")
     np.testing.assert_array_equal(result.corrected_mas, result.residual_mas)
     assert result.predicted is result.predicted_tpv
+    if result.kernel is not None and result.kernel.variance_mas2 > 0:  # a chance positive correlation: the gate says
+        assert result.cv is None and "corr_min_sigma" in result.reason and "no GP solved" in result.reason
+        assert result.significance is not None and result.significance.sigma <= 3.0
+
+
+def test_correlation_significance_is_a_standard_normal_without_a_field() -> None:
+    """Uncorrelated residuals of unequal variances, weighted by their inverse: the short-range statistic has mean 0 and
+    standard deviation 1 over realisations (each pair counted once: twice would give sqrt 2); a 15 mas field at
+    1.5 stars/arcmin^2 measured to 10 mas stands far above it."""
+    rng = np.random.default_rng(8)
+    ny, nx = SHAPE
+    n = 1500
+    i, j = rng.uniform(0, nx - 1, n), rng.uniform(0, ny - 1, n)
+    sigma = rng.uniform(5.0, 60.0, (n, 2))
+    z = []
+    for _ in range(40):  # out to 4.5' only (bins of 3'): the statistic needs no more, and it keeps the test fast
+        res = rng.normal(0.0, sigma)
+        corr = measure_correlation(i, j, res, 1.0 / sigma**2, max_sep_px=4.5 * PX_PER_ARCMIN, bins=3)
+        z.append(correlation_significance(corr, radius_px=3 * PX_PER_ARCMIN).sigma)
+    assert abs(np.mean(z)) < 0.5 and 0.75 < np.std(z) < 1.3, (np.mean(z), np.std(z))
+    i, j, res, var, *_ = _residual_case(15.0)
+    corr = measure_correlation(i, j, res, 1.0 / (var + 225.0), max_sep_px=20 * PX_PER_ARCMIN, bins=21)
+    signif = correlation_significance(corr, radius_px=3 * PX_PER_ARCMIN)
+    assert signif.sigma > 20 and signif.pairs > 1000
+
+
+def test_east_left_image_is_corrected_as_well() -> None:
+    """The usual sky orientation (East left: xi grows towards -i) reflects the residuals against the pixels; the
+    curl-free kernel's cross term changes sign under a reflection, so the stage works in the pixel frame: the same
+    field seen East-left is corrected as well as seen East-right (0.45 of the TPV-only error left; 0.69 when the GP
+    took the sky's axes for the pixels')."""
+    i, j, res, var, gi, gj, truth_error = _residual_case(15.0)
+    flip = np.array([-1.0, 1.0])  # the same displacements, their xi component as an East-left image reports it
+    right = _run(i, j, res, var)
+    left = _run(i, j, res * flip, var, jacobian=_east_left_jacobian)
+    assert right.applied and left.applied, left.reason
+    tpv_only = np.sqrt(np.mean(truth_error**2, axis=0))
+    err_right = _corrected_rms(right, gi, gj, truth_error)
+    err_left = _corrected_rms(left, gi, gj, truth_error * flip, sign=(-1.0, 1.0))
+    assert np.all(err_left < 0.55 * tpv_only), (err_left, tpv_only)
+    np.testing.assert_allclose(err_left, err_right, rtol=0.02)
+
+
+def test_cross_validation_on_a_sample_of_blocks() -> None:
+    """turbulence.cv_max_stars: the gate holds back the stars of blocks drawn at random until it has enough, and says
+    how many; the correction, once accepted, is the same GP over every block as with the whole field held back."""
+    i, j, res, var, *_ = _residual_case(15.0)
+    whole = _run(i, j, res, var)
+    sampled = _run(i, j, res, var, TurbulenceConfig(cv_max_stars=300))
+    assert whole.applied and sampled.applied, sampled.reason
+    assert whole.cv.n_blocks == whole.cv.total_blocks and whole.cv.n_stars == len(i)
+    assert sampled.cv.n_blocks < sampled.cv.total_blocks and 300 <= sampled.cv.n_stars < len(i) / 2
+    assert f"{sampled.cv.n_blocks} of {sampled.cv.total_blocks} blocks drawn at random" in sampled.reason
+    np.testing.assert_allclose(sampled.field.offset_px, whole.field.offset_px, atol=1e-9)
+    np.testing.assert_allclose(sampled.field.sd_mas, whole.field.sd_mas, atol=1e-6)
+
+
+def test_blocks_keep_their_best_measured_stars() -> None:
+    """A block with more stars than turbulence.max_block_stars within its halo keeps the best measured of them."""
+    rng = np.random.default_rng(4)
+    ij = rng.uniform(0, 1000, (3000, 2))
+    weight = rng.uniform(0.0, 1.0, 3000)
+    blocks = gp_blocks(ij, np.zeros((0, 2)), block_px=300.0, halo_px=100.0, max_stars=100, weight=weight)
+    assert sum(len(b.own) for b in blocks) == 3000
+    lo = ij.min(axis=0)
+    for b in blocks:
+        assert len(b.train) == 100
+        centre = lo + (np.floor((ij[b.own[0]] - lo) / 300.0) + 0.5) * 300.0
+        near = np.flatnonzero(np.max(np.abs(ij - centre), axis=1) <= 250.0)  # the block and its halo
+        assert set(b.train) <= set(near)
+        assert weight[b.train].min() >= np.sort(weight[near])[-100]
 
 
 def test_switched_off_or_too_few_stars() -> None:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import click
 
 from astrodask.cli.options import (EXIT_PARTIAL, AstrodaskGroup, cache_location, cluster_options, config_options,
-                                   configure_logging, for_each, load_config, logging_options, on_kubernetes,
-                                   retries_option)
+                                   configure_logging, for_each, load_config, local_cluster_processes, logging_options,
+                                   on_kubernetes, retries_option)
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
 
@@ -155,8 +155,9 @@ def cache_prefetch_cmd(items: tuple[str, ...], field_ra: float | None, field_dec
 
         started = time.perf_counter()
         with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
-                     kubernetes=on_kubernetes(scheduler, scheduler_file)) as connection:
-            where = "embedded LocalCluster" if connection.embedded else "scheduler"
+                     kubernetes=on_kubernetes(scheduler, scheduler_file),
+                     processes=local_cluster_processes(len(tiles))) as connection:
+            where = connection.where
             click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
             with BacklogProgress(len(tiles), unit="tiles") as progress:
                 records = prefetch_tiles(connection, sorted(tiles), cache_url=location, config=config,

@@ -173,8 +173,37 @@ def on_kubernetes(scheduler: str | None, scheduler_file: str | None) -> bool:
     return kubernetes
 
 
+def _remember_local_cluster(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    ctx.meta["astrodask.local_cluster"] = value
+    return value
+
+
+#: ``--local-cluster auto`` runs a job of at most this many exposures on a LocalCluster of threads.
+THREADS_UP_TO_EXPOSURES = 1
+
+
+def local_cluster_processes(n_exposures: int) -> bool:
+    """Whether the embedded LocalCluster (``--local-cluster``) runs worker processes (else threads in this process).
+
+    ``auto`` (the default): threads for a single exposure, processes for a backlog. One exposure
+    has already been read and detected in this process while the cluster started (the head
+    start), so what is left (regions, fits, writing) is seconds of NumPy work: worker processes
+    would cost more to start, import the stack and shut down (3-4 s on 2 cores) than they could
+    save. A backlog needs processes: SEP holds the GIL, so threads cannot detect two frames at once.
+    """
+    choice = click.get_current_context().meta.get("astrodask.local_cluster", "auto")
+    if choice == "auto":
+        return n_exposures > THREADS_UP_TO_EXPOSURES
+    return choice == "processes"
+
+
 def cluster_options(func: Callable) -> Callable:
-    """--scheduler ADDRESS, --scheduler-file FILE, --workers N, --cluster local|kubernetes."""
+    """--scheduler ADDRESS, --scheduler-file FILE, --workers N, --cluster local|kubernetes, --local-cluster."""
+    func = click.option("--local-cluster", type=click.Choice(["auto", "processes", "threads"]), default="auto",
+                        show_default=True, expose_value=False, callback=_remember_local_cluster,
+                        help="The embedded LocalCluster's workers: processes (one per core), or threads in this "
+                             "process (one worker, a thread per core: no processes to start for a small job); "
+                             "auto: threads for a single exposure, processes for more.")(func)
     func = click.option("--cluster", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
                         expose_value=False, callback=_remember_cluster,
                         help="local: --scheduler/--scheduler-file, else an embedded LocalCluster; kubernetes: the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import click
 
 from astrodask.cli.options import (EXIT_INTERRUPTED, EXIT_PARTIAL, cache_for_solve, cache_option, cluster_options,
                                    config_options, configure_logging, load_config, logging_options, pointing_options,
-                                   on_kubernetes, pointing_overrides, retries_option)
+                                   local_cluster_processes, on_kubernetes, pointing_overrides, retries_option)
 from astrodask.config import PipelineConfig
 
 
@@ -150,14 +150,19 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
         with one_blas_thread():
             ahead.update(detect_ahead(paths[:1], config=config))
 
+    processes = local_cluster_processes(len(paths))
     try:
-        with connect(scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
-                     kubernetes=on_kubernetes(scheduler, scheduler_file),
-                     while_starting=head_start if paths and not detach else None) as connection:
+        with ExitStack() as stack:
+            if not processes:  # the workers are threads of this process: BLAS on one thread, as in worker processes
+                stack.enter_context(one_blas_thread())
+            connection = stack.enter_context(connect(
+                scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
+                kubernetes=on_kubernetes(scheduler, scheduler_file), processes=processes,
+                while_starting=head_start if paths and not detach else None))
             if detach and connection.embedded:
                 raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
                                            "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
-            where = "embedded LocalCluster" if connection.embedded else "scheduler"
+            where = connection.where
             click.echo(f"{where} {connection.address}; dashboard: {connection.dashboard}")
             with BacklogProgress(0 if detach else len(paths), unit="exposures") as progress:
                 rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,

@@ -139,6 +139,9 @@ def uncertainty_cards(result: ExposureResult, *, tpv_only: bool = False) -> list
                   ("TURBL0", round(float(k.outer_scale_px * scale / 60.0), 3), "[arcmin] kernel outer scale"),
                   ("TURBQ", round(float(k.axis_ratio), 4), "kernel axis ratio, short/long"),
                   ("TURBANG", round(float(np.degrees(k.angle_rad)), 2), "[deg] kernel long axis, +i towards +j")]
+    if t.significance is not None:
+        cards.append(("TURBCSIG", round(float(t.significance.sigma), 2),
+                      "[sigma] short-range residual correlation"))
     if t.cv is not None:
         cv = t.cv
         cards += [("CVRMS1", round(cv.rms_before_mas[0], 3), "[mas] CV held-back rms, xi, TPV"),
@@ -421,8 +424,8 @@ SUMMARY_COLUMNS = ("file", "name", "status", "failure_kind", "reason", "notes", 
                    "regions_ok", "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof",
                    "chi2_dof", "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas", "correction",
                    "turbulence", "crder_xi_mas", "crder_eta_mas", "csyer_mas", "crder_tpv_xi_mas", "crder_tpv_eta_mas",
-                   "turb_sigma_xi_mas", "turb_sigma_eta_mas", "turb_outer_arcmin", "cv_rms_mas", "cv_rms_corrected_mas",
-                   "cv_gain_sigma")
+                   "turb_sigma_xi_mas", "turb_sigma_eta_mas", "turb_outer_arcmin", "turb_corr_sigma", "cv_rms_mas",
+                   "cv_rms_corrected_mas", "cv_gain_sigma")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
 STAGES = tuple(stage.value for stage in Stage)
 
@@ -476,7 +479,9 @@ def turbulence_columns(result: ExposureResult) -> dict[str, Any]:
     scale = result.solution.scale_arcsec if result.solution is not None else nan
     row.update({"turb_sigma_xi_mas": float(sigma[0]), "turb_sigma_eta_mas": float(sigma[1]),
                 "turb_outer_arcmin": (float(t.kernel.outer_scale_px * scale / 60.0)
-                                      if t is not None and t.kernel is not None else nan)})
+                                      if t is not None and t.kernel is not None else nan),
+                "turb_corr_sigma": (float(t.significance.sigma)
+                                    if t is not None and t.significance is not None else nan)})
     cv = t.cv if t is not None else None
     row.update({"cv_rms_mas": float(np.hypot(*cv.rms_before_mas)) if cv else nan,
                 "cv_rms_corrected_mas": float(np.hypot(*cv.rms_after_mas)) if cv else nan,

@@ -41,18 +41,31 @@ class Connection:
         """True when astrodask started its own LocalCluster."""
         return self.cluster is not None
 
+    @property
+    def where(self) -> str:
+        """What runs the work, for messages: the scheduler, or the embedded LocalCluster and its workers."""
+        if self.cluster is None:
+            return "scheduler"
+        threads = self.client.nthreads()  # worker address -> threads
+        if getattr(self.cluster, "processes", True):
+            return f"embedded LocalCluster of {len(threads)} worker processes"
+        return f"embedded LocalCluster of {sum(threads.values())} threads in this process"
+
 
 @contextmanager
 def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None,
             threads_per_worker: int = 1, memory_limit: str | None = "auto",
-            kubernetes: bool = False, while_starting: Callable[[], Any] | None = None) -> Iterator[Connection]:
+            kubernetes: bool = False, while_starting: Callable[[], Any] | None = None,
+            processes: bool = True) -> Iterator[Connection]:
     """Connect to a running scheduler, or start the embedded LocalCluster.
 
     The scheduler is, in order: ``scheduler`` (``--scheduler``), the
     ``DASK_SCHEDULER_ADDRESS`` environment variable (dask config
     ``scheduler-address``), ``scheduler_file`` (``--scheduler-file``); with none, a
     LocalCluster of worker processes (one per core, one thread each) starts on
-    loopback and closes on exit. With ``kubernetes`` (``--cluster kubernetes``), the
+    loopback and closes on exit; with ``processes=False``, one worker in this process instead, with
+    ``n_workers x threads_per_worker`` threads (no process to start: for small jobs; the workers' logs are then
+    this process's own, not forwarded). With ``kubernetes`` (``--cluster kubernetes``), the
     operator's DaskCluster instead (:func:`astrodask.run.kube.connect_kubernetes`; ``n_workers``
     sizes a cluster it creates).
 
@@ -78,7 +91,8 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
         client = Client(scheduler_file=scheduler_file)
     else:
         start = functools.partial(_start_local_cluster, n_workers=n_workers or os.cpu_count() or 1,
-                                  threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+                                  threads_per_worker=threads_per_worker, memory_limit=memory_limit,
+                                  processes=processes)
         if while_starting is None:
             cluster, client = start()
         else:
@@ -90,7 +104,8 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
                     cluster, client = starting.result()
     from astrodask.run.plugins import setup_client
 
-    setup_client(client)  # the astrodask worker plugin everywhere, worker logs forwarded here
+    # the astrodask worker plugin everywhere, worker logs forwarded here (in-process workers log here already)
+    setup_client(client, forward_logs=cluster is None or processes)
     connection = Connection(client, cluster, client.scheduler.address, getattr(client, "dashboard_link", None))
     try:
         yield connection
@@ -106,10 +121,17 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
 WORKER_IMPORTS = "astrodask.solve.pipeline"
 
 
-def _start_local_cluster(*, n_workers: int, threads_per_worker: int, memory_limit: str | None) -> tuple[Any, Any]:
-    """The embedded LocalCluster (worker processes on loopback) and its client."""
+def _start_local_cluster(*, n_workers: int, threads_per_worker: int, memory_limit: str | None,
+                         processes: bool = True) -> tuple[Any, Any]:
+    """The embedded LocalCluster (worker processes on loopback, or one worker of threads in this process) and
+    its client."""
     from distributed import Client, LocalCluster
 
+    if not processes:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=n_workers * threads_per_worker, processes=False,
+                               protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               memory_limit=memory_limit)  # loopback TCP: inproc's address looks up a public IP
+        return cluster, Client(cluster)
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                            host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
                            preload=[WORKER_IMPORTS])

@@ -82,7 +82,7 @@ class AstrodaskWorkerPlugin(WorkerPlugin):
                         "everywhere", worker.address, installed, self.origin_version)
 
 
-def setup_client(client: Client, *, level: int = WORKER_LOG_LEVEL) -> None:
+def setup_client(client: Client, *, level: int = WORKER_LOG_LEVEL, forward_logs: bool = True) -> None:
     """Prepare a client's cluster for astrodask: the worker plugin on every worker, logs forwarded,
     the scheduler's live view installed (:func:`astrodask.run.monitor.install_from_client`).
 
@@ -96,11 +96,16 @@ def setup_client(client: Client, *, level: int = WORKER_LOG_LEVEL) -> None:
         A connected client.
     level
         Lowest level of the astrodask records handled on the workers and forwarded.
+    forward_logs
+        Forward the workers' records (:func:`forward_worker_logs`). False for workers in the client's own
+        process (``LocalCluster(processes=False)``): their records already reach the client's handlers, and
+        forwarding would hand each one back to the logger it came from, again and again.
     """
     from astrodask.run.monitor import install_from_client
 
     client.register_plugin(AstrodaskWorkerPlugin(level=level), name=PLUGIN_NAME)
-    forward_worker_logs(client, level=level)
+    if forward_logs:
+        forward_worker_logs(client, level=level)
     install_from_client(client)  # the scheduler's live view: dashboard page, JSON, /metrics
 
 

@@ -84,16 +84,16 @@ def check_pixels(data: np.ndarray, *, saturation_adu: float | None, config: Dete
         More than ``config.max_saturated_fraction`` of the finite pixels are saturated.
     """
     level = float(config.default_saturation_adu if saturation_adu is None else saturation_adu)
-    saturated = data >= config.saturation_fraction * level
-    if data.dtype.kind in "iu":  # integers are all finite
-        n_finite = int(data.size)
+    # counted without indexing the image by a mask (a copy of every finite pixel): NaN compares
+    # false, and +inf, at or above any level, is taken back out
+    n_saturated = int(np.count_nonzero(data >= config.saturation_fraction * level))
+    if np.issubdtype(data.dtype, np.floating):
+        n_finite = int(np.count_nonzero(np.isfinite(data)))
+        n_saturated -= int(np.count_nonzero(data == np.inf))
     else:
-        finite = np.isfinite(data)
-        n_finite = int(np.count_nonzero(finite))
-        saturated &= finite
+        n_finite = data.size
     if n_finite == 0:
         raise ImageError(f"{where}: every pixel is NaN or infinite: there is no image to solve")
-    n_saturated = int(np.count_nonzero(saturated))
     if n_saturated > config.max_saturated_fraction * n_finite:
         raise NoSourcesError(f"{where}: {n_saturated / n_finite:.0%} of the pixels are at saturation (>= "
                              f"{config.saturation_fraction:g} x {level:g} ADU, "
