@@ -183,10 +183,11 @@ class DetectConfig(_Section):
 
     first: DetectPassConfig = field(default_factory=_first_pass, metadata={"doc": "first (matching) pass"})
     depth: DetectPassConfig = field(default_factory=_depth_pass, metadata={"doc": "relaxed depth-match pass"})
-    first_from_depth: bool = param(False, "one extraction: the first pass is the depth pass's sources that clear "
-                                   "the first pass's threshold (a quarter more sources than its own extraction, "
-                                   "which can tip a sparse field with shallow references; 1-2 s less on a full "
-                                   "frame); False: each pass extracts with its own settings")
+    first_from_depth: bool = param(True, "one extraction: SEP extracts once, with the depth pass's settings, and the "
+                                   "first pass is the part of that list that the first pass's own extraction finds "
+                                   "(the sources with first.minarea pixels above first.thresh_sigma; blends extracted "
+                                   "again in small cutouts with the first pass's settings); False: each pass extracts "
+                                   "with its own settings")
     back_size_px: int = param(128, "background mesh size", unit="px", lo=8, hi=4096)
     back_filter_size: int = param(3, "background median filter size", unit="meshes", lo=1, hi=15)
     winpos_fwhm_px: float = param(0.0, "FWHM for windowed centroids (0: from each source's half-flux radius)", unit="px", lo=0.0, hi=50.0)

@@ -134,7 +134,7 @@ class Pointing:
 
 @dataclass(frozen=True)
 class Exposure:
-    """One exposure read from disk: native-endian float32 pixels and what the header says.
+    """One exposure read from disk: its native-endian pixels and what the header says.
 
     Attributes
     ----------
@@ -143,7 +143,9 @@ class Exposure:
     hdu_index
         Index of the image HDU in the file.
     data
-        Image pixels, float32, native byte order, shape (ny, nx), BZERO/BSCALE applied.
+        Image pixels, native byte order, C order, shape (ny, nx), BZERO/BSCALE applied: integers
+        of up to 16 bits as read (float32 holds them exactly; the detection converts them once),
+        anything else float32 (:func:`astrodask.io.exposure.native_pixels`).
     header
         The image HDU's header (with the primary header's keywords merged in
         when the image is in an extension).

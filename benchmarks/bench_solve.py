@@ -28,8 +28,11 @@ solution (``solve-field_tycho2_unsolved.wcs``, itself about 0.14 px rms against 
 no WCS: both solvers get the same pointing (centre, scale, rotation), ours through
 ``solve_file(pointing=...)`` and the config overrides of the README's PANOPTES paragraph.
 
+``--set detect.first_from_depth=false`` (repeatable) adds a config override to every case of ours,
+e.g. to compare one detection extraction with two.
+
 Usage: python benchmarks/bench_solve.py [--cases dense,sparse,gs-crowded,panoptes,...] [--no-peer] [--no-ours]
-                                        [--work DIR] [--step-px 100]
+                                        [--work DIR] [--step-px 100] [--set SECTION.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -406,13 +409,33 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_ours(case: Prepared, scratch: Path, truth: WCS, shape: tuple[int, int], step_px: float) -> Outcome:
-    """astrodask's solve_file in a fresh Python process, with the case's config overrides and pointing."""
+def with_settings(overrides: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """The case's config overrides with ``--set SECTION.KEY=VALUE`` settings added (VALUE read as JSON,
+    else as text)."""
+    merged = json.loads(json.dumps(overrides))
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *sections, name = key.strip().split(".")
+        node = merged
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return merged
+
+
+def run_ours(case: Prepared, scratch: Path, truth: WCS, shape: tuple[int, int], step_px: float,
+             settings: list[str] | None = None) -> Outcome:
+    """astrodask's solve_file in a fresh Python process, with the case's config overrides (and ``settings``,
+    :func:`with_settings`) and pointing."""
     files = case.files
     scratch.mkdir(parents=True, exist_ok=True)
     wcs_out = scratch / "ours.wcs.pickle"
     wcs_out.unlink(missing_ok=True)
-    options = json.dumps({"overrides": case.overrides, "pointing": case.pointing})
+    options = json.dumps({"overrides": with_settings(case.overrides, settings or []), "pointing": case.pointing})
     run = peers.run_tool([sys.executable, "-c", OURS_CHILD, str(files.image), str(files.catalog), str(wcs_out),
                           options], cwd=scratch, timeout_s=SOLVE_TIMEOUT_S)
     stdout = (scratch / f"{Path(sys.executable).name}.stdout").read_text(errors="replace").strip()
@@ -523,6 +546,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "astrodask-bench-solve",
                         help="folder of the cached simulations and the solvers' scratch files")
     parser.add_argument("--step-px", type=float, default=DEFAULT_STEP_PX, help="grid step of the scorer, px")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override for our solve of every case (repeatable), e.g. "
+                             "detect.first_from_depth=false")
     args = parser.parse_args()
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in known_cases()]
@@ -531,7 +557,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; {tool_versions()}")
-    print(f"work dir {args.work}")
+    print(f"work dir {args.work}" + (f"; our config settings {args.settings}" if args.settings else ""))
 
     from astropy.table import Table
 
@@ -566,7 +592,8 @@ def main() -> None:
               f"{approx.rms_mas / 1e3:.0f}/{approx.p95_mas / 1e3:.0f}/{approx.max_mas / 1e3:.0f} arcsec"
               + (f"; our config overrides {case.overrides}" if case.overrides else "")
               + (f"; pointing given {case.pointing}" if case.pointing else ""), flush=True)
-        ours = None if args.no_ours else run_ours(case, args.work / f"{name}.ours", truth, shape, args.step_px)
+        ours = None if args.no_ours else run_ours(case, args.work / f"{name}.ours", truth, shape, args.step_px,
+                                                     args.settings)
         if ours is not None:
             print(f"  ours: {ours.status}{' (' + ours.reason + ')' if ours.reason else ''}; "
                   f"{_fmt(ours.n_matches)} matched, chi2/dof {_fmt(ours.chi2_dof, 2)}; "

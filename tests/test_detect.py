@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 
 from astrodask.config import DetectConfig, DetectPassConfig
 from astrodask.solve.detect import get_image_ij, get_image_ij_passes
-from astrodask.errors import AstrodaskWarning, ImageError
+from astrodask.errors import AstrodaskWarning, ImageError, NoSourcesError
 from astrodask.types import SOURCE_COLUMNS, SourceFlag
 
 SIGMA_PX = 1.1
@@ -159,10 +159,11 @@ def test_two_extractions_on_one_background_equal_two_separate_passes() -> None:
 
 
 def test_first_pass_from_the_depth_extraction() -> None:
-    """One extraction (detect.first_from_depth): the depth pass is the depth pass of its own, to the bit; the first
-    pass is a part of its rows, unchanged, holding the sources the first pass's own extraction finds."""
+    """One extraction (detect.first_from_depth, the default): the depth pass is the depth pass of its own, to the
+    bit; the first pass is a part of its rows, unchanged, holding the sources the first pass's own extraction finds."""
     image, x, y, flux = _grid_image(13)
     one = DetectConfig(first_from_depth=True)
+    assert DetectConfig().first_from_depth  # the default
     first, deep = get_image_ij_passes(image, gain=1.3, config=one)
     alone = get_image_ij(image, gain=1.3, depth=True, config=one)
     assert len(deep) == len(alone) > len(first) > 0
@@ -175,8 +176,9 @@ def test_first_pass_from_the_depth_extraction() -> None:
         np.testing.assert_array_equal(np.asarray(first[name]), np.asarray(deep[name])[picked], err_msg=name)
     assert first.meta["pass"] == "first" and first.meta["first_from_depth"]
     assert first.meta["n_sources"] == len(first) and deep.meta["n_sources"] == len(deep)
-    # the first pass's own extraction: each of its sources is in this first pass
+    # the first pass's own extraction finds the same sources, no more, no fewer
     own = get_image_ij(image, gain=1.3, config=DetectConfig(first_from_depth=False))
+    assert len(own) == len(first)
     d = np.hypot(own["i"][:, None] - first["i"][None, :], own["j"][:, None] - first["j"][None, :]).min(axis=1)
     assert np.all(d < 0.5), d.max()
     # and the truth: every rendered star bright enough for the first pass is there, none spurious
@@ -186,6 +188,87 @@ def test_first_pass_from_the_depth_extraction() -> None:
     strict, _ = get_image_ij_passes(image, gain=1.3, config=DetectConfig(first_from_depth=True,
                                                                         first=DetectPassConfig(thresh_sigma=20.0)))
     assert 0 < len(strict) < len(first)
+
+
+def _crowd_image(seed: int, n: int = 1400, shape: tuple[int, int] = (700, 900)) -> np.ndarray:
+    """A crowded field of stars down to the noise: blends at every separation, sources near both thresholds."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(3, shape[1] - 3, n), rng.uniform(3, shape[0] - 3, n)
+    flux = 10.0 ** rng.uniform(1.9, 4.5, n)  # peak 2 .. 800 sigma
+    return render(shape, x, y, flux, rng=rng)
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_first_pass_from_the_depth_extraction_is_the_first_pass_extraction(seed: int) -> None:
+    """On a crowded field (isolated sources, blends, sources at the threshold), the first pass taken from the depth
+    extraction is the first pass's own extraction: without SEP's cleaning, the same sources, blends included, to the
+    source; with it (the default), every source of its own and under 2 % more (faint sources that the first pass's
+    cleaning takes for the wings of a bright neighbour). The old selection by the filtered peak kept far more."""
+    import dataclasses
+
+    from astrodask.solve.detect import _extract, _extract_passes, subtract_background
+
+    background = subtract_background(_crowd_image(seed), config=DetectConfig())
+    kwargs = {"back_rms": background.rms_adu, "gain": 1.0, "mask": None}
+    for clean in (False, True):
+        config = DetectConfig(first=dataclasses.replace(DetectConfig().first, clean=clean))
+        own = _extract(background.image, config.first, **kwargs)
+        objects, in_first = _extract_passes(background.image, config, **kwargs)
+        np.testing.assert_array_equal(objects, _extract(background.image, config.depth, **kwargs))
+        taken = objects[in_first]
+        assert len(own) > 500 and np.count_nonzero(own["flag"] & 1) > 50  # a real test of the blends
+        # each source of the first pass's own extraction has its depth-pass source under its filtered peak ...
+        d_own, _ = cKDTree(np.c_[taken["x"], taken["y"]]).query(np.c_[own["xcpeak"], own["ycpeak"]])
+        d_taken, _ = cKDTree(np.c_[own["x"], own["y"]]).query(np.c_[taken["xcpeak"], taken["ycpeak"]])
+        if not clean:  # ... and the lists are the same
+            assert len(taken) == len(own) and np.all(d_own < 3.0) and np.all(d_taken < 3.0)
+        else:
+            assert np.mean(d_own < 3.0) > 0.995 and len(own) <= len(taken) < 1.02 * len(own)
+            assert np.all(taken["flag"][d_taken >= 3.0] & 1 == 0)  # the extra sources are not blends
+    # the old selection (filtered peak above the scaled threshold, npix at the depth threshold) kept more
+    old = (objects["cpeak"] >= 2.0 * objects["thresh"]) & (objects["npix"] >= config.first.minarea)
+    assert old.sum() > 1.05 * len(own) and old.sum() > len(taken) + 0.03 * len(own)
+
+
+def test_filtered_values_and_threshold_are_seps() -> None:
+    """The first pass's pixels, computed on the depth extraction's pixels alone (filtered_at), are SEP's: SEP's own
+    segmentation map of a first pass without deblending, cleaning or minimum area, to the pixel, edges included."""
+    import sep
+
+    from astrodask.solve.detect import SEP_PIXSTACK, _sep_kernel, filtered_at, gaussian_kernel, subtract_background
+
+    config = DetectConfig()
+    background = subtract_background(_crowd_image(23, n=500, shape=(300, 400)), config=config)
+    image, rms = background.image, background.rms_adu
+    sep.set_extract_pixstack(SEP_PIXSTACK)
+    _, segmap = sep.extract(image, config.first.thresh_sigma, err=rms, minarea=1, deblend_cont=1.0, clean=False,
+                            filter_kernel=gaussian_kernel(config.first.filter_fwhm_px), segmentation_map=True)
+    everywhere = np.arange(image.size)
+    above = filtered_at(image, everywhere, _sep_kernel(config.first.filter_fwhm_px)) \
+        > np.float32(np.float32(config.first.thresh_sigma) * np.float32(rms))
+    assert 1000 < above.sum() and np.array_equal(above, segmap.ravel() > 0)
+    # and it is the convolution (zero outside the image) of the normalised kernel
+    from scipy import ndimage
+
+    kernel = _sep_kernel(2.5)
+    expect = ndimage.correlate(image.astype(np.float64), kernel.astype(np.float64), mode="constant")
+    np.testing.assert_allclose(filtered_at(image, everywhere, kernel), expect.ravel(), atol=1e-3 * rms)
+
+
+def test_pixel_groups_are_the_8_connected_components() -> None:
+    from scipy import ndimage
+
+    from astrodask.solve.detect import pixel_groups
+
+    mask = np.random.default_rng(24).random((60, 80)) < 0.3
+    mask[:, 0] = mask[:, -1] = True  # a group must not wrap from one row's end to the next row's start
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    pixels = np.flatnonzero(mask)
+    groups = pixel_groups(pixels, mask.shape[1])
+    truth = labels.ravel()[pixels]
+    assert groups.max() + 1 == n
+    # the same partition: one group per label and one label per group
+    assert len(set(zip(groups.tolist(), truth.tolist()))) == n
 
 
 def test_extraction_in_strips_is_the_whole_images() -> None:
@@ -217,6 +300,25 @@ def test_extraction_in_strips_is_the_whole_images() -> None:
     found = np.hypot(cut["i"][:, None] - x[None, :], cut["j"][:, None] - y[None, :]).min(axis=0) < 1.0
     rows = np.digitize(y, np.arange(0, 1500, 200))
     assert all(found[rows == k].mean() > 0.9 for k in np.unique(rows))
+
+
+def test_integer_pixels_detect_as_their_float32_values() -> None:
+    """An exposure's integer pixels (kept as read) give the tables of the same pixels in float32, to the bit,
+    and the overexposure check counts them alike."""
+    from astrodask.solve.detect import check_pixels
+
+    image, *_ = _grid_image(15)
+    counts = np.clip(np.rint(np.nan_to_num(image, nan=SKY)), 0, 65535).astype(np.uint16)
+    for a, b in zip(get_image_ij_passes(counts, gain=1.3), get_image_ij_passes(counts.astype(np.float32), gain=1.3),
+                    strict=True):
+        assert len(a) == len(b) > 0
+        for name in a.colnames:
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+    config = DetectConfig()
+    counts[:200] = 65535  # two thirds of the rows at saturation
+    for data in (counts, counts.astype(np.float32)):
+        with pytest.raises(NoSourcesError, match="67% of the pixels are at saturation"):
+            check_pixels(data, saturation_adu=None, config=config, where="x.fits")
 
 
 def test_nan_pixels_are_masked() -> None:

@@ -55,8 +55,9 @@ def test_uint16_with_bzero_in_compressed_extension(tmp_path: Path, image: np.nda
     fits.HDUList([primary, comp]).writeto(path)
     exposure = read_exposure(path)
     assert exposure.hdu_index == 1
-    assert exposure.data.dtype == np.float32 and exposure.data.dtype.isnative
-    np.testing.assert_array_equal(exposure.data, image.astype(np.float32))
+    # kept as the camera's uint16 (float32 holds it exactly; the detection converts it once)
+    assert exposure.data.dtype == np.uint16 and exposure.data.dtype.isnative and exposure.data.flags.c_contiguous
+    np.testing.assert_array_equal(exposure.data, image)
     assert exposure.gain == 1.5 and exposure.exptime_s == 60.0  # EXPTIME inherited from the primary
     assert exposure.epoch_yr == pytest.approx(2024.5, abs=0.01)
     assert exposure.saturate_adu is None
@@ -71,7 +72,13 @@ def test_bscale_float_and_big_endian(tmp_path: Path) -> None:
     path = tmp_path / "scaled.fits"
     hdu.writeto(path)
     exposure = read_exposure(path)
+    assert exposure.data.dtype == np.float32  # scaled by BSCALE: float
     np.testing.assert_allclose(exposure.data, raw.astype(np.float64) * 0.5 + 100.0)
+    plain = tmp_path / "plain.fits"
+    fits.PrimaryHDU(raw).writeto(plain)  # big-endian int16 on disk: native int16 in memory, a copy of its own
+    data = read_exposure(plain).data
+    assert data.dtype == np.int16 and data.dtype.isnative and data.flags.owndata
+    np.testing.assert_array_equal(data, raw)
     floats = tmp_path / "float.fits"
     fits.PrimaryHDU(np.full(SHAPE, 2.5, dtype=">f8")).writeto(floats)
     data = read_exposure(floats).data

@@ -129,12 +129,18 @@ def test_crowded_field(tmp_path: Path) -> None:
     assert result.n_matches > 1500
 
 
-def test_more_sources_than_references_uses_the_failsafe(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_extraction", [True, False])
+def test_more_sources_than_references_uses_the_failsafe(tmp_path: Path, one_extraction: bool) -> None:
+    """A sparse field against shallow references, with one detection extraction (the default) and with two: the
+    case that a first pass with a quarter more faint sources than the 3-sigma extraction's tipped (3 agreeing
+    regions -> 2)."""
     field = simulate(tmp_path, "shallow-reference")
     catalog = read_catalog(field.catalog_path)
     shallow = catalog[catalog["phot_g_mean_mag"] < 17.5]
-    result = solve_file(field.image_path, catalog=shallow)
+    config = PipelineConfig.from_dict({"detect": {"first_from_depth": one_extraction}})
+    result = solve_file(field.image_path, catalog=shallow, config=config)
     assert result.ok, result.reason
+    assert result.config["detect"]["first_from_depth"] is one_extraction
     assert result.config["depth_match_method"] == "failsafe"
     matched = result.matched
     assert len(np.unique(matched["source_id"])) == len(matched)  # one source per reference
