@@ -77,6 +77,10 @@ def test_launch_two_workers_run_forward_logs_and_stop(tmp_path: Path, caplog: py
             assert set(levels.values()) == {logging.INFO}
             # astrodask.yaml applies (DASK_CONFIG points at cluster/)
             assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == 2
+            # its worker environment too: glibc's trim threshold unset, distributed's BLAS settings kept
+            environ = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_",
+                                                                           "OPENBLAS_NUM_THREADS")})
+            assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OPENBLAS_NUM_THREADS": "1"}] * 2
 
             assert client.submit(operator.add, 1, 2).result() == 3
             squares = client.gather(client.map(operator.mul, range(10), range(10)))

@@ -96,3 +96,18 @@ def test_a_backlog_runs_on_worker_processes_and_threads_can_be_forced(field: tup
     for out in (tmp_path / "backlog", tmp_path / "forced"):
         assert Table.read(out / "summary.ecsv")["status"].tolist() == [SOLVED, SOLVED]
         assert "2 of 2 solved" in (backlog.stdout if out.name == "backlog" else forced.stdout)
+
+
+def test_embedded_worker_processes_run_without_a_trim_threshold() -> None:
+    """glibc's trim threshold unset in the embedded workers (a set one costs 9-11 % of a solve), as in
+    cluster/astrodask.yaml, whose worker environment must say the same; distributed's other settings kept."""
+    import yaml
+
+    from astrodask.run.client import WORKER_ENVIRON, connect
+
+    config = yaml.safe_load((ROOT / "cluster" / "astrodask.yaml").read_text())
+    assert config["distributed"]["nanny"]["pre-spawn-environ"] == WORKER_ENVIRON
+    with connect(n_workers=1, memory_limit=None) as connection:
+        environ = connection.client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_",
+                                                                                 "OPENBLAS_NUM_THREADS")})
+    assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OPENBLAS_NUM_THREADS": "1"}]

@@ -121,6 +121,12 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
 WORKER_IMPORTS = "astrodask.solve.pipeline"
 
 
+#: Environment of the embedded LocalCluster's worker processes, over distributed's
+#: ``distributed.nanny.pre-spawn-environ`` (None unsets a variable): glibc's trim threshold left
+#: unset, as in ``cluster/astrodask.yaml`` (which says why: 9-11 % of every solve).
+WORKER_ENVIRON: dict[str, str | None] = {"MALLOC_TRIM_THRESHOLD_": None}
+
+
 def _start_local_cluster(*, n_workers: int, threads_per_worker: int, memory_limit: str | None,
                          processes: bool = True) -> tuple[Any, Any]:
     """The embedded LocalCluster (worker processes on loopback, or one worker of threads in this process) and
@@ -132,9 +138,13 @@ def _start_local_cluster(*, n_workers: int, threads_per_worker: int, memory_limi
                                protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                memory_limit=memory_limit)  # loopback TCP: inproc's address looks up a public IP
         return cluster, Client(cluster)
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                           host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
-                           preload=[WORKER_IMPORTS])
+    import dask.config
+
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{key}": value
+                          for key, value in WORKER_ENVIRON.items()}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
+                               preload=[WORKER_IMPORTS])
     return cluster, Client(cluster)
 
 
