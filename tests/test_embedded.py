@@ -98,12 +98,18 @@ def test_a_backlog_runs_on_worker_processes_and_threads_can_be_forced(field: tup
         assert "2 of 2 solved" in (backlog.stdout if out.name == "backlog" else forced.stdout)
 
 
-def test_embedded_worker_processes_run_without_a_trim_threshold() -> None:
+def test_embedded_worker_processes_run_without_a_trim_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     """glibc's trim threshold unset in the embedded workers (a set one costs 9-11 % of a solve), as in
-    cluster/astrodask.yaml, whose worker environment must say the same; distributed's other settings kept."""
+    cluster/astrodask.yaml, whose worker environment must say the same; distributed's other settings kept.
+
+    A nanny sets its pre-spawn variables in its own process's environment too, so a cluster started
+    earlier in this test process with distributed's defaults leaves the variable behind: a fresh
+    command starts without it, and so does this test."""
     import yaml
 
     from astrodask.run.client import WORKER_ENVIRON, connect
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
 
     config = yaml.safe_load((ROOT / "cluster" / "astrodask.yaml").read_text())
     assert config["distributed"]["nanny"]["pre-spawn-environ"] == WORKER_ENVIRON

@@ -521,9 +521,8 @@ def coarse_align(candidates: list[CandidateList] | tuple[CandidateList, ...], ve
         if ok and n_pairs >= need_accept:
             break
     if best is None:
-        raise MatchError("the coarse alignment failed (is the header's pointing off by more than gaia.margin_deg, "
-                         "or its scale, rotation or parity wrong? Give --ra and --dec, --scale, --rotation, "
-                         "--parity): " + "; ".join(f"{a.name} ({a.method}): {a.outcome}" for a in attempts),
+        tried = "; ".join(f"{a.name} ({a.method}): {a.outcome}" for a in attempts)
+        raise MatchError(f"the coarse alignment failed ({HEADER_HINT}): {tried}",
                          details={"coarse": [a.as_dict() for a in attempts]})
     attempts = [replace(a, outcome="accepted") if a is best else a for a in attempts]
     log.debug("coarse alignment: %s (%s) pairs %d stars (%.1f by chance)", best.name, best.method, best.n_pairs,
@@ -767,11 +766,17 @@ def region_outcomes(matches) -> list[dict]:
              "reason": m.reason} for m in matches]
 
 
+#: What to check when the header's pointing leads nowhere: the coarse alignment found nothing, or too few
+#: regions matched around what it found (a scale or rotation far off makes the regions' transforms fail).
+HEADER_HINT = ("is the header's pointing off by more than gaia.margin_deg, or its scale, rotation or parity wrong? "
+               "Give --ra and --dec, --scale, --rotation, --parity")
+
+
 def _regions_text(matches, head: str) -> str:
     counts: dict[str, int] = {}
     for m in matches:
         counts[m.status] = counts.get(m.status, 0) + 1
-    return f"{head} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+    return f"{head} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; {HEADER_HINT})"
 
 
 def matching_depth(n_sources: int, ref_in_image: np.ndarray, *, excess: float) -> int:
