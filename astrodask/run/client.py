@@ -44,10 +44,14 @@ class Connection:
     @property
     def where(self) -> str:
         """What runs the work, for messages: the scheduler, or the embedded LocalCluster and its workers."""
+        from distributed import LocalCluster
+
         if self.cluster is None:
             return "scheduler"
         threads = self.client.nthreads()  # worker address -> threads
-        if getattr(self.cluster, "processes", True):
+        if not isinstance(self.cluster, LocalCluster):  # e.g. the Kubernetes DaskCluster it created
+            return f"{type(self.cluster).__name__} started by astrodask, {len(threads)} workers"
+        if self.cluster.processes:
             return f"embedded LocalCluster of {len(threads)} worker processes"
         return f"embedded LocalCluster of {sum(threads.values())} threads in this process"
 
