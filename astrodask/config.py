@@ -162,7 +162,7 @@ class DetectPassConfig(_Section):
     filter_fwhm_px: float = param(2.5, "FWHM of the Gaussian matched filter (0 disables filtering)", unit="px", lo=0.0, hi=20.0)
     clean: bool = param(True, "clean spurious detections near bright objects")
     max_sources: int = param(300_000, "keep at most this many sources, brightest first", lo=10, hi=10_000_000)
-    strip_px: int = param(1024, "SEP extracts in strips of this many rows (and an overlap), each object kept by the "
+    strip_px: int = param(1024, "SEP extracts in strips of at most this many rows (an even number of equal strips, and an overlap), each object kept by the "
                           "strip holding its centroid: SEP's cleaning costs more than in proportion to the objects "
                           "it sees at once (0: the whole image at once)", unit="px", lo=0, hi=1_000_000)
 
@@ -188,6 +188,10 @@ class DetectConfig(_Section):
                                    "(the sources with first.minarea pixels above first.thresh_sigma; blends extracted "
                                    "again in small cutouts with the first pass's settings); False: each pass extracts "
                                    "with its own settings")
+    extract_processes: int = param(0, "processes that share the extraction's strips when the command solves an "
+                                   "exposure in its own process (--serial, or the first exposure while the embedded "
+                                   "cluster starts): forked copies of it, as SEP holds the GIL; 0: one per core, 1: "
+                                   "this process alone. Dask's workers extract in their own process", lo=0, hi=256)
     back_size_px: int = param(128, "background mesh size", unit="px", lo=8, hi=4096)
     back_filter_size: int = param(3, "background median filter size", unit="meshes", lo=1, hi=15)
     winpos_fwhm_px: float = param(0.0, "FWHM for windowed centroids (0: from each source's half-flux radius)", unit="px", lo=0.0, hi=50.0)

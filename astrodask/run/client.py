@@ -156,16 +156,22 @@ def detect_ahead(paths: Sequence[str | Path], *, config: PipelineConfig) -> dict
     """Read and detect exposures in this process (:func:`astrodask.run.graph.task_detect`), e.g. while the
     embedded cluster starts; keyed by resolved path, for :func:`submit_backlog`'s ``detected``.
 
+    The extraction's strips are shared with forked copies of this process, one per idle core
+    (:class:`astrodask.run.forked.ForkedMap`, ``detect.extract_processes``): SEP holds the GIL, and
+    the cluster's workers have no exposure yet.
+
     An exposure whose detection fails unexpectedly is left out (logged): the cluster then
     detects it, with its retries and report. An expected failure is kept: it is the exposure's result.
     """
+    from astrodask.run.forked import ForkedMap
     from astrodask.run.graph import task_detect
 
     done: dict[str, Detected] = {}
+    strip_map = ForkedMap(config.detect.extract_processes)
     for path in paths:
         resolved = str(Path(path).resolve())
         try:
-            done[resolved] = task_detect(resolved, config)
+            done[resolved] = task_detect(resolved, config, strip_map)
         except Exception as err:  # noqa: BLE001 - the cluster tries again and reports it
             log.warning("%s: detection ahead of the cluster failed (%s: %s); the cluster detects it",
                         resolved, type(err).__name__, err)

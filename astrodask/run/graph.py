@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask import delayed
 from dask.delayed import Delayed
@@ -47,6 +47,8 @@ from dask.delayed import Delayed
 from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
 from astrodask.run import monitor
+if TYPE_CHECKING:
+    from astrodask.solve.detect import StripMap
 from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FailureKind, FirstPass,
                              Prepared, Reduced, References,
                              RegionOutcome, Stage, TileFill, TileState, exposure_name)
@@ -140,9 +142,11 @@ class Detected:
     deep: DepthPass | Failed | None = None
 
 
-def task_detect(path: str, config: PipelineConfig) -> Detected:
+def task_detect(path: str, config: PipelineConfig, strip_map: StripMap | None = None) -> Detected:
     """Read the exposure, subtract its background and run both detection passes (one extraction
-    with ``detect.first_from_depth``); only the source tables leave the task."""
+    with ``detect.first_from_depth``); only the source tables leave the task. ``strip_map`` (not in
+    the graph: for :func:`astrodask.run.client.detect_ahead`) shares the extraction's strips out."""
+
     from astrodask.io.exposure import read_exposure
     from astrodask.solve.pipeline import StageClock, stage_sources
 
@@ -150,7 +154,7 @@ def task_detect(path: str, config: PipelineConfig) -> Detected:
     try:
         exposure = read_exposure(path)
         clock.lap(Stage.DETECT)
-        sources, deep = stage_sources(exposure, config=config, clock=clock)
+        sources, deep = stage_sources(exposure, config=config, clock=clock, strip_map=strip_map)
     except AstrodaskError as err:
         stage = clock.stage
         clock.lap(None)

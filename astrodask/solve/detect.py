@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import sep
@@ -23,6 +25,13 @@ from astrodask.errors import AstrodaskWarning, ImageError, NoSourcesError
 from astrodask.types import SOURCE_COLUMNS, Exposure, ExposureInfo, SourceFlag
 
 log = logging.getLogger(__name__)
+
+#: An extraction strip: (first row kept, row after the last kept, first row extracted, row after the
+#: last extracted) (:func:`_strips`).
+Strip = tuple[int, int, int, int]
+#: Maps a function over the extraction's strips: ``strip_map(fn, strips)`` is ``[fn(s) for s in strips]``,
+#: computed in this process or shared with others (:class:`astrodask.run.forked.ForkedMap`); None: here.
+StripMap = Callable[[Callable[[Strip], Any], Sequence[Strip]], list[Any]]
 
 #: SEP's pixel stack to start with; SEP allocates it on every call, so it is kept
 #: small and grown (x4) only when an extraction overflows it.
@@ -213,34 +222,39 @@ def get_image_ij_passes(data: np.ndarray, *, config: DetectConfig | None = None,
 
 
 def measure_pass(background: Background, *, config: DetectConfig, depth: bool = False, gain: float | None = None,
-                 saturation_adu: float | None = None) -> Table:
+                 saturation_adu: float | None = None, strip_map: StripMap | None = None) -> Table:
     """One detection pass on a background-subtracted image: extraction, morphology, windowed centroids.
 
-    See :func:`get_image_ij` for the table; the image is not modified.
+    See :func:`get_image_ij` for the table; the image is not modified. ``strip_map`` maps the
+    extraction over its strips (:data:`StripMap`; None: in this process).
     """
     pass_config: DetectPassConfig = config.depth if depth else config.first
     gain = config.default_gain if gain is None else float(gain)
-    objects = _extract(background.image, pass_config, back_rms=background.rms_adu, gain=gain, mask=background.mask)
+    objects = _extract(background.image, pass_config, back_rms=background.rms_adu, gain=gain, mask=background.mask,
+                       strip_map=strip_map)
     return _measure(background, _brightest(objects, pass_config.max_sources), config=config, depth=depth,
                     gain=gain, saturation_adu=saturation_adu)
 
 
 def measure_passes(background: Background, *, config: DetectConfig, gain: float | None = None,
-                   saturation_adu: float | None = None) -> tuple[Table, Table]:
+                   saturation_adu: float | None = None, strip_map: StripMap | None = None) -> tuple[Table, Table]:
     """Both detection passes on one background: (first pass, relaxed depth pass).
 
     With ``config.first_from_depth`` (the default) SEP extracts once, with the depth pass's
     settings, and the first pass is the part of that list that the first pass's own extraction
     finds (:func:`first_pass_rows`): every source is measured once, and the first pass's rows
     are the depth pass's rows, so both lists agree on every source they share. Otherwise each
-    pass has its own extraction (:func:`measure_pass` twice).
+    pass has its own extraction (:func:`measure_pass` twice). ``strip_map`` maps the extraction
+    over its strips (:data:`StripMap`; None: in this process).
     """
     if not config.first_from_depth:
-        return (measure_pass(background, config=config, depth=False, gain=gain, saturation_adu=saturation_adu),
-                measure_pass(background, config=config, depth=True, gain=gain, saturation_adu=saturation_adu))
+        return (measure_pass(background, config=config, depth=False, gain=gain, saturation_adu=saturation_adu,
+                             strip_map=strip_map),
+                measure_pass(background, config=config, depth=True, gain=gain, saturation_adu=saturation_adu,
+                             strip_map=strip_map))
     gain = config.default_gain if gain is None else float(gain)
     objects, in_first = _extract_passes(background.image, config, back_rms=background.rms_adu, gain=gain,
-                                        mask=background.mask)
+                                        mask=background.mask, strip_map=strip_map)
     order = np.argsort(-objects["flux"], kind="stable")[: config.depth.max_sources]
     objects, in_first = objects[order], in_first[order]
     deep = _measure(background, objects, config=config, depth=True, gain=gain, saturation_adu=saturation_adu)
@@ -610,7 +624,7 @@ def winpos_covariance(image: np.ndarray, x: np.ndarray, y: np.ndarray, sig: np.n
 
 
 def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: float, gain: float,
-             mask: np.ndarray | None) -> np.ndarray:
+             mask: np.ndarray | None, strip_map: StripMap | None = None) -> np.ndarray:
     """sep.extract with the pass settings, in strips of ``pass_config.strip_px`` rows.
 
     SEP's cleaning of spurious detections costs more than in proportion to the objects it
@@ -619,42 +633,59 @@ def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: floa
     side, and keeps the objects whose centroid lies in its own rows: an object smaller than the
     overlap is seen whole by the strip that keeps it, so the list is the whole image's (99.97 %
     of the objects identical on a crowded frame; the others are the deblending of objects
-    straddling a strip edge).
+    straddling a strip edge). The strips are independent: ``strip_map`` may share them out.
     """
-    parts = []
-    for y0, y1, lo, hi in _strips(image.shape[0], pass_config.strip_px):
+    def one(strip: Strip) -> np.ndarray:
+        y0, y1, lo, hi = strip
         objects, _ = _extract_whole(image[lo:hi], pass_config, back_rms=back_rms, gain=gain,
                                     mask=None if mask is None else mask[lo:hi])
-        parts.append(_own_rows(objects, y0, y1, lo))
-    return np.concatenate(parts)
+        return _own_rows(objects, y0, y1, lo)
+
+    return np.concatenate(_map_strips(one, _strips(image.shape[0], pass_config.strip_px), strip_map))
 
 
 def _extract_passes(image: np.ndarray, config: DetectConfig, *, back_rms: float, gain: float,
-                    mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                    mask: np.ndarray | None, strip_map: StripMap | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One extraction for both passes: the depth pass's objects (as :func:`_extract`) and, per object,
     whether the first pass's own extraction finds it (:func:`first_pass_rows`, strip by strip)."""
-    parts, firsts = [], []
-    for y0, y1, lo, hi in _strips(image.shape[0], config.depth.strip_px):
-        strip, strip_mask = image[lo:hi], None if mask is None else mask[lo:hi]
-        objects, segmap = _extract_whole(strip, config.depth, back_rms=back_rms, gain=gain, mask=strip_mask,
+    def one(strip: Strip) -> tuple[np.ndarray, np.ndarray]:
+        y0, y1, lo, hi = strip
+        part, part_mask = image[lo:hi], None if mask is None else mask[lo:hi]
+        objects, segmap = _extract_whole(part, config.depth, back_rms=back_rms, gain=gain, mask=part_mask,
                                          segmentation_map=True)
         assert segmap is not None
-        in_first = first_pass_rows(strip, objects, segmap, config=config, back_rms=back_rms, gain=gain,
-                                   mask=strip_mask)
+        in_first = first_pass_rows(part, objects, segmap, config=config, back_rms=back_rms, gain=gain,
+                                   mask=part_mask)
         own = _own_rows(objects, y0, y1, lo, mask_only=True)
-        parts.append(_own_rows(objects[own], y0, y1, lo))
-        firsts.append(in_first[own])
-    return np.concatenate(parts), np.concatenate(firsts)
+        return _own_rows(objects[own], y0, y1, lo), in_first[own]
+
+    parts = _map_strips(one, _strips(image.shape[0], config.depth.strip_px), strip_map)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _strips(ny: int, strip_px: int) -> list[tuple[int, int, int, int]]:
+def _map_strips(fn: Callable[[Strip], Any], strips: list[Strip], strip_map: StripMap | None) -> list[Any]:
+    """``fn`` over the strips, through ``strip_map`` when there is more than one strip to share."""
+    if strip_map is None or len(strips) < 2:
+        return [fn(s) for s in strips]
+    return strip_map(fn, strips)
+
+
+def _strips(ny: int, strip_px: int) -> list[Strip]:
     """Extraction strips (:func:`_extract`): (first row kept, row after the last kept, first row
-    extracted, row after the last extracted); one strip for the whole image when it is small."""
+    extracted, row after the last extracted); one strip for the whole image when it is small.
+
+    Otherwise an even number of strips of equal height (at most ``strip_px`` rows), whatever
+    runs them: two processes (:data:`StripMap`) share them equally, and the list is the same
+    however many share it.
+    """
     step = int(strip_px) or ny
     if step + 2 * STRIP_OVERLAP_PX >= ny:
         return [(0, ny, 0, ny)]
-    return [(y0, min(ny, y0 + step), max(0, y0 - STRIP_OVERLAP_PX), min(ny, y0 + step + STRIP_OVERLAP_PX))
-            for y0 in range(0, ny, step)]
+    count = -(-ny // step)
+    count += count % 2
+    height = -(-ny // count)
+    return [(y0, min(ny, y0 + height), max(0, y0 - STRIP_OVERLAP_PX), min(ny, y0 + height + STRIP_OVERLAP_PX))
+            for y0 in range(0, ny, height)]
 
 
 def _own_rows(objects: np.ndarray, y0: int, y1: int, lo: int, *, mask_only: bool = False) -> np.ndarray:
@@ -724,18 +755,19 @@ def detect_exposure(exposure: Exposure, *, config: DetectConfig | None = None, d
 
 
 def detect_pass(exposure: Exposure | ExposureInfo, background: Background, *, config: DetectConfig,
-                depth: bool = False) -> Table:
+                depth: bool = False, strip_map: StripMap | None = None) -> Table:
     """One pass of :func:`detect_exposure` on the exposure's background (:func:`subtract_background`),
     which the two passes share."""
     table = measure_pass(background, config=config, depth=depth, gain=exposure.gain,
-                         saturation_adu=exposure.saturate_adu)
+                         saturation_adu=exposure.saturate_adu, strip_map=strip_map)
     return _with_exposure(table, exposure)
 
 
-def detect_passes(exposure: Exposure | ExposureInfo, background: Background, *,
-                  config: DetectConfig) -> tuple[Table, Table]:
+def detect_passes(exposure: Exposure | ExposureInfo, background: Background, *, config: DetectConfig,
+                  strip_map: StripMap | None = None) -> tuple[Table, Table]:
     """Both passes of the exposure on its background (:func:`measure_passes`): (first, depth)."""
-    first, deep = measure_passes(background, config=config, gain=exposure.gain, saturation_adu=exposure.saturate_adu)
+    first, deep = measure_passes(background, config=config, gain=exposure.gain, saturation_adu=exposure.saturate_adu,
+                                 strip_map=strip_map)
     return _with_exposure(first, exposure), _with_exposure(deep, exposure)
 
 

@@ -1,0 +1,172 @@
+"""One exposure's work shared with forked copies of this process, while its other cores are idle.
+
+The command solves a single exposure in its own process (the head start of the embedded cluster,
+or ``--serial``), where SEP, which holds the GIL, would leave every core but one idle during the
+extraction. :class:`ForkedMap` maps a function over items (the extraction's strips) in this process
+and in forked children: a child inherits the image and the function as they are (no copy, no
+pickling of either: only the results come back, through a pipe), and exits as soon as it has sent
+them. Not for Dask's workers: each of them already has a core of its own to fill.
+
+A child that fails, dies or does not answer within the time given leaves its share to this
+process, which computes it again: its error, if any, is then raised here, with a traceback of
+this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: How long a child may take before its share is done here instead: this many times as long as this
+#: process's own share took, and at least MIN_WAIT_S (:class:`ForkedMap`'s ``min_wait_s``).
+WAIT_FACTOR: float = 4.0
+MIN_WAIT_S: float = 30.0
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def split_evenly(items: Sequence[T], parts: int) -> list[list[T]]:
+    """``items`` in at most ``parts`` contiguous, non-empty runs whose lengths differ by at most one."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        stop = start + size + (k < extra)
+        out.append(list(items[start:stop]))
+        start = stop
+    return [run for run in out if run]
+
+
+@dataclass(frozen=True)
+class _Child:
+    pid: int
+    fd: int
+    items: list[Any]
+
+
+class ForkedMap:
+    """``fmap(fn, items) == [fn(x) for x in items]``, with the items shared over forked processes.
+
+    Parameters
+    ----------
+    processes
+        Processes to share the items over, this one included (0: one per available core). One, or
+        a system without ``os.fork``, maps in this process alone.
+    min_wait_s
+        A child's share is done here when the child has not answered by then, or by
+        :data:`WAIT_FACTOR` times as long as this process's own share took, whichever is later.
+
+    Notes
+    -----
+    ``fn`` must only compute: a child runs it in a copy of this process at the moment of the fork
+    (with none of this process's other threads), sends its results and ends with ``os._exit``.
+    The results must pickle.
+    """
+
+    def __init__(self, processes: int = 0, *, min_wait_s: float = MIN_WAIT_S) -> None:
+        self.processes = available_cores() if processes <= 0 else processes
+        self.min_wait_s = min_wait_s
+        if not hasattr(os, "fork"):
+            self.processes = 1
+
+    def __call__(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        runs = split_evenly(items, self.processes)
+        if len(runs) <= 1:
+            return [fn(x) for x in items]
+        children: list[_Child] = []
+        try:
+            for run in runs[1:]:
+                children.append(_fork(fn, run))
+            started = time.perf_counter()
+            results = [fn(x) for x in runs[0]]
+            wait_s = max(self.min_wait_s, WAIT_FACTOR * (time.perf_counter() - started))
+            for child in children:
+                results.extend(_collect(child, fn, wait_s))
+            return results
+        finally:
+            for child in children:
+                _reap(child)
+
+
+def _fork(fn: Callable[[T], R], items: list[T]) -> _Child:
+    """Fork a child that maps ``fn`` over ``items`` and writes the pickled list (or its error) to a pipe."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():  # Python >= 3.12 warns of forking a process with threads: the child only computes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: compute, send, leave without running this process's exit handlers
+        status = 0
+        try:
+            os.close(read_fd)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it at once; the parent cleans up
+            try:
+                payload = pickle.dumps(("ok", [fn(x) for x in items]), protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as err:  # noqa: BLE001 - reported to the parent, which computes the share again
+                payload = pickle.dumps(("error", f"{type(err).__name__}: {err}"))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:  # noqa: BLE001 - the pipe is gone: the parent sees no answer
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    return _Child(pid, read_fd, list(items))
+
+
+def _collect(child: _Child, fn: Callable[[Any], R], wait_s: float) -> list[R]:
+    """A child's results; its share computed here instead when it fails, dies or takes longer than ``wait_s``."""
+    chunks, deadline, why = [], time.monotonic() + wait_s, ""
+    while True:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([child.fd], [], [], max(left, 0.0))
+        if not ready:
+            why = f"no answer within {wait_s:.0f} s"
+            break
+        chunk = os.read(child.fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    if not why:
+        try:
+            status, value = pickle.loads(b"".join(chunks))
+        except Exception as err:  # noqa: BLE001 - a child that died mid-way: its share is done here
+            status, value = "error", f"no whole answer ({type(err).__name__}: {err})"
+        if status == "ok":
+            return list(value)
+        why = str(value)
+    log.warning("a forked process sharing the work failed (%s); this process does its share", why)
+    return [fn(x) for x in child.items]
+
+
+def _reap(child: _Child) -> None:
+    """Close a child's pipe, and end it if it still runs (an error or Ctrl-C here)."""
+    try:
+        os.close(child.fd)
+    except OSError:
+        pass
+    try:
+        pid, _ = os.waitpid(child.pid, os.WNOHANG)
+        if pid == 0:
+            os.kill(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+    except ChildProcessError:  # already reaped
+        pass
