@@ -305,6 +305,7 @@ class FitConfig(_Section):
     rms_clip_sigma: float = param(4.0, "RMS clipping threshold", unit="sigma", lo=1.0, hi=100.0)
     rms_clip_rounds: int = param(3, "rounds of RMS clipping and refitting", lo=0, hi=50)
     error_clip_rounds: int = param(5, "rounds of ERROR_THRESHOLD clipping and like_fit refits", lo=0, hi=50)
+    error_clip_tolerance: float = param(1e-4, "ERROR_THRESHOLD clipping has converged when at most this fraction of the points would change side in another round (0: none)", lo=0.0, hi=0.1)
     depth_window: int = param(0, "depth_match slices the remaining references to this many, brightest first (0: all)", lo=0, hi=100_000_000)
     edge_margin_px: float = param(2.0, "references predicted this far outside the image still take part in the depth match", unit="px", lo=0.0, hi=1000.0)
     neighbour_radius_arcsec: float = param(3.0, "a reference with another Gaia star this close ...", unit="arcsec", lo=0.0, hi=60.0)

@@ -275,6 +275,42 @@ def test_error_clip_removes_outliers_and_recovers_the_model() -> None:
     np.testing.assert_array_equal(normalized_residuals(residuals, cov, model) <= 5.0, result.keep)
 
 
+def test_error_clip_tolerance_skips_rounds_that_move_a_handful_of_points() -> None:
+    """Rounds that would move a handful of points at the threshold are not run: in fewer refits, the
+    model stays within its uncertainty of the exact fixed point's, and the fit (here a zero point) within
+    a small fraction of its own."""
+    rng = np.random.default_rng(1)
+    residuals, cov = simulate(rng, 40000)
+    raw, bad = add_outliers(rng, residuals, cov, 0.05, 8.0)  # 8 sigma: a few are near the threshold after a refit
+    offset = np.array([30.0, -20.0])
+    raw = raw + offset
+    calls = {"exact": 0, "tolerant": 0}
+
+    def refit_for(name: str):
+        def refit(keep: np.ndarray, model: ErrorModel) -> np.ndarray:
+            calls[name] += 1
+            return raw - raw[keep].mean(axis=0)
+        return refit
+
+    start = raw - raw.mean(axis=0)
+    exact = error_clip(start, cov, threshold=5.0, rounds=20, refit=refit_for("exact"))
+    tolerant = error_clip(start, cov, threshold=5.0, rounds=20, refit=refit_for("tolerant"), change_tolerance=1e-4)
+    assert exact.converged and tolerant.converged
+    assert calls["tolerant"] < calls["exact"]
+    # within the tolerance of a fixed point: at most 4 of the 40000 points would change side
+    moved = np.count_nonzero((normalized_residuals(tolerant.residuals_mas, cov, tolerant.model) <= 5.0)
+                             != tolerant.keep)
+    assert 0 < moved <= 4
+    assert abs(tolerant.model.scale - exact.model.scale) < exact.model.scale_err
+    assert abs(tolerant.model.floor_mas - exact.model.floor_mas) < exact.model.floor_err_mas
+    zero_point = raw[exact.keep].mean(axis=0)
+    zero_point_err = np.sqrt(np.mean(exact.model.covariance(cov[exact.keep]), axis=0).diagonal() / exact.n_kept)
+    assert np.all(np.abs(raw[tolerant.keep].mean(axis=0) - zero_point) < 0.1 * zero_point_err)
+    assert np.count_nonzero(tolerant.keep != exact.keep) <= 4 and np.count_nonzero(tolerant.keep & bad) <= 4
+    with pytest.raises(ValueError, match="change_tolerance"):
+        error_clip(start, cov, change_tolerance=1.0)
+
+
 def test_error_clip_refits_after_each_round() -> None:
     rng = np.random.default_rng(14)
     residuals, cov = simulate(rng, 3000)

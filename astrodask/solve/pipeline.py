@@ -499,7 +499,7 @@ def stage_error_model(sources: Table, refs: Table, pairs: Pairs, solution: TPVSo
 
     cov = _sky_cov(sources, pairs.src, solution)
     result = error_clip(residuals_mas(sources, refs, pairs, solution), cov, threshold=fc.ERROR_THRESHOLD,
-                        rounds=fc.error_clip_rounds, refit=refit)
+                        rounds=fc.error_clip_rounds, refit=refit, change_tolerance=fc.error_clip_tolerance)
     # a last refit weighted by the final model, and the model of its residuals
     keep = result.keep
     res = refit(keep, result.model)
