@@ -111,7 +111,7 @@ def test_an_extraction_shared_over_processes_is_the_single_process_one(first_fro
     config = DetectConfig(depth=depth, first_from_depth=first_from_depth)
     background: Background = subtract_background(_crowded(7), config=config)
     here = measure_passes(background, config=config)
-    shared = measure_passes(background, config=config, strip_map=ForkedMap(2))
+    shared = measure_passes(background, config=config, work_map=ForkedMap(2))
     for a, b in zip(here, shared):
         assert len(a) > 300 and a.colnames == b.colnames
         for name in a.colnames:

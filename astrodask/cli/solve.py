@@ -33,7 +33,7 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
 
     results = []
     # one exposure at a time: its extraction's strips shared with forked copies of this process, one per core
-    strip_map = ForkedMap(config.detect.extract_processes)
+    work_map = ForkedMap(config.detect.extract_processes)
     # several files on a terminal: a live bar (failures printed above it); else one line per file
     progress = BacklogProgress(len(files), unit="exposures")
     progress.live = progress.live and len(files) > 1
@@ -41,7 +41,7 @@ def solve_and_write(files: Sequence[str], *, catalog, config: PipelineConfig, ou
         for index, path in enumerate(files, start=1):
             started = time.perf_counter()
             result = solve_file(path, catalog=catalog, config=config, pointing=pointing, cache_url=cache_url,
-                                strip_map=strip_map)
+                                work_map=work_map)
             recorded = record_outcome(result, out, debug=debug, write_header=write_header, plots_dir=plots_dir)
             result, written = recorded.result, list(recorded.written)  # failed if its outputs were not written
             results.append(result)

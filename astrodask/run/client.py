@@ -167,11 +167,11 @@ def detect_ahead(paths: Sequence[str | Path], *, config: PipelineConfig) -> dict
     from astrodask.run.graph import task_detect
 
     done: dict[str, Detected] = {}
-    strip_map = ForkedMap(config.detect.extract_processes)
+    work_map = ForkedMap(config.detect.extract_processes)
     for path in paths:
         resolved = str(Path(path).resolve())
         try:
-            done[resolved] = task_detect(resolved, config, strip_map)
+            done[resolved] = task_detect(resolved, config, work_map)
         except Exception as err:  # noqa: BLE001 - the cluster tries again and reports it
             log.warning("%s: detection ahead of the cluster failed (%s: %s); the cluster detects it",
                         resolved, type(err).__name__, err)

@@ -48,7 +48,7 @@ from astrodask.config import PipelineConfig
 from astrodask.errors import AstrodaskError
 from astrodask.run import monitor
 if TYPE_CHECKING:
-    from astrodask.solve.detect import StripMap
+    from astrodask.solve.detect import WorkMap
 from astrodask.types import (FAILED, DepthPass, Detections, ExposureResult, FailureDiagnostics, FailureKind, FirstPass,
                              Prepared, Reduced, References,
                              RegionOutcome, Stage, TileFill, TileState, exposure_name)
@@ -142,9 +142,9 @@ class Detected:
     deep: DepthPass | Failed | None = None
 
 
-def task_detect(path: str, config: PipelineConfig, strip_map: StripMap | None = None) -> Detected:
+def task_detect(path: str, config: PipelineConfig, work_map: WorkMap | None = None) -> Detected:
     """Read the exposure, subtract its background and run both detection passes (one extraction
-    with ``detect.first_from_depth``); only the source tables leave the task. ``strip_map`` (not in
+    with ``detect.first_from_depth``); only the source tables leave the task. ``work_map`` (not in
     the graph: for :func:`astrodask.run.client.detect_ahead`) shares the extraction's strips out."""
 
     from astrodask.io.exposure import read_exposure
@@ -154,7 +154,7 @@ def task_detect(path: str, config: PipelineConfig, strip_map: StripMap | None = 
     try:
         exposure = read_exposure(path)
         clock.lap(Stage.DETECT)
-        sources, deep = stage_sources(exposure, config=config, clock=clock, strip_map=strip_map)
+        sources, deep = stage_sources(exposure, config=config, clock=clock, work_map=work_map)
     except AstrodaskError as err:
         stage = clock.stage
         clock.lap(None)

@@ -14,7 +14,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import sep
@@ -29,9 +29,17 @@ log = logging.getLogger(__name__)
 #: An extraction strip: (first row kept, row after the last kept, first row extracted, row after the
 #: last extracted) (:func:`_strips`).
 Strip = tuple[int, int, int, int]
-#: Maps a function over the extraction's strips: ``strip_map(fn, strips)`` is ``[fn(s) for s in strips]``,
-#: computed in this process or shared with others (:class:`astrodask.run.forked.ForkedMap`); None: here.
-StripMap = Callable[[Callable[[Strip], Any], Sequence[Strip]], list[Any]]
+
+
+class WorkMap(Protocol):
+    """Maps a function over independent pieces of one image's detection (the extraction's strips,
+    runs of sources to measure): ``work_map(fn, pieces)`` is ``[fn(p) for p in pieces]``, computed in
+    this process or shared with others (:class:`astrodask.run.forked.ForkedMap`)."""
+
+    processes: int  #: the processes that share the pieces
+
+    def __call__(self, fn: Callable[[Any], Any], pieces: Sequence[Any], /) -> list[Any]: ...
+
 
 #: SEP's pixel stack to start with; SEP allocates it on every call, so it is kept
 #: small and grown (x4) only when an extraction overflows it.
@@ -222,42 +230,43 @@ def get_image_ij_passes(data: np.ndarray, *, config: DetectConfig | None = None,
 
 
 def measure_pass(background: Background, *, config: DetectConfig, depth: bool = False, gain: float | None = None,
-                 saturation_adu: float | None = None, strip_map: StripMap | None = None) -> Table:
+                 saturation_adu: float | None = None, work_map: WorkMap | None = None) -> Table:
     """One detection pass on a background-subtracted image: extraction, morphology, windowed centroids.
 
-    See :func:`get_image_ij` for the table; the image is not modified. ``strip_map`` maps the
-    extraction over its strips (:data:`StripMap`; None: in this process).
+    See :func:`get_image_ij` for the table; the image is not modified. ``work_map`` shares the
+    extraction's strips and the sources' windowed centroids out (:data:`WorkMap`; None: in this process).
     """
     pass_config: DetectPassConfig = config.depth if depth else config.first
     gain = config.default_gain if gain is None else float(gain)
     objects = _extract(background.image, pass_config, back_rms=background.rms_adu, gain=gain, mask=background.mask,
-                       strip_map=strip_map)
+                       work_map=work_map)
     return _measure(background, _brightest(objects, pass_config.max_sources), config=config, depth=depth,
-                    gain=gain, saturation_adu=saturation_adu)
+                    gain=gain, saturation_adu=saturation_adu, work_map=work_map)
 
 
 def measure_passes(background: Background, *, config: DetectConfig, gain: float | None = None,
-                   saturation_adu: float | None = None, strip_map: StripMap | None = None) -> tuple[Table, Table]:
+                   saturation_adu: float | None = None, work_map: WorkMap | None = None) -> tuple[Table, Table]:
     """Both detection passes on one background: (first pass, relaxed depth pass).
 
     With ``config.first_from_depth`` (the default) SEP extracts once, with the depth pass's
     settings, and the first pass is the part of that list that the first pass's own extraction
     finds (:func:`first_pass_rows`): every source is measured once, and the first pass's rows
     are the depth pass's rows, so both lists agree on every source they share. Otherwise each
-    pass has its own extraction (:func:`measure_pass` twice). ``strip_map`` maps the extraction
-    over its strips (:data:`StripMap`; None: in this process).
+    pass has its own extraction (:func:`measure_pass` twice). ``work_map`` shares the extraction's
+    strips and the sources' windowed centroids out (:data:`WorkMap`; None: in this process).
     """
     if not config.first_from_depth:
         return (measure_pass(background, config=config, depth=False, gain=gain, saturation_adu=saturation_adu,
-                             strip_map=strip_map),
+                             work_map=work_map),
                 measure_pass(background, config=config, depth=True, gain=gain, saturation_adu=saturation_adu,
-                             strip_map=strip_map))
+                             work_map=work_map))
     gain = config.default_gain if gain is None else float(gain)
     objects, in_first = _extract_passes(background.image, config, back_rms=background.rms_adu, gain=gain,
-                                        mask=background.mask, strip_map=strip_map)
+                                        mask=background.mask, work_map=work_map)
     order = np.argsort(-objects["flux"], kind="stable")[: config.depth.max_sources]
     objects, in_first = objects[order], in_first[order]
-    deep = _measure(background, objects, config=config, depth=True, gain=gain, saturation_adu=saturation_adu)
+    deep = _measure(background, objects, config=config, depth=True, gain=gain, saturation_adu=saturation_adu,
+                    work_map=work_map)
     rows = np.flatnonzero(in_first)[: config.first.max_sources]
     if len(deep) == 0 or len(rows) == 0:
         first = _empty_table({**deep.meta, "pass": "first"})
@@ -457,8 +466,12 @@ def _brightest(objects: np.ndarray, max_sources: int) -> np.ndarray:
 
 
 def _measure(background: Background, objects: np.ndarray, *, config: DetectConfig, depth: bool, gain: float,
-             saturation_adu: float | None) -> Table:
-    """Morphology, windowed centroids and their covariance for an extraction, brightest first."""
+             saturation_adu: float | None, work_map: WorkMap | None = None) -> Table:
+    """Morphology, windowed centroids and their covariance for an extraction, brightest first.
+
+    The windowed centroids and their covariances are each source's own: ``work_map`` may share
+    runs of sources out (:func:`_windowed`).
+    """
     pass_config: DetectPassConfig = config.depth if depth else config.first
     saturation = config.default_saturation_adu if saturation_adu is None else float(saturation_adu)
     image, sep_mask = background.image, background.mask
@@ -488,11 +501,17 @@ def _measure(background: Background, objects: np.ndarray, *, config: DetectConfi
     morphology = classify_sources(image, objects, snr=snr, saturated=saturated, config=config, mask=sep_mask)
     fwhm = config.winpos_fwhm_px or morphology.fwhm_px or estimate_fwhm(image, objects, mask=sep_mask)
     sig = np.full(len(objects), fwhm * FWHM_TO_SIGMA)
-    xwin, ywin, winflag = sep.winpos(image, x, y, sig, mask=sep_mask, subpix=WINPOS_SUBPIX)
-    ok = (winflag == 0) & np.isfinite(xwin) & np.isfinite(ywin) \
-        & (np.hypot(xwin - x, ywin - y) < fwhm)
-    i = np.where(ok, xwin, x)
-    j = np.where(ok, ywin, y)
+
+    def windowed(run: slice) -> np.ndarray:
+        return _windowed(image, x[run], y[run], sig[run], fwhm=fwhm, back_rms=back_rms, gain=gain, mask=sep_mask)
+
+    if work_map is None or work_map.processes < 2:
+        win = windowed(slice(None))
+    else:  # one run of sources per process
+        bounds = np.linspace(0, len(objects), work_map.processes + 1).astype(int)
+        win = np.concatenate(work_map(windowed, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]), axis=1)
+    ok = win[0].astype(bool)
+    i, j, var_i, var_j, var_ij = win[1:]
 
     ny, nx = image.shape
     flags = np.zeros(len(objects), dtype=np.int32)
@@ -504,9 +523,7 @@ def _measure(background: Background, objects: np.ndarray, *, config: DetectConfi
     flags[raw_peak >= config.saturation_fraction * saturation] |= SourceFlag.SATURATED
     flags |= morphology.flags
 
-    # covariance of the windowed centroids from the pixel noise (sky rms and Poisson);
     # where the window cannot be evaluated, SEP's isophotal centroid covariance
-    var_i, var_j, var_ij = winpos_covariance(image, i, j, sig, back_rms=back_rms, gain=gain, mask=sep_mask)
     iso = ~ok | ~np.isfinite(var_i) | ~np.isfinite(var_j) | (var_i <= 0) | (var_j <= 0) \
         | (var_i * var_j <= var_ij**2)
     var_i = np.where(iso, objects["errx2"], var_i)
@@ -542,6 +559,23 @@ def _measure(background: Background, objects: np.ndarray, *, config: DetectConfi
     log.debug("get_image_ij: %d sources (%s pass), background %.1f +- %.2f ADU, FWHM %.2f px",
               len(table), meta["pass"], back_level, back_rms, fwhm)
     return table
+
+
+def _windowed(image: np.ndarray, x: np.ndarray, y: np.ndarray, sig: np.ndarray, *, fwhm: float, back_rms: float,
+              gain: float, mask: np.ndarray | None) -> np.ndarray:
+    """Windowed centroids of sources and their covariance, shape (6, N): whether the window
+    converged (1.0 or 0.0), i, j (the isophotal centroid where it did not), var_i, var_j, var_ij.
+
+    ``sep.winpos`` (the SExtractor XWIN/YWIN estimator), kept when it converges within a FWHM of
+    the isophotal centroid; the covariance from the pixel noise (sky rms and Poisson,
+    :func:`winpos_covariance`). Each source's own: runs of sources can be measured apart.
+    """
+    xwin, ywin, winflag = sep.winpos(image, x, y, sig, mask=mask, subpix=WINPOS_SUBPIX)
+    ok = (winflag == 0) & np.isfinite(xwin) & np.isfinite(ywin) & (np.hypot(xwin - x, ywin - y) < fwhm)
+    i = np.where(ok, xwin, x)
+    j = np.where(ok, ywin, y)
+    var_i, var_j, var_ij = winpos_covariance(image, i, j, sig, back_rms=back_rms, gain=gain, mask=mask)
+    return np.stack([ok.astype(np.float64), i, j, var_i, var_j, var_ij])
 
 
 def _count_meta(table: Table) -> dict[str, int]:
@@ -624,7 +658,7 @@ def winpos_covariance(image: np.ndarray, x: np.ndarray, y: np.ndarray, sig: np.n
 
 
 def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: float, gain: float,
-             mask: np.ndarray | None, strip_map: StripMap | None = None) -> np.ndarray:
+             mask: np.ndarray | None, work_map: WorkMap | None = None) -> np.ndarray:
     """sep.extract with the pass settings, in strips of ``pass_config.strip_px`` rows.
 
     SEP's cleaning of spurious detections costs more than in proportion to the objects it
@@ -633,7 +667,7 @@ def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: floa
     side, and keeps the objects whose centroid lies in its own rows: an object smaller than the
     overlap is seen whole by the strip that keeps it, so the list is the whole image's (99.97 %
     of the objects identical on a crowded frame; the others are the deblending of objects
-    straddling a strip edge). The strips are independent: ``strip_map`` may share them out.
+    straddling a strip edge). The strips are independent: ``work_map`` may share them out.
     """
     def one(strip: Strip) -> np.ndarray:
         y0, y1, lo, hi = strip
@@ -641,11 +675,11 @@ def _extract(image: np.ndarray, pass_config: DetectPassConfig, *, back_rms: floa
                                     mask=None if mask is None else mask[lo:hi])
         return _own_rows(objects, y0, y1, lo)
 
-    return np.concatenate(_map_strips(one, _strips(image.shape[0], pass_config.strip_px), strip_map))
+    return np.concatenate(_map_strips(one, _strips(image.shape[0], pass_config.strip_px), work_map))
 
 
 def _extract_passes(image: np.ndarray, config: DetectConfig, *, back_rms: float, gain: float,
-                    mask: np.ndarray | None, strip_map: StripMap | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    mask: np.ndarray | None, work_map: WorkMap | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One extraction for both passes: the depth pass's objects (as :func:`_extract`) and, per object,
     whether the first pass's own extraction finds it (:func:`first_pass_rows`, strip by strip)."""
     def one(strip: Strip) -> tuple[np.ndarray, np.ndarray]:
@@ -659,15 +693,15 @@ def _extract_passes(image: np.ndarray, config: DetectConfig, *, back_rms: float,
         own = _own_rows(objects, y0, y1, lo, mask_only=True)
         return _own_rows(objects[own], y0, y1, lo), in_first[own]
 
-    parts = _map_strips(one, _strips(image.shape[0], config.depth.strip_px), strip_map)
+    parts = _map_strips(one, _strips(image.shape[0], config.depth.strip_px), work_map)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _map_strips(fn: Callable[[Strip], Any], strips: list[Strip], strip_map: StripMap | None) -> list[Any]:
-    """``fn`` over the strips, through ``strip_map`` when there is more than one strip to share."""
-    if strip_map is None or len(strips) < 2:
+def _map_strips(fn: Callable[[Strip], Any], strips: list[Strip], work_map: WorkMap | None) -> list[Any]:
+    """``fn`` over the strips, through ``work_map`` when there is more than one strip to share."""
+    if work_map is None or len(strips) < 2:
         return [fn(s) for s in strips]
-    return strip_map(fn, strips)
+    return work_map(fn, strips)
 
 
 def _strips(ny: int, strip_px: int) -> list[Strip]:
@@ -675,7 +709,7 @@ def _strips(ny: int, strip_px: int) -> list[Strip]:
     extracted, row after the last extracted); one strip for the whole image when it is small.
 
     Otherwise an even number of strips of equal height (at most ``strip_px`` rows), whatever
-    runs them: two processes (:data:`StripMap`) share them equally, and the list is the same
+    runs them: two processes (:data:`WorkMap`) share them equally, and the list is the same
     however many share it.
     """
     step = int(strip_px) or ny
@@ -755,19 +789,19 @@ def detect_exposure(exposure: Exposure, *, config: DetectConfig | None = None, d
 
 
 def detect_pass(exposure: Exposure | ExposureInfo, background: Background, *, config: DetectConfig,
-                depth: bool = False, strip_map: StripMap | None = None) -> Table:
+                depth: bool = False, work_map: WorkMap | None = None) -> Table:
     """One pass of :func:`detect_exposure` on the exposure's background (:func:`subtract_background`),
     which the two passes share."""
     table = measure_pass(background, config=config, depth=depth, gain=exposure.gain,
-                         saturation_adu=exposure.saturate_adu, strip_map=strip_map)
+                         saturation_adu=exposure.saturate_adu, work_map=work_map)
     return _with_exposure(table, exposure)
 
 
 def detect_passes(exposure: Exposure | ExposureInfo, background: Background, *, config: DetectConfig,
-                  strip_map: StripMap | None = None) -> tuple[Table, Table]:
+                  work_map: WorkMap | None = None) -> tuple[Table, Table]:
     """Both passes of the exposure on its background (:func:`measure_passes`): (first, depth)."""
     first, deep = measure_passes(background, config=config, gain=exposure.gain, saturation_adu=exposure.saturate_adu,
-                                 strip_map=strip_map)
+                                 work_map=work_map)
     return _with_exposure(first, exposure), _with_exposure(deep, exposure)
 
 

@@ -42,7 +42,7 @@ from scipy.spatial import cKDTree
 from astrodask import __version__
 from astrodask.config import FitConfig, PipelineConfig
 from astrodask.solve.depth import depth_match
-from astrodask.solve.detect import (Background, StripMap, check_pixels, detect_pass, detect_passes,
+from astrodask.solve.detect import (Background, WorkMap, check_pixels, detect_pass, detect_passes,
                                     subtract_background)
 from astrodask.solve.errmodel import MAS_PER_DEG, ErrorModel, chi_square, error_clip, like_fit, sky_covariance
 from astrodask.solve.turbulence import TurbulenceResult, correct_turbulence
@@ -92,7 +92,7 @@ class Pairs:
 
 
 def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClock | None = None,
-                  trace: dict[str, Any] | None = None, strip_map: StripMap | None = None) -> tuple[Table, Table]:
+                  trace: dict[str, Any] | None = None, work_map: WorkMap | None = None) -> tuple[Table, Table]:
     """``get_image_ij`` on the exposure: the first pass and the relaxed depth pass, on one background.
 
     The image is copied and its background subtracted once
@@ -100,7 +100,7 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClo
     (the default) SEP extracts once (:func:`astrodask.solve.detect.measure_passes`): ``clock``
     (if given) then times all of it as :attr:`Stage.DETECT`; with two extractions, the depth
     pass as :attr:`Stage.DETECT_DEPTH`. ``trace`` (if given) gets the first pass as ``"sources"``.
-    ``strip_map`` maps the extraction over its strips (:data:`astrodask.solve.detect.StripMap`;
+    ``work_map`` maps the extraction over its strips (:data:`astrodask.solve.detect.WorkMap`;
     None: in this process).
 
     Raises
@@ -115,16 +115,16 @@ def stage_sources(exposure: Exposure, *, config: PipelineConfig, clock: StageClo
                  where=str(exposure.path))
     background = subtract_background(exposure.data, config=config.detect)
     if config.detect.first_from_depth:
-        sources, deep = detect_passes(exposure, background, config=config.detect, strip_map=strip_map)
+        sources, deep = detect_passes(exposure, background, config=config.detect, work_map=work_map)
         _check_sources(exposure.info, sources, background, config=config)
         if clock is not None:
             clock.lap(Stage.DETECT_DEPTH)
     else:
-        sources = detect_pass(exposure, background, config=config.detect, strip_map=strip_map)
+        sources = detect_pass(exposure, background, config=config.detect, work_map=work_map)
         _check_sources(exposure.info, sources, background, config=config)
         if clock is not None:
             clock.lap(Stage.DETECT_DEPTH)
-        deep = detect_pass(exposure.info, background, config=config.detect, depth=True, strip_map=strip_map)
+        deep = detect_pass(exposure.info, background, config=config.detect, depth=True, work_map=work_map)
     if trace is not None:
         trace["sources"] = sources
     return sources, deep
@@ -635,7 +635,7 @@ class StageClock:
 def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: PipelineConfig | None = None,
                    pointing: dict[str, Any] | None = None, clock: StageClock | None = None,
                    cache_url: str | None = None, trace: dict[str, Any] | None = None,
-                   strip_map: StripMap | None = None) -> ExposureResult:
+                   work_map: WorkMap | None = None) -> ExposureResult:
     """Solve one exposure, stage by stage (docs/algorithm.md, steps 1 to 6).
 
     Parameters
@@ -654,8 +654,8 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     trace
         If given, filled as the stages run (``"sources"``, ``"references"``), so that the
         caller can explain a failure (:class:`~astrodask.types.FailureDiagnostics`).
-    strip_map
-        Maps the extraction over its strips (:data:`astrodask.solve.detect.StripMap`); None: in
+    work_map
+        Maps the extraction over its strips (:data:`astrodask.solve.detect.WorkMap`); None: in
         this process.
 
     Returns
@@ -672,7 +672,7 @@ def solve_exposure(exposure: Exposure, *, catalog: Table | None, config: Pipelin
     clock = clock or StageClock()
     clock.lap(Stage.DETECT)
     trace = {} if trace is None else trace
-    sources, deep = stage_sources(exposure, config=config, clock=clock, trace=trace, strip_map=strip_map)
+    sources, deep = stage_sources(exposure, config=config, clock=clock, trace=trace, work_map=work_map)
     info = exposure.info
     clock.lap(Stage.REFERENCES)
     fill = None
@@ -738,15 +738,15 @@ def finish_solve(detections: Detections, references: References, reduced: Reduce
 
 def solve_file(path: str | Path, *, catalog: Table | None = None, config: PipelineConfig | None = None,
                pointing: dict[str, Any] | None = None, hdu: int | None = None,
-               cache_url: str | None = None, strip_map: StripMap | None = None) -> ExposureResult:
+               cache_url: str | None = None, work_map: WorkMap | None = None) -> ExposureResult:
     """Read and solve one exposure file; any failure becomes a failed result with its reason.
 
     This is the one place that catches every exception, so that one bad
     exposure is reported and a backlog goes on; unexpected errors are logged
-    with their traceback. ``strip_map``: see :func:`solve_exposure`.
+    with their traceback. ``work_map``: see :func:`solve_exposure`.
     """
     return _solve_guarded(path, lambda: read_exposure(path, hdu=hdu), catalog=catalog, config=config,
-                          pointing=pointing, cache_url=cache_url, strip_map=strip_map)
+                          pointing=pointing, cache_url=cache_url, work_map=work_map)
 
 
 def solve_array(data: np.ndarray, header: Any, *, name: str = "image", catalog: Table | None = None,
@@ -761,7 +761,7 @@ def solve_array(data: np.ndarray, header: Any, *, name: str = "image", catalog: 
 
 def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: Table | None,
                    config: PipelineConfig | None, pointing: dict[str, Any] | None,
-                   cache_url: str | None, strip_map: StripMap | None = None) -> ExposureResult:
+                   cache_url: str | None, work_map: WorkMap | None = None) -> ExposureResult:
     """Load and solve one exposure, turning any failure into a failed result (see :func:`solve_file`)."""
     config = config or PipelineConfig()
     clock = StageClock()
@@ -771,7 +771,7 @@ def _solve_guarded(path: str | Path, load: Callable[[], Exposure], *, catalog: T
     try:
         exposure = load()
         return solve_exposure(exposure, catalog=catalog, config=config, pointing=pointing, clock=clock,
-                              cache_url=cache_url, trace=trace, strip_map=strip_map)
+                              cache_url=cache_url, trace=trace, work_map=work_map)
     except AstrodaskError as err:
         reason = str(err)
         details = dict(getattr(err, "details", {}))
