@@ -67,20 +67,20 @@ def test_every_stage_is_timed_by_one_task() -> None:
 
 
 def test_backlog_on_a_local_cluster(backlog, tmp_path: Path) -> None:
-    """The default command's path: the first exposure is read and detected in this process while the
-    LocalCluster starts (its tables scattered in place of its detect task), the others on the cluster;
-    the first's solution is the serial solve's."""
+    """The default command's path: the first exposure is read and detected by a forked copy of this
+    process while the LocalCluster starts (its tables scattered in place of its detect task), the others
+    on the cluster; the first's solution is the serial solve's."""
     from distributed import get_task_stream
 
-    from astrodask.run.client import detect_ahead
+    from astrodask.run.client import HeadStart
     from astrodask.solve.pipeline import solve_file
 
     paths, catalog = backlog
     out = tmp_path / "out"
-    ahead: dict = {}
-    with connect(n_workers=2, while_starting=lambda: ahead.update(detect_ahead(paths[:1], config=PipelineConfig()))
-                 ) as connection:
+    head = HeadStart(paths[:1], config=PipelineConfig())
+    with connect(n_workers=2, before_starting=head.fork, while_starting=head.run) as connection:
         assert connection.embedded and connection.dashboard
+        ahead = head.detected
         assert list(ahead) == [str(paths[0].resolve())]
         with get_task_stream(connection.client) as stream:
             rows = submit_backlog(connection, paths, out_dir=out, config=PipelineConfig(), catalog_path=catalog,
@@ -104,6 +104,38 @@ def test_backlog_on_a_local_cluster(backlog, tmp_path: Path) -> None:
     serial = solve_file(paths[0], catalog=read_catalog(catalog), config=PipelineConfig())
     on_cluster = WCS(fits.getheader(out / "exp00.wcs.fits"))
     assert np.max(wcs_error_mas(on_cluster, serial.wcs, SHAPE)) < 1e-3
+
+
+def test_the_head_start_detects_the_same_in_a_forked_copy_and_in_this_process(backlog) -> None:
+    """Forked (the default with two cores) or in this thread (``detect.extract_processes = 1``), the head
+    start hands on the same tables; a child that cannot detect leaves the exposure to the cluster."""
+    import os
+
+    from astrodask.config import DetectConfig
+    from astrodask.run.client import HeadStart
+
+    paths, _ = backlog
+    parent = os.getpid()
+    forked = HeadStart(paths[:1], config=PipelineConfig())
+    forked.fork()
+    assert forked._forked is not None and forked._forked._child.pid != parent
+    forked.run()
+    here = HeadStart(paths[:1], config=PipelineConfig(detect=DetectConfig(extract_processes=1)))
+    here.fork()
+    assert here._forked is None
+    here.run()
+    key = str(paths[0].resolve())
+    assert list(forked.detected) == list(here.detected) == [key]
+    for a, b in ((forked.detected[key].first.sources, here.detected[key].first.sources),
+                 (forked.detected[key].deep.deep, here.detected[key].deep.deep)):
+        assert len(a) > 100 and a.colnames == b.colnames
+        for name in a.colnames:
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+    missing = HeadStart([paths[0].with_name("no-such-file.fits.fz")], config=PipelineConfig())
+    missing.fork()
+    missing.run()
+    assert len(missing.detected) == 1  # an expected failure is the exposure's result, as in this process
+    assert "no-such-file" in next(iter(missing.detected.values())).first.reason
 
 
 def test_a_killed_worker_loses_nothing(backlog, tmp_path: Path) -> None:

@@ -143,16 +143,11 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
     from astrodask.errors import ClusterLostError
     from astrodask.io.output import check_writable, remove_stale_temporaries
     from astrodask.run.backlog import backlog_status
-    from astrodask.run.client import connect, detect_ahead, submit_backlog
+    from astrodask.run.client import HeadStart, connect, submit_backlog
 
     check_writable(out)
     remove_stale_temporaries(out)
-    ahead: dict[str, Any] = {}
-
-    def head_start() -> None:  # the embedded cluster's start-up: this process reads and detects the first file
-        click.echo(f"starting the embedded LocalCluster; meanwhile reading and detecting {paths[0]}")
-        with one_blas_thread():
-            ahead.update(detect_ahead(paths[:1], config=config))
+    head = HeadStart(paths[:1] if not detach else [], config=config, echo=click.echo)
 
     processes = local_cluster_processes(len(paths))
     try:
@@ -162,7 +157,7 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
             connection = stack.enter_context(connect(
                 scheduler=scheduler, scheduler_file=scheduler_file, n_workers=workers,
                 kubernetes=on_kubernetes(scheduler, scheduler_file), processes=processes,
-                while_starting=head_start if paths and not detach else None))
+                while_starting=head.run, before_starting=head.fork))
             if detach and connection.embedded:
                 raise click.ClickException("--detach needs a running scheduler (--scheduler, --scheduler-file or "
                                            "DASK_SCHEDULER_ADDRESS): the embedded cluster ends with the command")
@@ -172,7 +167,7 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
                 rows = submit_backlog(connection, paths, out_dir=out, config=config, catalog_path=catalog,
                                       pointing=pointing, debug=debug, write_header=write_header, retries=retries,
                                       detach=detach, on_row=progress.callback(row_failed, print_row),
-                                      cache_url=cache_url, plots_dir=plots_dir, detected=ahead)
+                                      cache_url=cache_url, plots_dir=plots_dir, detected=head.detected)
     except KeyboardInterrupt:
         summarise_quietly(out)
         status = backlog_status(out, inputs=paths)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,7 @@ class Connection:
 def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None,
             threads_per_worker: int = 1, memory_limit: str | None = "auto",
             kubernetes: bool = False, while_starting: Callable[[], Any] | None = None,
-            processes: bool = True) -> Iterator[Connection]:
+            before_starting: Callable[[], Any] | None = None, processes: bool = True) -> Iterator[Connection]:
     """Connect to a running scheduler, or start the embedded LocalCluster.
 
     The scheduler is, in order: ``scheduler`` (``--scheduler``), the
@@ -75,7 +76,9 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
 
     ``while_starting`` (embedded cluster only) is called in this thread while the LocalCluster
     starts in another: work for the seconds its worker processes take to start and import
-    (:func:`detect_ahead`). Elsewhere it is not called.
+    (:func:`detect_ahead`). Elsewhere it is not called. ``before_starting`` (with
+    ``while_starting``) is called just before, while this process has no other thread: the moment
+    to fork (:class:`astrodask.run.forked.Forked`).
     """
     import dask.config
     from distributed import Client
@@ -100,6 +103,8 @@ def connect(*, scheduler: str | None = None, scheduler_file: str | None = None, 
         if while_starting is None:
             cluster, client = start()
         else:
+            if before_starting is not None:
+                before_starting()
             with ThreadPoolExecutor(1, thread_name_prefix="astrodask-cluster-start") as pool:
                 starting = pool.submit(start)
                 try:
@@ -176,6 +181,64 @@ def detect_ahead(paths: Sequence[str | Path], *, config: PipelineConfig) -> dict
             log.warning("%s: detection ahead of the cluster failed (%s: %s); the cluster detects it",
                         resolved, type(err).__name__, err)
     return done
+
+
+class HeadStart:
+    """The first exposures read and detected while the embedded cluster starts (:func:`connect`'s
+    ``before_starting`` and ``while_starting``); their tables are then in :attr:`detected`.
+
+    With a second core (``detect.extract_processes`` allowing forks), a forked copy of this process
+    reads and detects (:class:`astrodask.run.forked.Forked`, forked before the cluster's thread
+    exists) while this process starts the cluster and imports the solve's stack: two processes, not
+    two threads taking turns at the GIL. A child that fails leaves the exposures to the cluster.
+    Otherwise this thread reads and detects them while the cluster starts in another.
+
+    Parameters
+    ----------
+    paths
+        The exposures to read and detect ahead.
+    config
+        The pipeline config.
+    echo
+        Says what happens, e.g. ``click.echo``.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], *, config: PipelineConfig,
+                 echo: Callable[[str], Any] = log.info) -> None:
+        self.paths, self.config, self.echo = list(paths), config, echo
+        self.detected: dict[str, Detected] = {}
+        self._forked: Any = None
+
+    def _detect(self) -> dict[str, Detected]:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):  # as Dask's workers run it
+            return detect_ahead(self.paths, config=self.config)
+
+    def fork(self) -> None:
+        """Fork the copy that reads and detects, if a second core and forks are allowed (call with no other thread)."""
+        from astrodask.run.forked import Forked, ForkedMap
+
+        if not self.paths or ForkedMap(self.config.detect.extract_processes).processes < 2:
+            return
+        self.echo(f"starting the embedded LocalCluster; meanwhile a forked process reads and detects "
+                  f"{', '.join(map(str, self.paths))}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._forked = Forked(self._detect)
+
+    def run(self) -> None:
+        """Collect the forked copy's tables, or read and detect here (while the cluster starts in another thread)."""
+        if not self.paths:
+            return
+        if self._forked is None:
+            self.echo(f"starting the embedded LocalCluster; meanwhile reading and detecting "
+                      f"{', '.join(map(str, self.paths))}")
+            self.detected.update(self._detect())
+            return
+        import astrodask.solve.pipeline  # noqa: F401 - this process's own tasks need the solve's stack: now
+
+        self.detected.update(self._forked.result(default={}))  # a failed child: the cluster detects them
 
 
 def submit_backlog(connection: Connection, paths: Sequence[str | Path], *, out_dir: str | Path,

@@ -10,6 +10,10 @@ them. Not for Dask's workers: each of them already has a core of its own to fill
 A child that fails, dies or does not answer within the time given leaves its share to this
 process, which computes it again: its error, if any, is then raised here, with a traceback of
 this process.
+
+:class:`Forked` computes one function in a forked child while this process does something else
+(the embedded cluster's start while the child reads and detects the first exposure: two
+processes, not two threads that would take turns at the GIL). A child that fails gives a default.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ R = TypeVar("R")
 #: process's own share took, and at least MIN_WAIT_S (:class:`ForkedMap`'s ``min_wait_s``).
 WAIT_FACTOR: float = 4.0
 MIN_WAIT_S: float = 30.0
+#: How long :class:`Forked` waits for its child by default, s.
+FORKED_WAIT_S: float = 900.0
 
 
 def available_cores() -> int:
@@ -134,27 +140,63 @@ def _fork(fn: Callable[[T], R], items: list[T]) -> _Child:
 
 def _collect(child: _Child, fn: Callable[[Any], R], wait_s: float) -> list[R]:
     """A child's results; its share computed here instead when it fails, dies or takes longer than ``wait_s``."""
-    chunks, deadline, why = [], time.monotonic() + wait_s, ""
+    ok, value = _receive(child, wait_s)
+    if ok:
+        return list(value)
+    log.warning("a forked process sharing the work failed (%s); this process does its share", value)
+    return [fn(x) for x in child.items]
+
+
+def _receive(child: _Child, wait_s: float) -> tuple[bool, Any]:
+    """(True, the child's results), or (False, why there are none): it failed, died or did not
+    answer within ``wait_s``."""
+    chunks, deadline = [], time.monotonic() + wait_s
     while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([child.fd], [], [], max(left, 0.0))
+        ready, _, _ = select.select([child.fd], [], [], max(deadline - time.monotonic(), 0.0))
         if not ready:
-            why = f"no answer within {wait_s:.0f} s"
-            break
+            return False, f"no answer within {wait_s:.0f} s"
         chunk = os.read(child.fd, 1 << 20)
         if not chunk:
             break
         chunks.append(chunk)
-    if not why:
+    try:
+        status, value = pickle.loads(b"".join(chunks))
+    except Exception as err:  # noqa: BLE001 - a child that died mid-way
+        return False, f"no whole answer ({type(err).__name__}: {err})"
+    return status == "ok", value
+
+
+class Forked(Generic[R]):
+    """``fn()`` computed in a forked child while this process goes on; :meth:`result` collects it.
+
+    Fork before this process starts other threads: the child is then a whole copy of it.
+
+    Parameters
+    ----------
+    fn
+        What the child computes; its result must pickle.
+    wait_s
+        How long :meth:`result` waits for the child at most.
+    """
+
+    def __init__(self, fn: Callable[[], R], *, wait_s: float = FORKED_WAIT_S) -> None:
+        self.wait_s = wait_s
+        self._child = _fork(_call, [fn])
+
+    def result(self, default: R) -> R:
+        """The child's result; ``default`` (logged) when it failed, died or did not answer in time."""
         try:
-            status, value = pickle.loads(b"".join(chunks))
-        except Exception as err:  # noqa: BLE001 - a child that died mid-way: its share is done here
-            status, value = "error", f"no whole answer ({type(err).__name__}: {err})"
-        if status == "ok":
-            return list(value)
-        why = str(value)
-    log.warning("a forked process sharing the work failed (%s); this process does its share", why)
-    return [fn(x) for x in child.items]
+            ok, value = _receive(self._child, self.wait_s)
+        finally:
+            _reap(self._child)
+        if ok:
+            return value[0]
+        log.warning("the forked process failed (%s)", value)
+        return default
+
+
+def _call(fn: Callable[[], R]) -> R:
+    return fn()
 
 
 def _reap(child: _Child) -> None:
