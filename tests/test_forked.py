@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -20,7 +22,7 @@ from astrodask.config import DetectConfig, DetectPassConfig
 from astrodask.run.forked import ForkedMap, split_evenly
 from astrodask.solve.detect import Background, measure_passes, subtract_background
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux only")
 
 
 @given(st.lists(st.integers(), max_size=40), st.integers(min_value=1, max_value=8))
@@ -39,6 +41,14 @@ def test_items_are_shared_with_other_processes_and_come_back_in_order() -> None:
     pids = [pid for _, pid in out]
     assert pids[:4] == [parent] * 4  # the first share is this process's own
     assert len(set(pids[4:])) == 2 and parent not in pids[4:]  # two children, one share each
+
+
+def test_one_process_per_core_this_process_may_use() -> None:
+    """Pinned to one core (as a container's CPU limit or taskset does), nothing is forked."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from astrodask.run.forked import ForkedMap; print(ForkedMap().processes, ForkedMap(3).processes)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["1", "3"]
 
 
 def test_one_process_maps_here() -> None:

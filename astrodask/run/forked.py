@@ -23,6 +23,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,11 +44,11 @@ FORKED_WAIT_S: float = 900.0
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the system has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+    """Cores this process may use: its CPU affinity and its cgroup's CPU quota (a container's limit)
+    taken into account (``dask.system.CPU_COUNT``)."""
+    from dask.system import CPU_COUNT
+
+    return int(CPU_COUNT)
 
 
 def split_evenly(items: Sequence[T], parts: int) -> list[list[T]]:
@@ -75,8 +76,9 @@ class ForkedMap:
     Parameters
     ----------
     processes
-        Processes to share the items over, this one included (0: one per available core). One, or
-        a system without ``os.fork``, maps in this process alone.
+        Processes to share the items over, this one included (0: one per available core,
+        :func:`available_cores`). One, or a system other than Linux, maps in this process alone
+        (macOS's system libraries are not safe to use in a forked child).
     min_wait_s
         A child's share is done here when the child has not answered by then, or by
         :data:`WAIT_FACTOR` times as long as this process's own share took, whichever is later.
@@ -91,7 +93,7 @@ class ForkedMap:
     def __init__(self, processes: int = 0, *, min_wait_s: float = MIN_WAIT_S) -> None:
         self.processes = available_cores() if processes <= 0 else processes
         self.min_wait_s = min_wait_s
-        if not hasattr(os, "fork"):
+        if not sys.platform.startswith("linux"):
             self.processes = 1
 
     def __call__(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
