@@ -190,6 +190,12 @@ def main() -> None:
                                peak < MEMORY_TARGET_MB)):
         print(f"{label:48s} {value:>10s}  {'MET' if met else 'NOT MET'}")
     print(f"{'(the machine: 2 serial processes / 1)':48s} {ceiling:>9.2f}x")
+    if thr2 / thr1 < SPEEDUP_TARGET:
+        limit = (f"two serial solves without Dask, in two processes at once, reach only {ceiling:.2f}x on this "
+                 f"machine, and two workers {100.0 * thr2 / thr1 / ceiling:.0f} % of that"
+                 if ceiling < SPEEDUP_TARGET else "the workers fall short of what two plain processes reach: "
+                 "Dask's overhead, see the per-stage times in the summaries")
+        print(f"what limits the speed-up: {limit}")
 
 
 if __name__ == "__main__":
