@@ -26,6 +26,19 @@ CSYER1^2 + CSYER2^2)`` in mas (comparable with ``rms``), ``-`` when the header h
 ``(+N%)`` what it adds to the rest of the solve (the issue's target: under 20 % on a full frame).
 ``chi2 all/kept`` are our two chi-squares per degree of freedom.
 
+``--seeds N`` solves every cell on N realisations (the cell's own seed and N - 1 more: another
+atmosphere, other stars and noise); ``--turbulence`` and ``--densities`` keep part of the grid.
+With turbulence, a second table splits our TPV-only error per axis against the truth on the scorer's
+grid (tangent plane about our CRVAL): ``field left``, the atmosphere's displacement less its
+least-squares polynomial of the TPV's degree over the grid (what a TPV fit cannot follow), and
+``fit``, the rest (our solution less the undisplaced truth WCS and that polynomial: the fit's own
+error); beside each, the predicted part (:class:`astrodask.solve.turbulence.PredictedError`'s
+``field_mas`` and ``fit_mas`` of the TPV-only prediction), the significance of the residuals'
+correlation, ``S/W``: the field's mean covariance within ``turbulence.corr_signal_arcmin`` and its
+standard error (:func:`astrodask.solve.turbulence.short_range_covariance`: the significance's
+weighted products with the TPV fit's own anticorrelation added back, unbiased), and the stage's
+decision; with ``--seeds``, the spread of measured / predicted over each cell's realisations.
+
 ``--crowded`` runs two full Condor frames (9576 x 6388 px) at the speed sweep's 21,000 stars/deg^2
 instead, without atmosphere and with 15 mas: the stage's share of a crowded full frame's solve.
 
@@ -34,7 +47,8 @@ machine (the core count and load are printed): read them as rough. Our solve run
 thread, as ``astrodask solve`` and Dask's workers run it.
 
 Usage: python benchmarks/bench_turbulence.py [--quick | --crowded] [--work DIR] [--no-peer] [--no-galsim]
-                                             [--shape NY NX] [--step-px 20]
+                                             [--shape NY NX] [--step-px 20] [--seeds N]
+                                             [--turbulence MAS ...] [--densities PER_ARCMIN2 ...]
 """
 
 from __future__ import annotations
@@ -90,6 +104,8 @@ BASE_STAGES = frozenset({"read", "detect", "references", "regions", "tpv", "dete
 DISTORTION_PREFIXES = ("CPDIS", "CQDIS", "DP1", "DP2", "DQ1", "DQ2", "CPERR", "CQERR")
 ARCMIN2_PER_DEG2 = 3600.0
 MAS_PER_DEG = 3.6e6
+#: --seeds: realisation k > 0 of a cell has the cell's seed plus k times this (names end in -s<k>).
+SEED_STRIDE = 7919
 
 
 @dataclass(frozen=True)
@@ -100,10 +116,30 @@ class Cell:
     turbulence_mas: float
     density_per_arcmin2: float
     seed: int
+    realisation: int = 0  #: 0: the cell's own seed; k > 0: --seeds' k-th other realisation
 
     @property
     def name(self) -> str:
-        return f"turb-{self.renderer}-{self.turbulence_mas:g}mas-{self.density_per_arcmin2:g}pam2"
+        tail = f"-s{self.realisation}" if self.realisation else ""
+        return f"turb-{self.renderer}-{self.turbulence_mas:g}mas-{self.density_per_arcmin2:g}pam2{tail}"
+
+    def again(self, k: int) -> Cell:
+        """The cell's k-th other realisation (k = 0: itself)."""
+        return dataclasses.replace(self, seed=self.seed + SEED_STRIDE * k, realisation=k)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Our TPV-only error against the truth split into its parts, and the predicted parts; per axis, mas."""
+
+    field_left_mas: tuple[float, float]  #: the atmosphere less its polynomial of the TPV's degree over the grid
+    fit_mas: tuple[float, float]  #: the rest: our TPV less the undisplaced truth and that polynomial
+    pred_field_mas: tuple[float, float]  #: PredictedError.field_mas (TPV only)
+    pred_fit_mas: tuple[float, float]  #: PredictedError.fit_mas
+    sigma: float | None  #: the correlation's significance within turbulence.corr_signal_arcmin
+    #: the field's short-range covariance (both axes pooled, the fit's part added back) and its standard error
+    short_cov_mas2: tuple[float, float] | None
+    decision: str  #: "tpv+gp", "tpv" (gate declined after a GP) or "tpv (no GP)"
 
 
 @dataclass(frozen=True)
@@ -132,17 +168,23 @@ class Row:
     peer_status: str = "-"
     peer: bench_solve.Score | None = None
     peer_s: float | None = None
+    split: Split | None = None
 
 
-def grid(quick: bool, galsim: bool, crowded: bool = False) -> list[Cell]:
+def grid(quick: bool, galsim: bool, crowded: bool = False, *, seeds: int = 1,
+         turbulence: tuple[float, ...] | None = None, densities: tuple[float, ...] | None = None) -> list[Cell]:
+    """The grid's cells (each cell's realisations together); ``turbulence``, ``densities``: keep only these."""
     if crowded:
-        return [Cell("ours", t, CROWDED_DENSITY_PER_ARCMIN2, 3000 + m) for m, t in enumerate(CROWDED_TURBULENCE_MAS)]
-    amplitudes = QUICK_TURBULENCE_MAS if quick else TURBULENCE_MAS
-    densities = QUICK_DENSITIES_PER_ARCMIN2 if quick else DENSITIES_PER_ARCMIN2
-    cells = [Cell("ours", t, d, 1000 + 10 * k + m) for k, d in enumerate(densities) for m, t in enumerate(amplitudes)]
-    if galsim and not quick:
-        cells += [Cell("galsim", t, d, 2000 + k) for k, (t, d) in enumerate(GALSIM_CELLS)]
-    return cells
+        cells = [Cell("ours", t, CROWDED_DENSITY_PER_ARCMIN2, 3000 + m) for m, t in enumerate(CROWDED_TURBULENCE_MAS)]
+    else:
+        amps = QUICK_TURBULENCE_MAS if quick else TURBULENCE_MAS
+        dens = QUICK_DENSITIES_PER_ARCMIN2 if quick else DENSITIES_PER_ARCMIN2
+        cells = [Cell("ours", t, d, 1000 + 10 * k + m) for k, d in enumerate(dens) for m, t in enumerate(amps)]
+        if galsim and not quick:
+            cells += [Cell("galsim", t, d, 2000 + k) for k, (t, d) in enumerate(GALSIM_CELLS)]
+    cells = [c for c in cells if (turbulence is None or c.turbulence_mas in turbulence)
+             and (densities is None or c.density_per_arcmin2 in densities)]
+    return [c.again(k) for c in cells for k in range(seeds)]
 
 
 def make_files(work: Path, cell: Cell, shape: tuple[int, int]) -> Files:
@@ -231,6 +273,54 @@ def solve_ours(row: Row, files: Files, truth: Any, shape: tuple[int, int], out: 
         if "CPDIS1" in header or "CPDIS2" in header:
             row.corrected = bench_solve.score_wcs(WCS(header, hdul), truth, shape, step_px=step_px)
         row.predicted_mas = predicted_mas(header)
+        if result.turbulence is not None:
+            row.split = split_error(tpv_only(header), truth, shape, step_px, result)
+
+
+def split_error(tpv: WCS, truth: Any, shape: tuple[int, int], step_px: float, result: Any) -> Split:
+    """Our TPV-only error per axis split into the field a TPV cannot follow and the fit's own, beside the predicted.
+
+    On the scorer's grid, in the tangent plane about our CRVAL (mas): the atmosphere ``a`` (the undisplaced
+    truth WCS less the displaced truth), its least-squares polynomial ``P a`` of the TPV's degree in the pixels
+    (what a TPV fit takes of it), ``field left = a - P a`` and ``fit = error - field left``.
+    """
+    from astrodask.config import TurbulenceConfig
+    from astrodask.solve.turbulence import short_range_covariance
+    from astrodask.sphere import gnomonic
+
+    config = TurbulenceConfig()  # solve_file's default
+    i, j = bench_solve.pixel_grid(shape, step_px)
+    ra0, dec0 = (float(v) for v in tpv.wcs.crval)
+
+    def plane(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        x, y = gnomonic(ra, dec, ra0, dec0)
+        return np.degrees(np.column_stack([x, y])) * MAS_PER_DEG
+
+    displaced = plane(*truth.pixel_to_world_values(i, j))
+    atmosphere = plane(*truth.wcs.pixel_to_world_values(i, j)) - displaced
+    error = plane(*tpv.pixel_to_world_values(i, j)) - displaced
+    ny, nx = shape
+    u, v = 2 * i / (nx - 1) - 1, 2 * j / (ny - 1) - 1
+    degree = result.solution.degree
+    design = np.column_stack([u ** a * v ** b for a in range(degree + 1) for b in range(degree + 1 - a)])
+    coef, *_ = np.linalg.lstsq(design, atmosphere, rcond=None)
+    left = atmosphere - design @ coef
+    turb = result.turbulence
+    pred = turb.predicted_tpv
+    decision = turb.correction if turb.cv is not None or turb.applied else "tpv (no GP)"
+
+    def rms(x: np.ndarray) -> tuple[float, float]:
+        r = np.sqrt(np.mean(x ** 2, axis=0))
+        return float(r[0]), float(r[1])
+
+    short = None
+    if turb.significance is not None and turb.correlation is not None and turb.n_stars <= config.corr_max_stars:
+        # the correlation's stars are all the kept ones (below corr_max_stars): the statistic over the same pairs
+        cov = short_range_covariance(turb.i, turb.j, turb.variance_mas2, turb.correlation, turb.significance,
+                                     degree=result.solution.degree, shape=shape)
+        short = (cov, turb.significance.pooled_covariance_mas2()[1])
+    return Split(rms(left), rms(error - left), pred.field_mas, pred.fit_mas,
+                 turb.significance.sigma if turb.significance is not None else None, short, decision)
 
 
 def solve_peer(row: Row, files: Files, truth: Any, shape: tuple[int, int], scratch: Path, step_px: float) -> None:
@@ -286,6 +376,44 @@ def print_table(rows: list[Row]) -> None:
     print("chi2 a/k: our chi2/dof over all matched pairs / over the kept ones; time s: our solve (serial, the "
           "stage included), the correction stage, SExtractor + SCAMP; (+N%): what the stage adds to the rest of "
           "our solve (target < 20 % on a full frame)")
+    split = [r for r in rows if r.split is not None]
+    if split:
+        print()
+        print("Our TPV-only error against the truth, per axis (xi, eta), mas: the field a TPV cannot follow and the "
+              "fit's own, beside the predicted parts")
+        print(f"{'render':>7} {'turb':>5} {'refs':>5} {'seed':>5} | {'field left':^11} {'pred field':^11} | "
+              f"{'fit':^11} {'pred fit':^11} | {'sigma':>6} {'S/W mas2':^11} {'stage':<11} | "
+              f"{'meas':>5} {'pred':>5} {'meas/pred':>9}")
+        for r in split:
+            s, c = r.split, r.cell
+            assert s is not None
+            ours = r.corrected or r.tpv
+            print(f"{c.renderer:>7} {c.turbulence_mas:>5g} {_f(r.n_refs_per_arcmin2, 2):>5} {c.seed:>5} | "
+                  f"{_pair(s.field_left_mas)} {_pair(s.pred_field_mas)} | {_pair(s.fit_mas)} {_pair(s.pred_fit_mas)} | "
+                  f"{_f(s.sigma):>6} {_pm(s.short_cov_mas2):>11} {s.decision:<11} | "
+                  f"{_f(ours.rms_mas if ours else None):>5} {_f(r.predicted_mas):>5} "
+                  f"{_ratio(ours.rms_mas if ours else None, r.predicted_mas):>9}")
+    by_cell: dict[tuple[str, float, float], list[float]] = {}
+    for r in rows:
+        ours = r.corrected or r.tpv
+        if ours is not None and r.predicted_mas:
+            key = (r.cell.renderer, r.cell.turbulence_mas, r.cell.density_per_arcmin2)
+            by_cell.setdefault(key, []).append(ours.rms_mas / r.predicted_mas)
+    if any(len(v) > 1 for v in by_cell.values()):
+        print()
+        print("measured / predicted over the realisations of each cell (target 1/1.5 to 1.5):")
+        for (renderer, t, d), ratios in by_cell.items():
+            inside = sum(1 / 1.5 <= x <= 1.5 for x in ratios)
+            print(f"  {renderer:>7} {t:>4g} mas {d:>4g}/am2: min {min(ratios):.2f} median {np.median(ratios):.2f} "
+                  f"max {max(ratios):.2f} ({inside} of {len(ratios)} within 1.5x)")
+
+
+def _pair(x: tuple[float, float]) -> str:
+    return f"{x[0]:>5.1f},{x[1]:>5.1f}"
+
+
+def _pm(x: tuple[float, float] | None) -> str:
+    return "-" if x is None else f"{x[0]:.1f}+-{x[1]:.1f}"
 
 
 def main() -> None:
@@ -299,6 +427,11 @@ def main() -> None:
     parser.add_argument("--no-galsim", action="store_true", help="skip the GalSim-rendered cells")
     parser.add_argument("--shape", type=int, nargs=2, metavar=("NY", "NX"), default=None, help="frame size, px")
     parser.add_argument("--step-px", type=float, default=DEFAULT_STEP_PX, help="scorer grid step, px")
+    parser.add_argument("--seeds", type=int, default=1, help="realisations of each cell (1: the cell's own seed)")
+    parser.add_argument("--turbulence", type=float, nargs="+", default=None, metavar="MAS",
+                        help="keep only the cells of these amplitudes")
+    parser.add_argument("--densities", type=float, nargs="+", default=None, metavar="PER_ARCMIN2",
+                        help="keep only the cells of these reference densities")
     args = parser.parse_args()
     from astrodask.simulate import read_truth
 
@@ -321,7 +454,9 @@ def main() -> None:
         except ImportError:
             print("GalSim not installed: its cells are skipped")
             galsim = False
-    for cell in grid(args.quick, galsim, args.crowded):
+    for cell in grid(args.quick, galsim, args.crowded, seeds=args.seeds,
+                     turbulence=tuple(args.turbulence) if args.turbulence else None,
+                     densities=tuple(args.densities) if args.densities else None):
         print(f"{cell.name}:", flush=True)
         files = make_files(work, cell, shape)
         truth = read_truth(files.truth_wcs)

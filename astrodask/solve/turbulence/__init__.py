@@ -46,14 +46,15 @@ from astrodask.solve.turbulence.gp import (CrossValidation, GPBlock, LocalGP, cr
 from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, AXES, MAS_PER_DEG, Correlation2D,
                                                CorrelationSignificance, CurlFreeKernel, correlation_sample,
                                                correlation_significance, curl_free_correlation, fit_kernel,
-                                               measure_correlation)
-from astrodask.solve.turbulence.predicted import (PredictedError, fit_variance_mas2, frame_systematic_mas,
-                                                  predicted_error)
+                                               measure_correlation, near_pairs)
+from astrodask.solve.turbulence.predicted import (PredictedError, fit_pair_covariance_mas2, fit_variance_mas2,
+                                                  frame_systematic_mas, predicted_error, short_range_covariance)
 from astrodask.solve.turbulence.stage import TurbulenceResult, correct_turbulence
 
 __all__ = ["ARCSEC_PER_ARCMIN", "AXES", "MAS_PER_DEG", "Correlation2D", "CorrelationSignificance", "CrossValidation",
            "CurlFreeKernel", "GPBlock", "Jacobian", "LocalGP", "PredictedError", "TurbulenceField",
            "TurbulenceResult", "correct_turbulence", "corrected_pixel_to_world", "correction_field",
            "correlation_sample", "correlation_significance", "cross_validation", "cv_sample",
-           "curl_free_correlation", "fit_kernel", "fit_variance_mas2", "frame_systematic_mas", "gp_blocks",
-           "grid_nodes", "local_gp", "measure_correlation", "predicted_error"]
+           "curl_free_correlation", "fit_kernel", "fit_pair_covariance_mas2", "fit_variance_mas2",
+           "frame_systematic_mas", "gp_blocks", "grid_nodes", "local_gp", "measure_correlation", "near_pairs",
+           "predicted_error", "short_range_covariance"]

@@ -215,12 +215,31 @@ class CorrelationSignificance:
         Both axes together, ``(sigma_xi + sigma_eta) / sqrt(2)``.
     pairs
         Distinct pairs within the radius.
+    covariance_mas2
+        Per axis: ``S / W``, the pairs' weighted mean product of residuals within the radius,
+        mas^2. White noise adds nothing to it on average whatever its size (distinct stars' noise
+        does not correlate), but a fit's residuals are not white: they anti-correlate by the fit's
+        own covariance between the stars, which
+        :func:`~astrodask.solve.turbulence.predicted.short_range_covariance` adds back (so do
+        ``sigma_axes``: without any field they average about -1 on the benchmark's exposures).
+    covariance_se_mas2
+        Per axis: its standard error ``1 / sqrt(W)`` without a field, mas^2.
     """
 
     radius_px: float
     sigma_axes: tuple[float, float]
     sigma: float
     pairs: int
+    covariance_mas2: tuple[float, float]
+    covariance_se_mas2: tuple[float, float]
+
+    def pooled_covariance_mas2(self) -> tuple[float, float]:
+        """Both axes' ``S / W`` pooled, ``(S_xi + S_eta) / (W_xi + W_eta)``, and its standard error, mas^2."""
+        w = [1.0 / se ** 2 if math.isfinite(se) and se > 0 else 0.0 for se in self.covariance_se_mas2]
+        total = w[0] + w[1]
+        if total <= 0:
+            return 0.0, math.inf
+        return (w[0] * self.covariance_mas2[0] + w[1] * self.covariance_mas2[1]) / total, 1.0 / math.sqrt(total)
 
 
 
@@ -284,14 +303,47 @@ def correlation_significance(corr: Correlation2D, *, radius_px: float) -> Correl
     """
     di, dj = np.meshgrid(corr.di_px, corr.dj_px)
     near = np.hypot(di, dj) <= radius_px
-    sig = []
+    sig, cov, se = [], [], []
     for axis in range(2):
         w = corr.weight_mas4[axis][near]
         xi = np.nan_to_num(corr.xi_mas2[axis][near])
         total = 0.5 * float(np.sum(w))
-        sig.append(0.5 * float(np.sum(xi * w)) / math.sqrt(total) if total > 0 else 0.0)
+        products = 0.5 * float(np.sum(xi * w))
+        sig.append(products / math.sqrt(total) if total > 0 else 0.0)
+        cov.append(products / total if total > 0 else 0.0)
+        se.append(1.0 / math.sqrt(total) if total > 0 else math.inf)
     pairs = int(0.5 * np.sum(corr.npairs[near]))
-    return CorrelationSignificance(float(radius_px), (sig[0], sig[1]), (sig[0] + sig[1]) / math.sqrt(2.0), pairs)
+    return CorrelationSignificance(float(radius_px), (sig[0], sig[1]), (sig[0] + sig[1]) / math.sqrt(2.0), pairs,
+                                   (cov[0], cov[1]), (se[0], se[1]))
+
+
+def near_pairs(i: np.ndarray, j: np.ndarray, corr: Correlation2D, *, radius_px: float) -> np.ndarray:
+    """The pairs of stars (M, 2) whose separation falls in the bins :func:`correlation_significance` counts.
+
+    The bins whose centre is within ``radius_px`` (treecorr's 2-D bins: a separation (di, dj)
+    falls in the bin that holds it, ``|di|, |dj| < max_sep``); each pair once, ``p < q``. Built
+    with a k-d tree over the stars within the bins' reach, so the cost grows with the pairs
+    counted, as the correlation's does.
+    """
+    from scipy.spatial import cKDTree
+
+    width = float(corr.di_px[1] - corr.di_px[0]) if len(corr.di_px) > 1 else math.inf
+    edge = float(corr.di_px[0]) - 0.5 * width  # -max_sep
+    di, dj = np.meshgrid(corr.di_px, corr.dj_px)
+    near = np.hypot(di, dj) <= radius_px
+    if not near.any():
+        return np.empty((0, 2), dtype=np.intp)
+    reach = float(np.max(np.hypot(np.abs(di[near]), np.abs(dj[near])))) + width / math.sqrt(2.0)
+    ij = np.column_stack([i, j]).astype(np.float64)
+    pairs = cKDTree(ij).query_pairs(reach, output_type="ndarray")
+    sep = ij[pairs[:, 1]] - ij[pairs[:, 0]]
+    col = np.floor((sep[:, 0] - edge) / width).astype(np.intp)
+    row = np.floor((sep[:, 1] - edge) / width).astype(np.intp)
+    n = len(corr.di_px)
+    inside = (col >= 0) & (col < n) & (row >= 0) & (row < n)
+    keep = np.zeros(len(pairs), dtype=bool)
+    keep[inside] = near[row[inside], col[inside]]
+    return pairs[keep]
 
 
 def correlation_sample(weight: np.ndarray, max_stars: int) -> np.ndarray:

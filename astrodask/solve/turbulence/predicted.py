@@ -14,6 +14,7 @@ import numpy as np
 
 from astrodask.config import TurbulenceConfig
 from astrodask.constants import GAIA_DR3_EPOCH
+from astrodask.solve.turbulence.kernel import Correlation2D, CorrelationSignificance, near_pairs
 
 @dataclass(frozen=True)
 class PredictedError:
@@ -72,6 +73,66 @@ def fit_variance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, *, d
         cov = np.linalg.pinv(normal, hermitian=True)
         out[:, axis] = np.einsum("qa,ab,qb->q", nodes, cov, nodes)
     return out.reshape(*gi.shape, 2)
+
+
+def fit_pair_covariance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, pairs: np.ndarray, *,
+                             degree: int, shape: tuple[int, int]) -> np.ndarray:
+    """The TPV fit's own covariance of two stars' residuals, averaged over ``pairs`` with weights ``w_p w_q``, mas^2.
+
+    A least-squares fit takes part of the noise with it: the residuals ``r = (I - H) y`` of a fit
+    of white noise of variances ``1/w`` covary as ``-a_p^T (A^T W A)^-1 a_q`` between distinct
+    stars p and q (the fit's covariance between them, :func:`fit_variance_mas2`'s, negated; A
+    the polynomial design of every monomial to ``degree``, the span of the TPV's terms).
+    Nearby stars share the fit's error, so the residuals anti-correlate at short separation by
+    about the fit's own variance there: ``S / W`` (:class:`CorrelationSignificance`) of residuals
+    without any field has this, negated, as its mean. Per axis (2,).
+    """
+    out = np.zeros(2)
+    if len(pairs) == 0:
+        return out
+    design = _polynomial_design(i, j, shape, degree)
+    p, q = pairs[:, 0], pairs[:, 1]
+    for axis in range(2):
+        w = 1.0 / total_mas2[:, axis]
+        cov = np.linalg.pinv(design.T @ (design * w[:, None]), hermitian=True)
+        ww = w[p] * w[q]
+        out[axis] = float(np.sum(ww * np.einsum("ka,ab,kb->k", design[p], cov, design[q])) / np.sum(ww))
+    return out
+
+
+def short_range_covariance(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, corr: Correlation2D,
+                           sig: CorrelationSignificance, *, degree: int, shape: tuple[int, int]) -> float:
+    """The correlated field's mean covariance within the significance's radius, both axes pooled, mas^2.
+
+    The significance's ``S / W`` (:meth:`CorrelationSignificance.pooled_covariance_mas2`) with the
+    TPV fit's own anticorrelation over the same pairs added back (:func:`fit_pair_covariance_mas2`,
+    pooled with the same weights): unbiased, whatever the white noise and however well the error
+    model knows it. Without the fit's part ``S / W`` of residuals with no field averages minus the
+    fit's variance between neighbours (-2 to -3 mas^2 at 3 stars/arcmin^2 on the benchmark's
+    frames, -10 to -30 at 0.3): a weak field's whole size.
+
+    A diagnostic (``bench_turbulence.py`` prints it beside the field a TPV leaves), not a part of
+    the predicted error: it is the field's covariance at up to ``corr_signal_arcmin``, a third to
+    a half of its variance for a 10' outer scale, and where the gate declines its standard error
+    is as large; taken into the field's variance it moved the benchmark's failing realisations
+    only part-way and put one without atmosphere outside 1.5 (README, issue 18).
+
+    Parameters
+    ----------
+    i, j
+        The stars the correlation was measured on (N,), 0-based pixels.
+    total_mas2
+        Their modelled variance per axis (N, 2), mas^2 (the correlation's weights are its inverse).
+    corr, sig
+        Their correlation and its significance.
+    degree, shape
+        The TPV's degree and the image (ny, nx).
+    """
+    pairs = near_pairs(i, j, corr, radius_px=sig.radius_px)
+    fit_cov = fit_pair_covariance_mas2(i, j, total_mas2, pairs, degree=degree, shape=shape)
+    cov, _ = sig.pooled_covariance_mas2()
+    w = np.array([1.0 / se ** 2 if math.isfinite(se) and se > 0 else 0.0 for se in sig.covariance_se_mas2])
+    return cov + (float(np.sum(w * fit_cov) / np.sum(w)) if np.sum(w) > 0 else 0.0)
 
 
 def frame_systematic_mas(*, epoch_yr: float | None, config: TurbulenceConfig) -> float:

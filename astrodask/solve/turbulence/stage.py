@@ -178,10 +178,10 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     kernel = fit_kernel(corr, min_length_px=config.min_length_arcmin * px_per_arcmin,
                         max_length_px=config.max_length_arcmin * px_per_arcmin, min_axis_ratio=config.min_axis_ratio,
                         min_pairs=config.corr_min_pairs, start_length_px=max_sep)
-    if kernel.variance_mas2 <= 0:
-        return untouched("not applied: the residuals show no positive correlation", kernel, corr)
     radius_px = config.corr_signal_arcmin * px_per_arcmin
     signif = correlation_significance(corr, radius_px=radius_px)
+    if kernel.variance_mas2 <= 0:
+        return untouched("not applied: the residuals show no positive correlation", kernel, corr, sig=signif)
     measured = (f"correlation within {config.corr_signal_arcmin:g}' {signif.sigma:.1f} sigma "
                 f"({signif.pairs} pairs of {len(best)} stars)")
     if not signif.sigma > config.corr_min_sigma:
