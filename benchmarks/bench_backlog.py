@@ -76,7 +76,8 @@ def worker_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_cluster(paths: list[Path], catalog: Path, workers: int, out: Path) -> tuple[float, dict[str, float], int]:
+def run_cluster(paths: list[Path], catalog: Path, workers: int,
+                out: Path) -> tuple[float, dict[str, float], int, list[dict]]:
     from astrodask.config import PipelineConfig
     from astrodask.run.client import connect, submit_backlog
 
@@ -90,7 +91,21 @@ def run_cluster(paths: list[Path], catalog: Path, workers: int, out: Path) -> tu
         wall = time.perf_counter() - started
         rss = connection.client.run(worker_peak_rss_mb)
     solved = sum(r["status"] == "solved" for r in rows)
-    return wall, rss, solved
+    return wall, rss, solved, rows
+
+
+def stage_profile(per_run: dict[str, list[dict]]) -> None:
+    """Mean seconds per exposure of each stage (the summary rows' ``t_<stage>_s``), run by run: which
+    stages slow down when two workers share the machine."""
+    stages = [k for k in per_run[next(iter(per_run))][0] if k.startswith("t_") and k.endswith("_s")]
+    names = list(per_run)
+    print(f"\n{'stage, s per exposure':24s} " + " ".join(f"{n:>10s}" for n in names) + f" {'ratio':>7s}")
+    for stage in stages:
+        means = [float(np.mean([r.get(stage, 0.0) or 0.0 for r in rows])) for rows in per_run.values()]
+        if max(means) < 0.005:
+            continue
+        ratio = means[-1] / means[0] if means[0] > 0 else float("nan")
+        print(f"{stage[2:-2]:24s} " + " ".join(f"{m:10.3f}" for m in means) + f" {ratio:6.2f}x")
 
 
 def serial_share(paths: list[str], catalog: str) -> float:
@@ -168,9 +183,11 @@ def main() -> None:
 
     results: dict[int, float] = {}
     peaks: list[float] = []
+    rows_of: dict[str, list[dict]] = {}
     for workers in (1, 2):
-        wall, rss, solved = run_cluster(paths, catalog, workers, args.work / f"out{workers}")
+        wall, rss, solved, rows = run_cluster(paths, catalog, workers, args.work / f"out{workers}")
         results[workers] = wall
+        rows_of[f"{workers} worker{'s' if workers > 1 else ''}"] = rows
         peaks.extend(rss.values())
         print(f"{workers} worker(s): {solved}/{len(paths)} solved in {wall:.1f} s = "
               f"{60.0 * len(paths) / wall:.2f} exposures/min; worker peak memory "
@@ -196,6 +213,7 @@ def main() -> None:
                  if ceiling < SPEEDUP_TARGET else "the workers fall short of what two plain processes reach: "
                  "Dask's overhead, see the per-stage times in the summaries")
         print(f"what limits the speed-up: {limit}")
+    stage_profile(rows_of)
 
 
 if __name__ == "__main__":
