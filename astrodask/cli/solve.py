@@ -147,9 +147,8 @@ def run_on_cluster(paths: Sequence[Path], *, catalog: str | None, out: Path, con
 
     check_writable(out)
     remove_stale_temporaries(out)
-    head = HeadStart(paths[:1] if not detach else [], config=config, echo=click.echo)
-
     processes = local_cluster_processes(len(paths))
+    head = HeadStart(paths[:1] if not detach else [], config=config, echo=click.echo, import_stack=not processes)
     try:
         with ExitStack() as stack:
             if not processes:  # the workers are threads of this process: BLAS on one thread, as in worker processes

@@ -201,11 +201,14 @@ class HeadStart:
         The pipeline config.
     echo
         Says what happens, e.g. ``click.echo``.
+    import_stack
+        Import the solve's stack in this process while the copy detects: for a cluster whose
+        workers are threads of this process (worker processes import it themselves).
     """
 
     def __init__(self, paths: Sequence[str | Path], *, config: PipelineConfig,
-                 echo: Callable[[str], Any] = log.info) -> None:
-        self.paths, self.config, self.echo = list(paths), config, echo
+                 echo: Callable[[str], Any] = log.info, import_stack: bool = True) -> None:
+        self.paths, self.config, self.echo, self.import_stack = list(paths), config, echo, import_stack
         self.detected: dict[str, Detected] = {}
         self._forked: Any = None
 
@@ -236,8 +239,8 @@ class HeadStart:
                       f"{', '.join(map(str, self.paths))}")
             self.detected.update(self._detect())
             return
-        import astrodask.solve.pipeline  # noqa: F401 - this process's own tasks need the solve's stack: now
-
+        if self.import_stack:
+            import astrodask.solve.pipeline  # noqa: F401 - this process's own tasks need the solve's stack: now
         self.detected.update(self._forked.result(default={}))  # a failed child: the cluster detects them
 
 
