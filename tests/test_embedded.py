@@ -117,3 +117,26 @@ def test_embedded_worker_processes_run_without_a_trim_threshold(monkeypatch: pyt
         environ = connection.client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_",
                                                                                  "OPENBLAS_NUM_THREADS")})
     assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OPENBLAS_NUM_THREADS": "1"}]
+
+
+def test_the_program_leaves_its_objects_to_the_system_at_exit(field: tuple[list[Path], Path],
+                                                                tmp_path: Path) -> None:
+    """``astrodask`` as a program (``astrodask.cli.run``) solves and writes as ever, and freezes the
+    garbage collector after every other exit handler: the interpreter's last full collection over the
+    scientific stack then has nothing to walk."""
+    paths, catalog = field
+    out = tmp_path / "out"
+    code = ("import atexit, gc, sys\n"
+            "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"  # runs last
+            "from astrodask.cli import run\n"
+            f"sys.argv = ['astrodask', 'solve', {str(paths[0])!r}, '--catalog', {str(catalog)!r}, "
+            f"'--out', {str(out)!r}]\n"
+            "run()\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert "frozen at exit: True" in proc.stdout
+    assert Table.read(out / "summary.ecsv")["status"][0] == SOLVED
+    with fits.open(out / f"{paths[0].name.removesuffix('.fits.fz').removesuffix('.fits')}.wcs.fits") as hdul:
+        assert hdul[0].header["CTYPE1"] == "RA---TPV"

@@ -1,5 +1,5 @@
 """``python -m astrodask.cli``: the ``astrodask`` command."""
 
-from astrodask.cli import main
+from astrodask.cli import run
 
-main()
+run()
