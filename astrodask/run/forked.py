@@ -18,6 +18,7 @@ processes, not two threads that would take turns at the GIL). A child that fails
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -125,7 +126,8 @@ def _fork(fn: Callable[[T], R], items: list[T]) -> _Child:
         status = 0
         try:
             os.close(read_fd)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it at once; the parent cleans up
+            with contextlib.suppress(ValueError):  # Ctrl-C ends it at once; the parent cleans up
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
             try:
                 payload = pickle.dumps(("ok", [fn(x) for x in items]), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as err:  # noqa: BLE001 - reported to the parent, which computes the share again
