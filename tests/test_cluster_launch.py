@@ -79,6 +79,9 @@ def test_launch_two_workers_run_forward_logs_and_stop(tmp_path: Path, caplog: py
             assert set(versions.values()) == {astrodask.__version__}
             levels = client.run(lambda: logging.getLogger("astrodask").getEffectiveLevel())
             assert set(levels.values()) == {logging.INFO}
+            # and left out of distributed's worker log the heartbeats a closing worker cancels
+            filters = client.run(lambda: [type(f).__name__ for f in logging.getLogger("distributed.worker").filters])
+            assert list(filters.values()) == [["CancelledHeartbeatFilter"]] * 2
             # astrodask.yaml applies (DASK_CONFIG points at cluster/)
             assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == 2
             # its worker environment too: glibc's trim threshold unset, distributed's BLAS settings kept
@@ -140,3 +143,35 @@ def test_launch_script_runs_until_interrupted(tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err
     assert "cluster stopped" in err
+
+
+def test_a_cancelled_heartbeat_is_left_out_of_the_worker_log_and_a_failed_one_kept() -> None:
+    """A closing worker cancels its heartbeat in flight, and distributed logs it as a failure with a
+    traceback; a heartbeat that fails for a real reason is kept."""
+    import asyncio
+
+    from astrodask.run.plugins import HEARTBEAT_FAILED, CancelledHeartbeatFilter
+
+    def record_of(make_error) -> logging.LogRecord:
+        try:
+            make_error()
+        except OSError:
+            return logging.getLogger("distributed.worker").makeRecord(
+                "distributed.worker", logging.ERROR, __file__, 1, HEARTBEAT_FAILED, (), sys.exc_info())
+        raise AssertionError("no error")
+
+    def cancelled() -> None:
+        try:
+            raise asyncio.CancelledError()
+        except asyncio.CancelledError as err:
+            raise OSError("Timed out trying to connect") from err
+
+    def refused() -> None:
+        raise ConnectionRefusedError("Connection refused")
+
+    keep = CancelledHeartbeatFilter()
+    assert not keep.filter(record_of(cancelled))
+    assert keep.filter(record_of(refused))
+    other = logging.getLogger("distributed.worker").makeRecord("distributed.worker", logging.ERROR, __file__, 1,
+                                                                "something else", (), None)
+    assert keep.filter(other)

@@ -17,6 +17,7 @@ is a logger level that lets INFO records be handled at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -35,13 +36,39 @@ ASTRODASK_LOGGER = "astrodask"
 WORKER_LOG_LEVEL = logging.INFO
 #: Name of :class:`AstrodaskWorkerPlugin` in ``Worker.plugins``.
 PLUGIN_NAME = "astrodask"
+#: The logger of distributed's worker, and its record of a failed heartbeat.
+WORKER_LOGGER = "distributed.worker"
+HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat."
+
+
+class CancelledHeartbeatFilter(logging.Filter):
+    """Drops distributed's "failed heartbeat" error when the heartbeat was cancelled, not failed.
+
+    A worker that closes (the end of a backlog on the embedded cluster) cancels its own heartbeat
+    in flight, and distributed logs that with a traceback as if the scheduler were out of reach:
+    noise at the end of every run it lands in. A heartbeat that fails for a real reason (a
+    connection refused or timed out) has no ``CancelledError`` in its exception's chain and is
+    kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != HEARTBEAT_FAILED or not record.exc_info:
+            return True
+        err: BaseException | None = record.exc_info[1]
+        seen = 0
+        while err is not None and seen < 16:
+            if isinstance(err, asyncio.CancelledError):
+                return False
+            err, seen = err.__cause__ or err.__context__, seen + 1
+        return True
 
 
 class AstrodaskWorkerPlugin(WorkerPlugin):
     """Sets up a Dask worker for astrodask tasks.
 
     On setup: the ``astrodask`` logger handles records from :data:`WORKER_LOG_LEVEL` up (a more
-    verbose level set by the worker's logging config is kept), and the worker's astrodask version
+    verbose level set by the worker's logging config is kept), distributed's worker logger leaves
+    out the heartbeats a closing worker cancels (:class:`CancelledHeartbeatFilter`), and the worker's astrodask version
     is recorded in :attr:`worker_version` and logged, with a warning when it differs from the
     version of the process that made the plugin.
 
@@ -75,6 +102,9 @@ class AstrodaskWorkerPlugin(WorkerPlugin):
         logger = logging.getLogger(ASTRODASK_LOGGER)
         if logger.getEffectiveLevel() > self.level:
             logger.setLevel(self.level)
+        worker_logger = logging.getLogger(WORKER_LOGGER)
+        if not any(isinstance(f, CancelledHeartbeatFilter) for f in worker_logger.filters):
+            worker_logger.addFilter(CancelledHeartbeatFilter())
         self.worker_version = installed
         log.info("astrodask %s ready on worker %s (%s)", installed, worker.name, worker.address)
         if installed != self.origin_version:
