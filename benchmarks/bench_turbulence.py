@@ -36,8 +36,12 @@ error); beside each, the predicted part (:class:`astrodask.solve.turbulence.Pred
 ``field_mas`` and ``fit_mas`` of the TPV-only prediction), the significance of the residuals'
 correlation, ``S/W``: the field's mean covariance within ``turbulence.corr_signal_arcmin`` and its
 standard error (:func:`astrodask.solve.turbulence.short_range_covariance`: the significance's
-weighted products with the TPV fit's own anticorrelation added back, unbiased), and the stage's
-decision; with ``--seeds``, the spread of measured / predicted over each cell's realisations.
+weighted products with the TPV fit's own anticorrelation added back, unbiased), ``F``: the
+residual-variance model's field and its standard error (:func:`astrodask.solve.turbulence.residual_variance`;
+``-`` where it is not told from the white noise and the error model's floor stands), ``bound``: the
+correlation's bound on the field's variance (:func:`astrodask.solve.turbulence.field_variance_bound`;
+the predicted field part is the smaller), and the stage's decision; with ``--seeds``, the spread of
+measured / predicted over each cell's realisations.
 
 ``--crowded`` runs two full Condor frames (9576 x 6388 px) at the speed sweep's 21,000 stars/deg^2
 instead, without atmosphere and with 15 mas: the stage's share of a crowded full frame's solve.
@@ -140,6 +144,9 @@ class Split:
     #: the field's short-range covariance (both axes pooled, the fit's part added back) and its standard error
     short_cov_mas2: tuple[float, float] | None
     decision: str  #: "tpv+gp", "tpv" (gate declined after a GP) or "tpv (no GP)"
+    #: the residual-variance model's field F and its standard error (None: not told from the white noise)
+    residual_field_mas2: tuple[float, float] | None = None
+    field_bound_mas2: float | None = None  #: the correlation's bound on the field's variance (None: not computed)
 
 
 @dataclass(frozen=True)
@@ -319,8 +326,11 @@ def split_error(tpv: WCS, truth: Any, shape: tuple[int, int], step_px: float, re
         cov = short_range_covariance(turb.i, turb.j, turb.variance_mas2, turb.correlation, turb.significance,
                                      degree=result.solution.degree, shape=shape)
         short = (cov, turb.significance.pooled_covariance_mas2()[1])
+    noise = turb.noise
     return Split(rms(left), rms(error - left), pred.field_mas, pred.fit_mas,
-                 turb.significance.sigma if turb.significance is not None else None, short, decision)
+                 turb.significance.sigma if turb.significance is not None else None, short, decision,
+                 (noise.field_mas2, noise.field_se_mas2) if noise is not None else None,
+                 turb.field_bound_mas2 if math.isfinite(turb.field_bound_mas2) else None)
 
 
 def solve_peer(row: Row, files: Files, truth: Any, shape: tuple[int, int], scratch: Path, step_px: float) -> None:
@@ -382,7 +392,8 @@ def print_table(rows: list[Row]) -> None:
         print("Our TPV-only error against the truth, per axis (xi, eta), mas: the field a TPV cannot follow and the "
               "fit's own, beside the predicted parts")
         print(f"{'render':>7} {'turb':>5} {'refs':>5} {'seed':>5} | {'field left':^11} {'pred field':^11} | "
-              f"{'fit':^11} {'pred fit':^11} | {'sigma':>6} {'S/W mas2':^11} {'stage':<11} | "
+              f"{'fit':^11} {'pred fit':^11} | {'sigma':>6} {'S/W mas2':^11} {'F mas2':^11} {'bound':>6} "
+              f"{'stage':<11} | "
               f"{'meas':>5} {'pred':>5} {'meas/pred':>9}")
         for r in split:
             s, c = r.split, r.cell
@@ -390,7 +401,8 @@ def print_table(rows: list[Row]) -> None:
             ours = r.corrected or r.tpv
             print(f"{c.renderer:>7} {c.turbulence_mas:>5g} {_f(r.n_refs_per_arcmin2, 2):>5} {c.seed:>5} | "
                   f"{_pair(s.field_left_mas)} {_pair(s.pred_field_mas)} | {_pair(s.fit_mas)} {_pair(s.pred_fit_mas)} | "
-                  f"{_f(s.sigma):>6} {_pm(s.short_cov_mas2):>11} {s.decision:<11} | "
+                  f"{_f(s.sigma):>6} {_pm(s.short_cov_mas2):>11} {_pm(s.residual_field_mas2):>11} "
+                  f"{_f(s.field_bound_mas2):>6} {s.decision:<11} | "
                   f"{_f(ours.rms_mas if ours else None):>5} {_f(r.predicted_mas):>5} "
                   f"{_ratio(ours.rms_mas if ours else None, r.predicted_mas):>9}")
     by_cell: dict[tuple[str, float, float], list[float]] = {}

@@ -47,14 +47,16 @@ from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, AXES, MAS_PER_
                                                CorrelationSignificance, CurlFreeKernel, correlation_sample,
                                                correlation_significance, curl_free_correlation, fit_kernel,
                                                measure_correlation, near_pairs)
-from astrodask.solve.turbulence.predicted import (PredictedError, fit_pair_covariance_mas2, fit_variance_mas2,
-                                                  frame_systematic_mas, predicted_error, short_range_covariance)
+from astrodask.solve.turbulence.predicted import (PredictedError, ResidualVariance, field_variance_bound,
+                                                  fit_pair_covariance_mas2, fit_variance_mas2, frame_systematic_mas,
+                                                  leverage, predicted_error, residual_variance,
+                                                  short_range_covariance)
 from astrodask.solve.turbulence.stage import TurbulenceResult, correct_turbulence
 
 __all__ = ["ARCSEC_PER_ARCMIN", "AXES", "MAS_PER_DEG", "Correlation2D", "CorrelationSignificance", "CrossValidation",
-           "CurlFreeKernel", "GPBlock", "Jacobian", "LocalGP", "PredictedError", "TurbulenceField",
+           "CurlFreeKernel", "GPBlock", "Jacobian", "LocalGP", "PredictedError", "ResidualVariance", "TurbulenceField",
            "TurbulenceResult", "correct_turbulence", "corrected_pixel_to_world", "correction_field",
            "correlation_sample", "correlation_significance", "cross_validation", "cv_sample",
-           "curl_free_correlation", "fit_kernel", "fit_pair_covariance_mas2", "fit_variance_mas2",
-           "frame_systematic_mas", "gp_blocks", "grid_nodes", "local_gp", "measure_correlation", "near_pairs",
-           "predicted_error", "short_range_covariance"]
+           "curl_free_correlation", "field_variance_bound", "fit_kernel", "fit_pair_covariance_mas2",
+           "fit_variance_mas2", "frame_systematic_mas", "gp_blocks", "grid_nodes", "leverage", "local_gp",
+           "measure_correlation", "near_pairs", "predicted_error", "residual_variance", "short_range_covariance"]

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scipy.optimize import minimize
+
 from astrodask.config import TurbulenceConfig
 from astrodask.constants import GAIA_DR3_EPOCH
-from astrodask.solve.turbulence.kernel import Correlation2D, CorrelationSignificance, near_pairs
+from astrodask.solve.turbulence.kernel import Correlation2D, CorrelationSignificance, CurlFreeKernel, near_pairs
 
 @dataclass(frozen=True)
 class PredictedError:
@@ -57,22 +59,151 @@ def _polynomial_design(i: np.ndarray, j: np.ndarray, shape: tuple[int, int], deg
 
 
 def fit_variance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, *, degree: int, shape: tuple[int, int],
-                      gi: np.ndarray, gj: np.ndarray) -> np.ndarray:
+                      gi: np.ndarray, gj: np.ndarray, variance_mas2: np.ndarray | None = None) -> np.ndarray:
     """The TPV fit's own variance per axis at the grid's nodes, mas^2, shape (nj, ni, 2).
 
     From the fit's covariance: ``a(x)^T (A^T W A)^-1 a(x)`` per axis, with A the polynomial design
     at the stars (every monomial to the TPV's degree: the span of the TPV's terms, less its
-    radial ones), W their inverse variances and a(x) the design at a node. Where the
-    well-measured stars are few, the edges and corners are worse than the stars' average.
+    radial ones), W their inverse variances ``1 / total_mas2`` (the fit's weights) and a(x) the
+    design at a node. Where the well-measured stars are few, the edges and corners are worse
+    than the stars' average.
+
+    When the stars' true variance ``variance_mas2`` (N, 2) differs from the one the fit weighted
+    them by, the fit's covariance is the sandwich ``B^-1 (A^T W V W A) B^-1`` with
+    ``B = A^T W A`` and V the true variances (:class:`ResidualVariance`).
     """
     design = _polynomial_design(i, j, shape, degree)
     nodes = _polynomial_design(gi.ravel(), gj.ravel(), shape, degree)
     out = np.empty((gi.size, 2))
     for axis in range(2):
-        normal = design.T @ (design / total_mas2[:, axis, None])
-        cov = np.linalg.pinv(normal, hermitian=True)
+        w = 1.0 / total_mas2[:, axis]
+        cov = np.linalg.pinv(design.T @ (design * w[:, None]), hermitian=True)
+        if variance_mas2 is not None:
+            cov = cov @ (design.T @ (design * (w ** 2 * variance_mas2[:, axis])[:, None])) @ cov
         out[:, axis] = np.einsum("qa,ab,qb->q", nodes, cov, nodes)
     return out.reshape(*gi.shape, 2)
+
+
+def leverage(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, *, degree: int,
+             shape: tuple[int, int]) -> np.ndarray:
+    """Each star's leverage on the TPV fit per axis, (N, 2): the hat matrix's diagonal ``w a^T (A^T W A)^-1 a``.
+
+    A least-squares fit takes this share of a star's own white noise into the solution:
+    its residual's variance is ``(1 - h)`` times the star's (A the polynomial design of every
+    monomial to ``degree``, W the fit's weights ``1 / total_mas2``).
+    """
+    design = _polynomial_design(i, j, shape, degree)
+    out = np.empty((len(design), 2))
+    for axis in range(2):
+        w = 1.0 / total_mas2[:, axis]
+        cov = np.linalg.pinv(design.T @ (design * w[:, None]), hermitian=True)
+        out[:, axis] = w * np.einsum("ka,ab,kb->k", design, cov, design)
+    return out
+
+
+@dataclass(frozen=True)
+class ResidualVariance:
+    """The kept residuals' variance, star by star: white noise growing with the centroid errors, plus a field.
+
+    ``E r^2 = (1 - h) s^2 n (n / n_med)^gamma + F`` per axis, with n a star's centroid variance
+    as the error model has it, h its leverage on the TPV (:func:`leverage`) and F the variance of
+    the field the TPV leaves (the atmosphere's, and any white systematics): what the predicted
+    error's field part stands for when no GP corrects it.
+
+    Attributes
+    ----------
+    scale
+        s: the white noise's scale on the error model's centroid variances at their median.
+    exponent
+        gamma: how much faster than the centroid variances the white noise grows (0: in
+        proportion, as the error model's one scale has it).
+    field_mas2
+        F per axis, mas^2.
+    median_noise_mas2
+        n_med, the centroid variances' median, mas^2.
+    field_se_mas2
+        F's standard error, mas^2 (the likelihood's expected information): large where few
+        stars are measured better than F, which alone tell the field from the white noise
+        (infinite where nothing does: every star's centroid variance the same).
+    """
+
+    scale: float
+    exponent: float
+    field_mas2: float
+    median_noise_mas2: float
+    field_se_mas2: float = math.inf
+
+    def white_mas2(self, noise_mas2: np.ndarray) -> np.ndarray:
+        """The white noise of stars of centroid variance ``noise_mas2``, mas^2 (same shape)."""
+        n = np.asarray(noise_mas2, dtype=np.float64)
+        return self.scale ** 2 * n * (n / self.median_noise_mas2) ** self.exponent
+
+    def variance_mas2(self, noise_mas2: np.ndarray) -> np.ndarray:
+        """Their whole variance, the white noise and the field's, mas^2 (same shape)."""
+        return self.white_mas2(noise_mas2) + self.field_mas2
+
+
+def residual_variance(residual_mas: np.ndarray, noise_mas2: np.ndarray, leverage_: np.ndarray, *,
+                      exponent_limit: float) -> ResidualVariance:
+    """Maximum likelihood of :class:`ResidualVariance` on the kept residuals, both axes together.
+
+    The error model (``like_fit``) has one scale for every star's centroid errors and a floor
+    added in quadrature. Its one scale is set by the many faint stars, so where the bright
+    stars' centroid errors are overestimated the floor comes out smaller than the field it
+    should hold; and it takes no account of the fit's own share of each residual. Here both
+    are modelled: the white noise may grow faster or slower than the centroid variances
+    (``gamma`` within +-``exponent_limit``) and each residual keeps ``1 - h`` of it (the
+    restricted likelihood's correction: the fit's degrees of freedom are not the noise's), so
+    F measures the field the TPV leaves.
+
+    Parameters
+    ----------
+    residual_mas
+        The kept residuals (N, 2), mas.
+    noise_mas2
+        Their centroid variances per axis (N, 2) as the error model has them, mas^2 (> 0).
+    leverage_
+        Their leverage on the TPV per axis (N, 2), :func:`leverage`.
+    exponent_limit
+        The largest ``|gamma|``.
+
+    Returns
+    -------
+    ResidualVariance
+    """
+    r2 = np.asarray(residual_mas, dtype=np.float64) ** 2
+    n = np.maximum(np.asarray(noise_mas2, dtype=np.float64), np.finfo(float).tiny)
+    med = float(np.median(n))
+    keep = 1.0 - np.clip(leverage_, 0.0, 1.0 - 1e-3)
+    log_q = np.log(n / med)
+    base = keep * n / med  # the white noise at s = 1, gamma = 0, in units of the median centroid variance
+    r2 = r2 / med
+
+    def nll(x: np.ndarray) -> tuple[float, np.ndarray]:
+        s2, gamma, field = x
+        u = base * np.exp(gamma * log_q)
+        v = s2 * u + field
+        d = 0.5 * (1.0 / v - r2 / v ** 2)
+        grad = np.array([np.sum(d * u), np.sum(d * s2 * u * log_q), np.sum(d)])
+        return float(0.5 * np.sum(r2 / v + np.log(v))), grad
+
+    s2_0 = max(float(np.median(r2 / base)) / 0.455, 1e-3)  # the median of chi2(1) is 0.455
+    found = minimize(nll, np.array([s2_0, 0.0, 0.01 * s2_0]), jac=True, method="L-BFGS-B",
+                     bounds=[(1e-6, None), (-exponent_limit, exponent_limit), (0.0, None)])
+    s2, gamma, field = (float(v) for v in found.x)
+    # F's standard error from the expected information 0.5 sum (dv/da)(dv/db) / v^2 (gamma held where it is bound)
+    u = base * np.exp(gamma * log_q)
+    v = (s2 * u + field).ravel()
+    jac = [u.ravel(), s2 * (u * log_q).ravel(), np.ones_like(v)]
+    if abs(gamma) >= exponent_limit * (1 - 1e-6):
+        jac.pop(1)
+    design = np.column_stack(jac) / v[:, None]
+    information = 0.5 * design.T @ design
+    try:
+        se = math.sqrt(max(float(np.linalg.inv(information)[-1, -1]), 0.0)) * med
+    except np.linalg.LinAlgError:  # F and the scale not told apart: every star's variance the same
+        se = math.inf
+    return ResidualVariance(math.sqrt(s2), gamma, field * med, med, se if math.isfinite(se) else math.inf)
 
 
 def fit_pair_covariance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, pairs: np.ndarray, *,
@@ -101,7 +232,8 @@ def fit_pair_covariance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarra
 
 
 def short_range_covariance(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, corr: Correlation2D,
-                           sig: CorrelationSignificance, *, degree: int, shape: tuple[int, int]) -> float:
+                           sig: CorrelationSignificance, *, degree: int, shape: tuple[int, int],
+                           pairs: np.ndarray | None = None) -> float:
     """The correlated field's mean covariance within the significance's radius, both axes pooled, mas^2.
 
     The significance's ``S / W`` (:meth:`CorrelationSignificance.pooled_covariance_mas2`) with the
@@ -109,13 +241,8 @@ def short_range_covariance(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray,
     pooled with the same weights): unbiased, whatever the white noise and however well the error
     model knows it. Without the fit's part ``S / W`` of residuals with no field averages minus the
     fit's variance between neighbours (-2 to -3 mas^2 at 3 stars/arcmin^2 on the benchmark's
-    frames, -10 to -30 at 0.3): a weak field's whole size.
-
-    A diagnostic (``bench_turbulence.py`` prints it beside the field a TPV leaves), not a part of
-    the predicted error: it is the field's covariance at up to ``corr_signal_arcmin``, a third to
-    a half of its variance for a 10' outer scale, and where the gate declines its standard error
-    is as large; taken into the field's variance it moved the benchmark's failing realisations
-    only part-way and put one without atmosphere outside 1.5 (README, issue 18).
+    frames, -10 to -30 at 0.3): a weak field's whole size. Its standard error is the
+    significance's (``pooled_covariance_mas2()[1]``).
 
     Parameters
     ----------
@@ -127,12 +254,63 @@ def short_range_covariance(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray,
         Their correlation and its significance.
     degree, shape
         The TPV's degree and the image (ny, nx).
+    pairs
+        :func:`near_pairs` of these stars, when already found.
     """
-    pairs = near_pairs(i, j, corr, radius_px=sig.radius_px)
+    if pairs is None:
+        pairs = near_pairs(i, j, corr, radius_px=sig.radius_px)
     fit_cov = fit_pair_covariance_mas2(i, j, total_mas2, pairs, degree=degree, shape=shape)
     cov, _ = sig.pooled_covariance_mas2()
-    w = np.array([1.0 / se ** 2 if math.isfinite(se) and se > 0 else 0.0 for se in sig.covariance_se_mas2])
+    w = _axis_weights(sig)
     return cov + (float(np.sum(w * fit_cov) / np.sum(w)) if np.sum(w) > 0 else 0.0)
+
+
+def _axis_weights(sig: CorrelationSignificance) -> np.ndarray:
+    """The weights :meth:`CorrelationSignificance.pooled_covariance_mas2` pools the two axes with."""
+    return np.array([1.0 / se ** 2 if math.isfinite(se) and se > 0 else 0.0 for se in sig.covariance_se_mas2])
+
+
+def field_variance_bound(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, corr: Correlation2D,
+                         sig: CorrelationSignificance, *, degree: int, shape: tuple[int, int], outer_scale_px: float,
+                         n_sigma: float) -> float:
+    """The largest variance per axis a correlated field can have and still show the correlation measured, mas^2.
+
+    A curl-free von Karman field of variance F per axis covaries, on average over the pairs the
+    significance counts (weighted as it weights them), as ``F rho``, with ``rho`` its mean
+    correlation over those pairs for outer scale ``outer_scale_px``; the shorter the outer scale,
+    the smaller ``rho`` and the looser the bound. The field's short-range covariance is measured
+    without bias by :func:`short_range_covariance`, so ``F <= (c + n_sigma se) / rho``.
+
+    A white excess of the residuals over the centroid errors (a floor of the reference catalog's
+    or the centroids' own, which averages out of a solution) has no correlation: this bound tells
+    it from a field where the correlation is measured well (many well-measured stars), and is
+    loose where it is not. Infinite when no pairs were counted.
+
+    Parameters
+    ----------
+    i, j, total_mas2, corr, sig, degree, shape
+        As :func:`short_range_covariance`.
+    outer_scale_px
+        The shortest outer scale the bound allows for, pixels.
+    n_sigma
+        Standard errors above the measured covariance.
+    """
+    pairs = near_pairs(i, j, corr, radius_px=sig.radius_px)
+    _, se = sig.pooled_covariance_mas2()
+    if len(pairs) == 0 or not math.isfinite(se):
+        return math.inf
+    cov = short_range_covariance(i, j, total_mas2, corr, sig, degree=degree, shape=shape, pairs=pairs)
+    p, q = pairs[:, 0], pairs[:, 1]
+    unit = CurlFreeKernel(1.0, outer_scale_px, 1.0, 0.0)(i[q] - i[p], j[q] - j[p])
+    rho = np.empty(2)
+    for axis in range(2):
+        ww = 1.0 / (total_mas2[p, axis] * total_mas2[q, axis])
+        rho[axis] = float(np.sum(ww * unit[:, axis, axis]) / np.sum(ww))
+    w = _axis_weights(sig)
+    mean_rho = float(np.sum(w * rho) / np.sum(w)) if np.sum(w) > 0 else 0.0
+    if mean_rho <= 0:
+        return math.inf
+    return max(cov + n_sigma * se, 0.0) / mean_rho
 
 
 def frame_systematic_mas(*, epoch_yr: float | None, config: TurbulenceConfig) -> float:

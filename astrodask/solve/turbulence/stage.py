@@ -8,6 +8,7 @@ helps, the reason either way, and the predicted error.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,8 @@ from astrodask.solve.turbulence.gp import CrossValidation, cross_validation, cv_
 from astrodask.solve.turbulence.kernel import (ARCSEC_PER_ARCMIN, Correlation2D, CorrelationSignificance,
                                                CurlFreeKernel, correlation_sample, correlation_significance, fit_kernel,
                                                measure_correlation)
-from astrodask.solve.turbulence.predicted import PredictedError, fit_variance_mas2, predicted_error
+from astrodask.solve.turbulence.predicted import (PredictedError, ResidualVariance, field_variance_bound,
+                                                  fit_variance_mas2, leverage, predicted_error, residual_variance)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,18 @@ class TurbulenceResult:
     significance
         The correlation's significance at short separation (the GP runs only above
         ``turbulence.corr_min_sigma``), or None when no correlation was measured.
+    noise
+        The residuals' variance star by star (white noise and the field the TPV leaves),
+        :func:`~astrodask.solve.turbulence.predicted.residual_variance`: the predicted error's
+        field part when no GP corrects it, and its fit part's true variances; None with fewer
+        stars than the TPV has terms, or where its field F is not above
+        ``turbulence.noise_field_min_sigma`` standard errors (the error model's floor then
+        stands for the field, and its variances for the stars').
+    field_bound_mas2
+        The largest variance per axis of a field that shows the correlation measured
+        (:func:`~astrodask.solve.turbulence.predicted.field_variance_bound`), mas^2: the
+        predicted error's field part is ``noise``'s F, or this when smaller; infinite when
+        ``noise`` is None.
     """
 
     applied: bool
@@ -74,6 +88,8 @@ class TurbulenceResult:
     corrected_mas: np.ndarray
     variance_mas2: np.ndarray
     significance: CorrelationSignificance | None = None
+    noise: ResidualVariance | None = None
+    field_bound_mas2: float = math.inf
 
     @property
     def correction(self) -> str:
@@ -130,10 +146,12 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     ij = np.column_stack([i, j]).astype(np.float64)
     n = len(ij)
     gi, gj = grid_nodes(shape, step_px)
-    fit_var = fit_variance_mas2(ij[:, 0], ij[:, 1], total_mas2, degree=degree, shape=shape, gi=gi, gj=gj)
-    # the residuals' variance beyond the centroid errors (the error model's floor): the correlated field and
-    # any white systematics together, so an upper bound on the field's variance
+    # the error model's view until the correlation is measured: its floor stands for the field, its variances for
+    # the stars' (the fit's own variance from its weights)
+    noise_model: ResidualVariance | None = None
+    bound = math.inf
     excess = np.median(np.maximum(total_mas2 - noise_mas2, 0.0), axis=0) if n else np.zeros(2)
+    fit_var = fit_variance_mas2(ij[:, 0], ij[:, 1], total_mas2, degree=degree, shape=shape, gi=gi, gj=gj)
     # the correlation, the kernel and the GP see the residuals in the pixel frame (pixel_frame): back on the sky,
     # vectors by `frame`, per-axis variances by its squares (its cross terms left out: a rotation's are small)
     frame = pixel_frame(jacobian_mas_per_px, shape)
@@ -163,7 +181,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
         return TurbulenceResult(False, reason, n, kernel, corr, cv, None, pred, pred, ij[:, 0], ij[:, 1],
-                                residual_mas, residual_mas, total_mas2, sig)
+                                residual_mas, residual_mas, total_mas2, sig, noise_model, bound)
 
     if not config.enabled:
         return untouched("not applied: turbulence.enabled = false (TPV only; the error model's floor stands for "
@@ -180,6 +198,20 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                         min_pairs=config.corr_min_pairs, start_length_px=max_sep)
     radius_px = config.corr_signal_arcmin * px_per_arcmin
     signif = correlation_significance(corr, radius_px=radius_px)
+    # the residuals' own variance, star by star: white noise that may grow faster than the error model's centroid
+    # variances, less each star's leverage on the TPV, and F: the field the TPV leaves, and any white excess, which
+    # the correlation bounds (a white excess does not correlate)
+    model = residual_variance(residual_mas, noise_mas2, leverage(ij[:, 0], ij[:, 1], total_mas2, degree=degree,
+                                                                 shape=shape),
+                              exponent_limit=config.noise_exponent_limit)
+    if model.field_mas2 > config.noise_field_min_sigma * model.field_se_mas2:  # the data tell F from white noise
+        noise_model = model
+        bound = field_variance_bound(ij[best, 0], ij[best, 1], total_px[best], corr, signif, degree=degree,
+                                     shape=shape, outer_scale_px=config.field_bound_outer_scale_arcmin * px_per_arcmin,
+                                     n_sigma=config.field_bound_sigma)
+        excess = np.full(2, min(model.field_mas2, bound))
+        fit_var = fit_variance_mas2(ij[:, 0], ij[:, 1], total_mas2, degree=degree, shape=shape, gi=gi, gj=gj,
+                                    variance_mas2=model.variance_mas2(noise_mas2))
     if kernel.variance_mas2 <= 0:
         return untouched("not applied: the residuals show no positive correlation", kernel, corr, sig=signif)
     measured = (f"correlation within {config.corr_signal_arcmin:g}' {signif.sigma:.1f} sigma "
@@ -225,6 +257,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
     log.info("turbulence: applied: %s", verdict)
     return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, tpv_only, ij[:, 0],
-                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas @ frame.T, total_mas2, signif)
+                            ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas @ frame.T, total_mas2, signif,
+                            noise_model, bound)
 
 
