@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from scipy.optimize import minimize
 
 from astrodask.config import TurbulenceConfig

@@ -117,8 +117,8 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
         the least white noise a star has.
     total_mas2
         Their whole modelled variance per axis (N, 2), mas^2 (the error model's, its floor
-        included: the floor holds the correlated field too, and the white noise is what the
-        kernel's variance leaves of it, but never less than ``noise_mas2``).
+        included: the fit's weights; for the GP, the white noise is what the kernel's variance
+        leaves of it, but never less than ``noise_mas2``).
     shape
         Image (ny, nx).
     scale_arcsec
@@ -204,7 +204,8 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     model = residual_variance(residual_mas, noise_mas2, leverage(ij[:, 0], ij[:, 1], total_mas2, degree=degree,
                                                                  shape=shape),
                               exponent_limit=config.noise_exponent_limit)
-    if model.field_mas2 > config.noise_field_min_sigma * model.field_se_mas2:  # the data tell F from white noise
+    enough = n > 3 + (degree + 1) * (degree + 2) // 2  # more stars than the fit has terms
+    if enough and model.field_mas2 > config.noise_field_min_sigma * model.field_se_mas2:  # F told from white noise
         noise_model = model
         bound = field_variance_bound(ij[best, 0], ij[best, 1], total_px[best], corr, signif, degree=degree,
                                      shape=shape, outer_scale_px=config.field_bound_outer_scale_arcmin * px_per_arcmin,
