@@ -104,42 +104,50 @@ def leverage(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, *, degree: in
 class ResidualVariance:
     """The kept residuals' variance, star by star: white noise growing with the centroid errors, plus a field.
 
-    ``E r^2 = (1 - h) s^2 n (n / n_med)^gamma + F`` per axis, with n a star's centroid variance
-    as the error model has it, h its leverage on the TPV (:func:`leverage`) and F the variance of
-    the field the TPV leaves (the atmosphere's, and any white systematics): what the predicted
-    error's field part stands for when no GP corrects it.
+    ``E r^2 = (1 - h) s_k^2 n (n / n_med)^gamma + F`` per axis, with n a star's centroid variance
+    as the error model has it, h its leverage on the TPV (:func:`leverage`), ``s_k`` the scale of
+    its half of the stars (the better measured half, k = 0, and the other) and F the variance of
+    the field the TPV leaves (the atmosphere's, and any white excess the model does not follow):
+    what the predicted error's field part stands for when no GP corrects it.
 
     Attributes
     ----------
-    scale
-        s: the white noise's scale on the error model's centroid variances at their median.
+    scales
+        (s_0, s_1): the white noise's scale on the error model's centroid variances, for the
+        stars measured better than the median and for the others.
     exponent
         gamma: how much faster than the centroid variances the white noise grows (0: in
         proportion, as the error model's one scale has it).
     field_mas2
         F per axis, mas^2.
     median_noise_mas2
-        n_med, the centroid variances' median, mas^2.
+        n_med, the centroid variances' median (both axes' mean), mas^2: the halves' boundary.
     field_se_mas2
         F's standard error, mas^2 (the likelihood's expected information): large where few
         stars are measured better than F, which alone tell the field from the white noise
         (infinite where nothing does: every star's centroid variance the same).
     """
 
-    scale: float
+    scales: tuple[float, float]
     exponent: float
     field_mas2: float
     median_noise_mas2: float
     field_se_mas2: float = math.inf
 
     def white_mas2(self, noise_mas2: np.ndarray) -> np.ndarray:
-        """The white noise of stars of centroid variance ``noise_mas2``, mas^2 (same shape)."""
+        """The white noise of stars of centroid variances ``noise_mas2`` (N, 2), mas^2 (same shape)."""
         n = np.asarray(noise_mas2, dtype=np.float64)
-        return self.scale ** 2 * n * (n / self.median_noise_mas2) ** self.exponent
+        scale = np.where(_half(n, self.median_noise_mas2) == 0, self.scales[0], self.scales[1])
+        return scale[:, None] ** 2 * n * (n / self.median_noise_mas2) ** self.exponent
 
     def variance_mas2(self, noise_mas2: np.ndarray) -> np.ndarray:
         """Their whole variance, the white noise and the field's, mas^2 (same shape)."""
         return self.white_mas2(noise_mas2) + self.field_mas2
+
+
+def _half(noise_mas2: np.ndarray, median_mas2: float) -> np.ndarray:
+    """0 for the stars whose centroid variance (both axes' mean) is below the median, 1 for the others."""
+    return (np.mean(noise_mas2, axis=1) >= median_mas2).astype(np.intp)
 
 
 def residual_variance(residual_mas: np.ndarray, noise_mas2: np.ndarray, leverage_: np.ndarray, *,
@@ -150,10 +158,10 @@ def residual_variance(residual_mas: np.ndarray, noise_mas2: np.ndarray, leverage
     added in quadrature. Its one scale is set by the many faint stars, so where the bright
     stars' centroid errors are overestimated the floor comes out smaller than the field it
     should hold; and it takes no account of the fit's own share of each residual. Here both
-    are modelled: the white noise may grow faster or slower than the centroid variances
-    (``gamma`` within +-``exponent_limit``) and each residual keeps ``1 - h`` of it (the
-    restricted likelihood's correction: the fit's degrees of freedom are not the noise's), so
-    F measures the field the TPV leaves.
+    are modelled: the better measured half of the stars has its own scale, the white noise may
+    grow faster or slower than the centroid variances (``gamma`` within +-``exponent_limit``),
+    and each residual keeps ``1 - h`` of it (the restricted likelihood's correction: the fit's
+    degrees of freedom are not the noise's), so F measures the field the TPV leaves.
 
     Parameters
     ----------
@@ -172,37 +180,42 @@ def residual_variance(residual_mas: np.ndarray, noise_mas2: np.ndarray, leverage
     """
     r2 = np.asarray(residual_mas, dtype=np.float64) ** 2
     n = np.maximum(np.asarray(noise_mas2, dtype=np.float64), np.finfo(float).tiny)
-    med = float(np.median(n))
+    med = float(np.median(np.mean(n, axis=1)))
+    half = _half(n, med)
     keep = 1.0 - np.clip(leverage_, 0.0, 1.0 - 1e-3)
     log_q = np.log(n / med)
     base = keep * n / med  # the white noise at s = 1, gamma = 0, in units of the median centroid variance
     r2 = r2 / med
+    masks = [(half == k)[:, None] for k in range(2)]
+
+    def parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s2 = np.where(half == 0, x[0], x[1])[:, None]
+        return s2, base * np.exp(x[2] * log_q)
 
     def nll(x: np.ndarray) -> tuple[float, np.ndarray]:
-        s2, gamma, field = x
-        u = base * np.exp(gamma * log_q)
-        v = s2 * u + field
+        s2, u = parts(x)
+        v = s2 * u + x[3]
         d = 0.5 * (1.0 / v - r2 / v ** 2)
-        grad = np.array([np.sum(d * u), np.sum(d * s2 * u * log_q), np.sum(d)])
+        grad = np.array([np.sum(d * u * masks[0]), np.sum(d * u * masks[1]), np.sum(d * s2 * u * log_q), np.sum(d)])
         return float(0.5 * np.sum(r2 / v + np.log(v))), grad
 
     s2_0 = max(float(np.median(r2 / base)) / 0.455, 1e-3)  # the median of chi2(1) is 0.455
-    found = minimize(nll, np.array([s2_0, 0.0, 0.01 * s2_0]), jac=True, method="L-BFGS-B",
-                     bounds=[(1e-6, None), (-exponent_limit, exponent_limit), (0.0, None)])
-    s2, gamma, field = (float(v) for v in found.x)
+    found = minimize(nll, np.array([s2_0, s2_0, 0.0, 0.01 * s2_0]), jac=True, method="L-BFGS-B",
+                     bounds=[(1e-6, None), (1e-6, None), (-exponent_limit, exponent_limit), (0.0, None)])
+    x = found.x
     # F's standard error from the expected information 0.5 sum (dv/da)(dv/db) / v^2 (gamma held where it is bound)
-    u = base * np.exp(gamma * log_q)
-    v = (s2 * u + field).ravel()
-    jac = [u.ravel(), s2 * (u * log_q).ravel(), np.ones_like(v)]
-    if abs(gamma) >= exponent_limit * (1 - 1e-6):
-        jac.pop(1)
+    s2, u = parts(x)
+    v = (s2 * u + x[3]).ravel()
+    jac = [(u * masks[0]).ravel(), (u * masks[1]).ravel(), (s2 * u * log_q).ravel(), np.ones_like(v)]
+    if abs(x[2]) >= exponent_limit * (1 - 1e-6):
+        jac.pop(2)
     design = np.column_stack(jac) / v[:, None]
-    information = 0.5 * design.T @ design
     try:
-        se = math.sqrt(max(float(np.linalg.inv(information)[-1, -1]), 0.0)) * med
-    except np.linalg.LinAlgError:  # F and the scale not told apart: every star's variance the same
+        se = math.sqrt(max(float(np.linalg.inv(0.5 * design.T @ design)[-1, -1]), 0.0)) * med
+    except np.linalg.LinAlgError:  # F and the scales not told apart: every star's variance the same
         se = math.inf
-    return ResidualVariance(math.sqrt(s2), gamma, field * med, med, se if math.isfinite(se) else math.inf)
+    return ResidualVariance((math.sqrt(x[0]), math.sqrt(x[1])), float(x[2]), float(x[3]) * med, med,
+                            se if math.isfinite(se) else math.inf)
 
 
 def fit_pair_covariance_mas2(i: np.ndarray, j: np.ndarray, total_mas2: np.ndarray, pairs: np.ndarray, *,
