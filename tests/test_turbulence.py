@@ -629,3 +629,25 @@ def test_bright_half_scale_is_not_taken_for_a_field() -> None:
     assert taken <= 2, taken
     error = float(np.std(np.array(found) - truth)) / math.sqrt(len(found))
     assert abs(np.mean(found) - np.mean(truth)) < 3 * error, (np.mean(found), np.mean(truth), error)
+
+
+def test_plot_of_a_declined_stage_shows_the_residual_model(tmp_path: Path) -> None:
+    """No GP (the gate out of reach), a 5 mas field: <name>.turbulence.png is drawn with its residual-variance and
+    error-parts panels from the result's own figures (the centroid variances it carries, F and its bound)."""
+    from astrodask.io.output import plot_turbulence
+
+    i, j, res, model, _ = _bright_overestimated_case(np.random.default_rng(9), 5.0)
+    pv1, pv2 = np.zeros(40), np.zeros(40)
+    pv1[1] = pv2[1] = 1.0
+    scale_deg = SCALE / 3600.0
+    solution = TPVSolution(crpix=((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2), crval=(150.1, 25.0),
+                           cd=np.array([[-scale_deg, 0.0], [0.0, scale_deg]]), pv1=pv1, pv2=pv2, degree=3)
+    turb = correct_turbulence(i, j, res, model, model, shape=SHAPE, scale_arcsec=SCALE, degree=3,
+                              jacobian_mas_per_px=_east_left_jacobian, epoch_yr=2026.0,
+                              config=TurbulenceConfig(corr_min_sigma=1000.0), rng=np.random.default_rng(0))
+    assert not turb.applied and turb.noise is not None and turb.centroid_mas2 is not None
+    np.testing.assert_array_equal(turb.centroid_mas2, model)
+    result = ExposureResult(file=str(tmp_path / "y.fits"), name="y", status=SOLVED, solution=solution, shape=SHAPE,
+                            counts={"matches": len(i)}, rms_arcsec=(0.1, 0.1), turbulence=turb)
+    png = plot_turbulence(result, tmp_path / "plots")
+    assert png == tmp_path / "plots" / "y.turbulence.png" and png.stat().st_size > 20_000

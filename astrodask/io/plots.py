@@ -13,6 +13,7 @@ solution) and with ``--plots DIR``: four panels,
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,10 @@ RESIDUALS_SUFFIX = ".residuals.png"
 TURBULENCE_SUFFIX = ".turbulence.png"
 #: Separation bins of the correlation panel.
 CORRELATION_BINS = 12
+#: Bins of centroid error (equal numbers of stars) in the residual-variance panel.
+RESIDUAL_VARIANCE_BINS = 12
+#: Characters per line of the text in a panel with nothing to draw.
+PANEL_TEXT_WIDTH = 50
 
 
 def plot_solution(result: ExposureResult, out_dir: str | Path) -> Path | None:
@@ -189,7 +194,11 @@ def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
     4. the measured correlation against separation (xi-xi + eta-eta, averaged over directions)
        beside the fitted kernel's;
     5. the cross-validation: each star's chi-square before against after, and the figures;
-    6. the predicted error's coarse map (rms per axis, in quadrature), with CRDER and CSYER.
+    6. the predicted error's coarse map (rms per axis, in quadrature), with CRDER and CSYER;
+    7. the residuals' variance against the centroid errors, binned: measured, the error model's
+       and the residual-variance model's (its white noise and its field F, and the
+       correlation's bound on F), which the predicted error's field part comes from;
+    8. the predicted error's parts per axis: the fit's, the field's, the frame's.
     """
     t = result.turbulence
     if t is None or result.solution is None:
@@ -201,7 +210,7 @@ def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
 
     from astrodask.io.output import atomic_write
 
-    fig, axes = plt.subplots(2, 3, figsize=(19, 10), constrained_layout=True)
+    fig, axes = plt.subplots(2, 4, figsize=(25, 10), constrained_layout=True)
     weight = 1.0 / t.variance_mas2
     key = _weighted_vectors(axes[0, 0], result, t.residual_mas, weight, "residuals against the TPV", None)
     if t.cv is not None:
@@ -213,7 +222,10 @@ def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
     _correlation(axes[1, 0], result)
     _cross_validation(axes[1, 1], result)
     _error_map(axes[1, 2], result)
-    fig.suptitle(f"{result.name}: turbulence {t.correction.upper()}: {t.reason}", fontsize=10)
+    _residual_variance(axes[0, 3], result)
+    _error_parts(axes[1, 3], result)
+    fig.suptitle(textwrap.fill(f"{result.name}: turbulence {t.correction.upper()}: {t.reason}", 3 * PANEL_TEXT_WIDTH),
+                 fontsize=10)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / f"{result.name}{TURBULENCE_SUFFIX}"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=PLOT_DPI, format="png"))
@@ -222,7 +234,8 @@ def plot_turbulence(result: ExposureResult, out_dir: str | Path) -> Path | None:
 
 
 def _no_panel(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    wrapped = "\n".join(textwrap.fill(line, PANEL_TEXT_WIDTH) for line in text.splitlines())
+    ax.text(0.5, 0.5, wrapped, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_axis_off()
 
 
@@ -337,3 +350,62 @@ def _error_map(ax: Any, result: ExposureResult) -> None:
            title=f"predicted error: CRDER ({p.random_mas[0]:.1f}, {p.random_mas[1]:.1f}) mas, "
                  f"CSYER {p.systematic_mas:.2f} mas\n(TPV alone: ({t.predicted_tpv.random_mas[0]:.1f}, "
                  f"{t.predicted_tpv.random_mas[1]:.1f}) mas)")
+
+
+def _residual_variance(ax: Any, result: ExposureResult) -> None:
+    """Mean squared residual per bin of centroid error, beside what the error model and the residual model expect."""
+    from astrodask.solve.turbulence import leverage
+
+    t = result.turbulence
+    assert t is not None and result.solution is not None
+    if t.centroid_mas2 is None or len(t.i) < 2 * RESIDUAL_VARIANCE_BINS:
+        _no_panel(ax, "too few stars for the residuals' variance")
+        return
+    n = t.centroid_mas2
+    keep = 1.0 - np.clip(leverage(t.i, t.j, t.variance_mas2, degree=result.solution.degree, shape=result.shape),
+                         0.0, 1.0)
+    sigma = np.sqrt(np.mean(n, axis=1))
+    edges = np.quantile(sigma, np.linspace(0.0, 1.0, RESIDUAL_VARIANCE_BINS + 1))
+    which = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, RESIDUAL_VARIANCE_BINS - 1)
+    r2 = np.mean(t.residual_mas ** 2, axis=1)
+    rows = []
+    for b in range(RESIDUAL_VARIANCE_BINS):
+        sel = which == b
+        if sel.sum() < 2:
+            continue
+        model = np.mean(keep[sel] * t.variance_mas2[sel])
+        white = np.mean(keep[sel] * t.noise.white_mas2(n[sel])) + t.noise.field_mas2 if t.noise else np.nan
+        rows.append((float(np.median(sigma[sel])), float(np.mean(r2[sel])),
+                     float(np.std(r2[sel]) / np.sqrt(sel.sum())), float(model), float(white)))
+    x, y, err, model, white = (np.array(c) for c in zip(*rows))
+    ax.errorbar(x, y / model, yerr=err / model, fmt="o", color="C0", label="measured mean squared residual")
+    ax.axhline(1.0, color="0.4", label="the error model's scale^2 C + floor^2 (less each star's leverage)")
+    title = "the residuals' variance over the error model's, by centroid error"
+    if t.noise is not None:
+        field = min(t.noise.field_mas2, t.field_bound_mas2)
+        ax.plot(x, white / model, "-", color="C3",
+                label=f"the residual model's: white + F, F = {t.noise.field_mas2:.1f} +- {t.noise.field_se_mas2:.1f} "
+                      f"mas^2\n(the correlation's bound {t.field_bound_mas2:.1f}; field part {field:.1f} mas^2)")
+        title += (f"\nthe residual model: scales ({t.noise.scales[0]:.2f}, {t.noise.scales[1]:.2f}), exponent "
+                  f"{t.noise.exponent:+.3f}")
+    else:
+        title += "\nF not told from the white noise: the error model's floor stands for the field"
+    ax.set(xscale="log", xlabel="centroid error, the error model's (mas)", ylabel="mean squared residual, ratio",
+           title=title)
+    ax.legend(fontsize=7)
+
+
+def _error_parts(ax: Any, result: ExposureResult) -> None:
+    """The predicted error's parts per axis as bars: the fit's, the field's (left, or the GP's), the frame's."""
+    t = result.turbulence
+    assert t is not None
+    p = t.predicted
+    parts = {"fit": p.fit_mas, "field": p.field_mas, "frame": (p.systematic_mas, p.systematic_mas),
+             "CRDER": p.random_mas}
+    x = np.arange(len(parts))
+    for k, axis in enumerate(("xi", "eta")):
+        ax.bar(x + (k - 0.5) * 0.38, [v[k] for v in parts.values()], width=0.38, color=f"C{k}", label=axis)
+    ax.set_xticks(x, list(parts))
+    ax.set(ylabel="mas", title=f"the predicted error's parts per axis ({t.correction.upper()})\n"
+                               "CRDER: fit and field in quadrature; CSYER: the frame's")
+    ax.legend(fontsize=8)

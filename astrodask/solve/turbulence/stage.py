@@ -71,6 +71,9 @@ class TurbulenceResult:
         (:func:`~astrodask.solve.turbulence.predicted.field_variance_bound`), mas^2: the
         predicted error's field part is ``noise``'s F, or this when smaller; infinite when
         ``noise`` is None.
+    centroid_mas2
+        The stars' centroid variances per axis as the error model has them (N, 2), mas^2 (the
+        stage's ``noise_mas2``), for the diagnostics' residual-variance panel.
     """
 
     applied: bool
@@ -90,6 +93,7 @@ class TurbulenceResult:
     significance: CorrelationSignificance | None = None
     noise: ResidualVariance | None = None
     field_bound_mas2: float = math.inf
+    centroid_mas2: np.ndarray | None = None
 
     @property
     def correction(self) -> str:
@@ -181,7 +185,7 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
                                gj=gj, shape=shape, epoch_yr=epoch_yr, config=config)
         log.info("turbulence: %s", reason)
         return TurbulenceResult(False, reason, n, kernel, corr, cv, None, pred, pred, ij[:, 0], ij[:, 1],
-                                residual_mas, residual_mas, total_mas2, sig, noise_model, bound)
+                                residual_mas, residual_mas, total_mas2, sig, noise_model, bound, noise_mas2)
 
     if not config.enabled:
         return untouched("not applied: turbulence.enabled = false (TPV only; the error model's floor stands for "
@@ -259,6 +263,6 @@ def correct_turbulence(i: np.ndarray, j: np.ndarray, residual_mas: np.ndarray, n
     log.info("turbulence: applied: %s", verdict)
     return TurbulenceResult(True, f"applied: {verdict}", n, kernel, corr, cv, field, pred, tpv_only, ij[:, 0],
                             ij[:, 1], residual_mas, residual_mas - gp.at_stars_mas @ frame.T, total_mas2, signif,
-                            noise_model, bound)
+                            noise_model, bound, noise_mas2)
 
 
