@@ -651,3 +651,32 @@ def test_plot_of_a_declined_stage_shows_the_residual_model(tmp_path: Path) -> No
                             counts={"matches": len(i)}, rms_arcsec=(0.1, 0.1), turbulence=turb)
     png = plot_turbulence(result, tmp_path / "plots")
     assert png == tmp_path / "plots" / "y.turbulence.png" and png.stat().st_size > 20_000
+
+
+def test_header_and_summary_carry_the_residual_model(tmp_path: Path) -> None:
+    """Where the residual model's F stands for the field, the solution's header and the summary row carry F, its
+    error and the correlation's bound, and the predicted field part in CRDER is the smaller of F and the bound (or
+    the kernel's variance, where larger)."""
+    from astrodask.io.output import solution_header
+
+    i, j, res, model, _ = _bright_overestimated_case(np.random.default_rng(9), 5.0)
+    pv1, pv2 = np.zeros(40), np.zeros(40)
+    pv1[1] = pv2[1] = 1.0
+    scale_deg = SCALE / 3600.0
+    solution = TPVSolution(crpix=((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2), crval=(150.1, 25.0),
+                           cd=np.array([[-scale_deg, 0.0], [0.0, scale_deg]]), pv1=pv1, pv2=pv2, degree=3)
+    turb = correct_turbulence(i, j, res, model, model, shape=SHAPE, scale_arcsec=SCALE, degree=3,
+                              jacobian_mas_per_px=_flat_jacobian, epoch_yr=2026.0,
+                              config=TurbulenceConfig(corr_min_sigma=1000.0), rng=np.random.default_rng(0))
+    assert turb.noise is not None
+    result = ExposureResult(file=str(tmp_path / "z.fits"), name="z", status=SOLVED, solution=solution, shape=SHAPE,
+                            counts={"matches": len(i)}, rms_arcsec=(0.1, 0.1), turbulence=turb)
+    header = solution_header(result)
+    assert header["TURBF"] == pytest.approx(turb.noise.field_mas2, abs=1e-3)
+    assert header["TURBFSE"] == pytest.approx(turb.noise.field_se_mas2, abs=1e-3)
+    assert header["TURBFB"] == pytest.approx(turb.field_bound_mas2, abs=1e-3)
+    row = summary_row(result)
+    assert row["turb_field_mas2"] == turb.noise.field_mas2 and row["turb_field_bound_mas2"] == turb.field_bound_mas2
+    field = min(turb.noise.field_mas2, turb.field_bound_mas2)
+    kernel = turb.kernel.axis_variance_mas2() if turb.kernel is not None else np.zeros(2)  # the pixel frame: the sky's
+    np.testing.assert_allclose(np.square(turb.predicted_tpv.field_mas), np.maximum(kernel, field), rtol=1e-9)

@@ -142,6 +142,10 @@ def uncertainty_cards(result: ExposureResult, *, tpv_only: bool = False) -> list
     if t.significance is not None:
         cards.append(("TURBCSIG", round(float(t.significance.sigma), 2),
                       "[sigma] short-range residual correlation"))
+    if t.noise is not None:  # where the predicted error's field part comes from (no GP): min(TURBF, TURBFB)
+        cards += [("TURBF", round(float(t.noise.field_mas2), 3), "[mas2] residual variance beyond white noise"),
+                  ("TURBFSE", round(float(t.noise.field_se_mas2), 3), "[mas2] its standard error"),
+                  ("TURBFB", round(float(t.field_bound_mas2), 3), "[mas2] field variance bound: correlation")]
     if t.cv is not None:
         cv = t.cv
         cards += [("CVRMS1", round(cv.rms_before_mas[0], 3), "[mas] CV held-back rms, xi, TPV"),
@@ -424,8 +428,9 @@ SUMMARY_COLUMNS = ("file", "name", "status", "failure_kind", "reason", "notes", 
                    "regions_ok", "depth_matches", "matches", "rms_xi_arcsec", "rms_eta_arcsec", "chi2", "dof",
                    "chi2_dof", "chi2_kept", "dof_kept", "chi2_dof_kept", "err_scale", "err_floor_mas", "correction",
                    "turbulence", "crder_xi_mas", "crder_eta_mas", "csyer_mas", "crder_tpv_xi_mas", "crder_tpv_eta_mas",
-                   "turb_sigma_xi_mas", "turb_sigma_eta_mas", "turb_outer_arcmin", "turb_corr_sigma", "cv_rms_mas",
-                   "cv_rms_corrected_mas", "cv_gain_sigma")
+                   "turb_sigma_xi_mas", "turb_sigma_eta_mas", "turb_outer_arcmin", "turb_corr_sigma", "turb_field_mas2",
+                   "turb_field_se_mas2", "turb_field_bound_mas2", "cv_rms_mas", "cv_rms_corrected_mas",
+                   "cv_gain_sigma")
 #: The solve's stages, in order: one ``t_<stage>_s`` column each.
 STAGES = tuple(stage.value for stage in Stage)
 
@@ -482,6 +487,10 @@ def turbulence_columns(result: ExposureResult) -> dict[str, Any]:
                                       if t is not None and t.kernel is not None else nan),
                 "turb_corr_sigma": (float(t.significance.sigma)
                                     if t is not None and t.significance is not None else nan)})
+    noise = t.noise if t is not None else None
+    row.update({"turb_field_mas2": noise.field_mas2 if noise else nan,
+                "turb_field_se_mas2": noise.field_se_mas2 if noise else nan,
+                "turb_field_bound_mas2": float(t.field_bound_mas2) if t is not None and noise else nan})
     cv = t.cv if t is not None else None
     row.update({"cv_rms_mas": float(np.hypot(*cv.rms_before_mas)) if cv else nan,
                 "cv_rms_corrected_mas": float(np.hypot(*cv.rms_after_mas)) if cv else nan,
