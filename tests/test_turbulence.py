@@ -631,11 +631,9 @@ def test_bright_half_scale_is_not_taken_for_a_field() -> None:
     assert abs(np.mean(found) - np.mean(truth)) < 3 * error, (np.mean(found), np.mean(truth), error)
 
 
-def test_plot_of_a_declined_stage_shows_the_residual_model(tmp_path: Path) -> None:
-    """No GP (the gate out of reach), a 5 mas field: <name>.turbulence.png is drawn with its residual-variance and
-    error-parts panels from the result's own figures (the centroid variances it carries, F and its bound)."""
-    from astrodask.io.output import plot_turbulence
-
+def _declined_result(tmp_path: Path, name: str, jacobian=_flat_jacobian):
+    """A solved result (an undistorted TPV) whose turbulence stage ran without a GP (the gate out of reach) on a
+    5 mas field over stars of 3-200 mas, the bright ones overestimated; and the centroid variances it was given."""
     i, j, res, model, _ = _bright_overestimated_case(np.random.default_rng(9), 5.0)
     pv1, pv2 = np.zeros(40), np.zeros(40)
     pv1[1] = pv2[1] = 1.0
@@ -643,12 +641,20 @@ def test_plot_of_a_declined_stage_shows_the_residual_model(tmp_path: Path) -> No
     solution = TPVSolution(crpix=((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2), crval=(150.1, 25.0),
                            cd=np.array([[-scale_deg, 0.0], [0.0, scale_deg]]), pv1=pv1, pv2=pv2, degree=3)
     turb = correct_turbulence(i, j, res, model, model, shape=SHAPE, scale_arcsec=SCALE, degree=3,
-                              jacobian_mas_per_px=_east_left_jacobian, epoch_yr=2026.0,
+                              jacobian_mas_per_px=jacobian, epoch_yr=2026.0,
                               config=TurbulenceConfig(corr_min_sigma=1000.0), rng=np.random.default_rng(0))
-    assert not turb.applied and turb.noise is not None and turb.centroid_mas2 is not None
-    np.testing.assert_array_equal(turb.centroid_mas2, model)
-    result = ExposureResult(file=str(tmp_path / "y.fits"), name="y", status=SOLVED, solution=solution, shape=SHAPE,
-                            counts={"matches": len(i)}, rms_arcsec=(0.1, 0.1), turbulence=turb)
+    assert not turb.applied and turb.noise is not None
+    return ExposureResult(file=str(tmp_path / f"{name}.fits"), name=name, status=SOLVED, solution=solution,
+                          shape=SHAPE, counts={"matches": len(i)}, rms_arcsec=(0.1, 0.1), turbulence=turb), model
+
+
+def test_plot_of_a_declined_stage_shows_the_residual_model(tmp_path: Path) -> None:
+    """No GP (the gate out of reach), a 5 mas field: <name>.turbulence.png is drawn with its residual-variance and
+    error-parts panels from the result's own figures (the centroid variances it carries, F and its bound)."""
+    from astrodask.io.output import plot_turbulence
+
+    result, model = _declined_result(tmp_path, "y", jacobian=_east_left_jacobian)
+    np.testing.assert_array_equal(result.turbulence.centroid_mas2, model)
     png = plot_turbulence(result, tmp_path / "plots")
     assert png == tmp_path / "plots" / "y.turbulence.png" and png.stat().st_size > 20_000
 
@@ -659,18 +665,8 @@ def test_header_and_summary_carry_the_residual_model(tmp_path: Path) -> None:
     the kernel's variance, where larger)."""
     from astrodask.io.output import solution_header
 
-    i, j, res, model, _ = _bright_overestimated_case(np.random.default_rng(9), 5.0)
-    pv1, pv2 = np.zeros(40), np.zeros(40)
-    pv1[1] = pv2[1] = 1.0
-    scale_deg = SCALE / 3600.0
-    solution = TPVSolution(crpix=((SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2), crval=(150.1, 25.0),
-                           cd=np.array([[-scale_deg, 0.0], [0.0, scale_deg]]), pv1=pv1, pv2=pv2, degree=3)
-    turb = correct_turbulence(i, j, res, model, model, shape=SHAPE, scale_arcsec=SCALE, degree=3,
-                              jacobian_mas_per_px=_flat_jacobian, epoch_yr=2026.0,
-                              config=TurbulenceConfig(corr_min_sigma=1000.0), rng=np.random.default_rng(0))
-    assert turb.noise is not None
-    result = ExposureResult(file=str(tmp_path / "z.fits"), name="z", status=SOLVED, solution=solution, shape=SHAPE,
-                            counts={"matches": len(i)}, rms_arcsec=(0.1, 0.1), turbulence=turb)
+    result, _ = _declined_result(tmp_path, "z")
+    turb = result.turbulence
     header = solution_header(result)
     assert header["TURBF"] == pytest.approx(turb.noise.field_mas2, abs=1e-3)
     assert header["TURBFSE"] == pytest.approx(turb.noise.field_se_mas2, abs=1e-3)
