@@ -99,17 +99,17 @@ class TcpProxy:
     def _relay(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
         with selectors.DefaultSelector() as selector:
-            for sock in peers:
-                sock.settimeout(5)
-                selector.register(sock, selectors.EVENT_READ)
-            try:
+            try:  # stop() may have cut the connection before this thread got to it: a closed socket, nothing to relay
+                for sock in peers:
+                    sock.settimeout(5)
+                    selector.register(sock, selectors.EVENT_READ)
                 while not self._stopping.is_set():
                     for key, _ in selector.select(POLL_S):
                         data = key.fileobj.recv(CHUNK_BYTES)  # type: ignore[union-attr]
                         if not data:
                             return
                         peers[key.fileobj].sendall(data)  # type: ignore[index]
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a socket closed under the selector (its fd is -1)
                 return
             finally:
                 with self._lock:
